@@ -1,0 +1,211 @@
+//! The event contract (v1) as code: wire JSON in, validated and pseudonymised [`Event`]s out.
+//!
+//! This crate is the ingest edge's only knowledge of the wire format. [`parse_event`] turns one
+//! message (a Kafka payload or an NDJSON line) into either an [`Event`] or a [`Reject`] carrying a
+//! stable [`RejectCode`]; it never panics and never fails in any other way. The design choice: one
+//! hand-written serde visitor that sees every key, so duplicate keys and exact JSON types (`1.0` is
+//! not an integer, `"1"` is not a number) are judged here rather than coerced. The raw `listener_id`
+//! is replaced by a keyed [`Pseudonymizer`] before an `Event` exists, so nothing downstream can leak
+//! it. This crate does no I/O.
+
+mod parse;
+mod pseudonym;
+pub mod time;
+
+pub use parse::parse_event;
+pub use pseudonym::{ListenerKey, Pseudonymizer, PSEUDONYM_KEY_ENV};
+pub use time::{Millis, format_rfc3339_ms, parse_rfc3339_ms};
+
+/// Largest message the contract accepts, in bytes.
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
+/// Contract version this crate implements.
+pub const CONTRACT_VERSION: i64 = 1;
+
+/// The `type` of an event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum EventType {
+    Join,
+    Connect,
+    Heartbeat,
+    Leave,
+    Drop,
+    Display,
+    StreamState,
+}
+
+impl EventType {
+    pub const ALL: [EventType; 7] = [
+        EventType::Join,
+        EventType::Connect,
+        EventType::Heartbeat,
+        EventType::Leave,
+        EventType::Drop,
+        EventType::Display,
+        EventType::StreamState,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::Join => "join",
+            EventType::Connect => "connect",
+            EventType::Heartbeat => "heartbeat",
+            EventType::Leave => "leave",
+            EventType::Drop => "drop",
+            EventType::Display => "display",
+            EventType::StreamState => "stream_state",
+        }
+    }
+
+    pub fn from_wire(s: &str) -> Option<EventType> {
+        EventType::ALL.into_iter().find(|t| t.as_str() == s)
+    }
+
+    /// Whether the type belongs to a listener session (needs `listener_id` and `session_id`).
+    pub fn is_session(self) -> bool {
+        matches!(
+            self,
+            EventType::Join
+                | EventType::Connect
+                | EventType::Heartbeat
+                | EventType::Leave
+                | EventType::Drop
+        )
+    }
+}
+
+/// The host-side state carried by `stream_state` events.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum StreamState {
+    Scheduled,
+    Live,
+    Ended,
+}
+
+impl StreamState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StreamState::Scheduled => "scheduled",
+            StreamState::Live => "live",
+            StreamState::Ended => "ended",
+        }
+    }
+
+    pub fn from_wire(s: &str) -> Option<StreamState> {
+        match s {
+            "scheduled" => Some(StreamState::Scheduled),
+            "live" => Some(StreamState::Live),
+            "ended" => Some(StreamState::Ended),
+            _ => None,
+        }
+    }
+}
+
+/// A valid event. Only the fields its type uses are set; `listener_key` is the pseudonym.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Event {
+    pub event_id: String,
+    pub kind: EventType,
+    pub ts: Millis,
+    pub stream_id: String,
+    pub listener_key: Option<ListenerKey>,
+    pub session_id: Option<String>,
+    pub reason: Option<String>,
+    pub displayed: Option<i64>,
+    pub state: Option<StreamState>,
+    pub scheduled_start: Option<Millis>,
+    pub client: Option<String>,
+    pub region: Option<String>,
+    pub audio_ms: Option<i64>,
+}
+
+/// Why a message was rejected: a stable, short, machine-readable code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum RejectCode {
+    /// The message is empty or only whitespace.
+    Empty,
+    /// The message is over [`MAX_MESSAGE_BYTES`].
+    TooLarge,
+    /// The bytes are not UTF-8.
+    NotUtf8,
+    /// Not JSON at all, or JSON followed by something else.
+    NotJson,
+    /// JSON that ends before it is complete.
+    TruncatedJson,
+    /// Valid JSON, but not an object.
+    NotObject,
+    /// The same key appears twice in the object.
+    DuplicateKey,
+    /// A field the event's type requires is absent or `null`.
+    MissingField,
+    /// A field has the wrong JSON type (`"1"` or `1.0` where an integer is required, ...).
+    WrongType,
+    /// A field has the right type but a value outside its range (empty or over-long string, negative).
+    OutOfRange,
+    /// `v` is not a contract version this build knows.
+    UnknownVersion,
+    /// `type` is not one of the contract's event types.
+    UnknownType,
+    /// `state` is not `scheduled`, `live` or `ended`.
+    UnknownState,
+    /// `ts` or `scheduled_start` is not an RFC 3339 date-time with an offset.
+    BadTimestamp,
+}
+
+impl RejectCode {
+    pub const ALL: [RejectCode; 14] = [
+        RejectCode::Empty,
+        RejectCode::TooLarge,
+        RejectCode::NotUtf8,
+        RejectCode::NotJson,
+        RejectCode::TruncatedJson,
+        RejectCode::NotObject,
+        RejectCode::DuplicateKey,
+        RejectCode::MissingField,
+        RejectCode::WrongType,
+        RejectCode::OutOfRange,
+        RejectCode::UnknownVersion,
+        RejectCode::UnknownType,
+        RejectCode::UnknownState,
+        RejectCode::BadTimestamp,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectCode::Empty => "empty",
+            RejectCode::TooLarge => "too_large",
+            RejectCode::NotUtf8 => "not_utf8",
+            RejectCode::NotJson => "not_json",
+            RejectCode::TruncatedJson => "truncated_json",
+            RejectCode::NotObject => "not_object",
+            RejectCode::DuplicateKey => "duplicate_key",
+            RejectCode::MissingField => "missing_field",
+            RejectCode::WrongType => "wrong_type",
+            RejectCode::OutOfRange => "out_of_range",
+            RejectCode::UnknownVersion => "unknown_version",
+            RejectCode::UnknownType => "unknown_type",
+            RejectCode::UnknownState => "unknown_state",
+            RejectCode::BadTimestamp => "bad_timestamp",
+        }
+    }
+}
+
+/// A rejected message: the code, and a sentence for people.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reject {
+    pub code: RejectCode,
+    pub message: String,
+}
+
+impl Reject {
+    pub fn new(code: RejectCode, message: impl Into<String>) -> Reject {
+        Reject {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// `code: message`, the form the `rejects.reason` column holds.
+    pub fn reason(&self) -> String {
+        format!("{}: {}", self.code.as_str(), self.message)
+    }
+}

@@ -1,0 +1,544 @@
+//! One message in, one [`Event`] or one [`Reject`] out.
+//!
+//! The whole message is read by serde_json with a visitor that records every key and the JSON kind
+//! of every known field's value, so the JSON grammar is always checked first (a truncated line is
+//! `truncated_json` whatever its fields say). Then the fields are judged in a fixed order — `v`,
+//! `type`, `event_id`, `ts`, `stream_id`, then the fields the type needs — and the first problem is
+//! the reason. Fields a type does not use are ignored, whatever they hold.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
+use serde_json::error::Category;
+
+use crate::{
+    CONTRACT_VERSION, Event, EventType, MAX_MESSAGE_BYTES, Pseudonymizer, Reject, RejectCode,
+    StreamState, parse_rfc3339_ms,
+};
+
+/// Longest `event_id`, `stream_id`, `listener_id`, `session_id`, in bytes.
+const MAX_ID_BYTES: usize = 128;
+/// Longest `reason`, in bytes.
+const MAX_REASON_BYTES: usize = 64;
+
+/// Parses and validates one message, replacing `listener_id` by its pseudonym.
+pub fn parse_event(bytes: &[u8], pseudonyms: &Pseudonymizer) -> Result<Event, Reject> {
+    if bytes.len() > MAX_MESSAGE_BYTES {
+        return Err(Reject::new(
+            RejectCode::TooLarge,
+            format!(
+                "message is {} bytes, over the {MAX_MESSAGE_BYTES}-byte limit",
+                bytes.len()
+            ),
+        ));
+    }
+    let text = std::str::from_utf8(bytes).map_err(|e| {
+        Reject::new(
+            RejectCode::NotUtf8,
+            format!("message is not UTF-8 (invalid byte at offset {})", e.valid_up_to()),
+        )
+    })?;
+    if text.trim_matches(|c: char| c.is_ascii_whitespace()).is_empty() {
+        return Err(Reject::new(RejectCode::Empty, "empty message"));
+    }
+    let mut de = serde_json::Deserializer::from_str(text);
+    let raw = match de::Deserialize::deserialize(&mut de).and_then(|r: Parsed<'_>| {
+        de.end()?;
+        Ok(r)
+    }) {
+        Ok(Parsed::Object(raw)) => raw,
+        Ok(Parsed::NotObject(kind)) => {
+            return Err(Reject::new(
+                RejectCode::NotObject,
+                format!("message is a JSON {kind}, not an object"),
+            ));
+        }
+        Err(e) => {
+            let code = if e.classify() == Category::Eof {
+                RejectCode::TruncatedJson
+            } else {
+                RejectCode::NotJson
+            };
+            let what = if code == RejectCode::TruncatedJson {
+                "JSON ends too early"
+            } else {
+                "not valid JSON"
+            };
+            return Err(Reject::new(code, format!("{what}: {e}")));
+        }
+    };
+    raw.validate(pseudonyms)
+}
+
+/// The JSON kind of a known field's value, kept just long enough to judge it.
+enum Val<'a> {
+    Null,
+    Bool,
+    Int(i128),
+    Float,
+    Str(Cow<'a, str>),
+    Array,
+    Object,
+}
+
+impl Val<'_> {
+    fn kind(&self) -> &'static str {
+        match self {
+            Val::Null => "null",
+            Val::Bool => "a boolean",
+            Val::Int(_) => "an integer",
+            Val::Float => "a non-integer number",
+            Val::Str(_) => "a string",
+            Val::Array => "an array",
+            Val::Object => "an object",
+        }
+    }
+}
+
+const FIELDS: [&str; 14] = [
+    "v",
+    "event_id",
+    "type",
+    "ts",
+    "stream_id",
+    "listener_id",
+    "session_id",
+    "reason",
+    "displayed",
+    "state",
+    "scheduled_start",
+    "client",
+    "region",
+    "audio_ms",
+];
+
+#[derive(Default)]
+struct RawEvent<'a> {
+    fields: [Option<Val<'a>>; 14],
+    duplicate: Option<String>,
+}
+
+enum Parsed<'a> {
+    Object(RawEvent<'a>),
+    NotObject(&'static str),
+}
+
+impl<'de> de::Deserialize<'de> for Parsed<'de> {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(TopVisitor)
+    }
+}
+
+struct TopVisitor;
+
+impl<'de> Visitor<'de> for TopVisitor {
+    type Value = Parsed<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(Parsed::NotObject("boolean"))
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(Parsed::NotObject("number"))
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(Parsed::NotObject("number"))
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(Parsed::NotObject("number"))
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(Parsed::NotObject("string"))
+    }
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(Parsed::NotObject("null"))
+    }
+    fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(Parsed::NotObject("array"))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut raw = RawEvent::default();
+        let mut unknown_keys: Vec<Cow<'de, str>> = Vec::new();
+        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+            match FIELDS.iter().position(|f| *f == key) {
+                Some(i) => {
+                    let val = map.next_value_seed(ValSeed)?;
+                    if raw.fields[i].is_some() {
+                        raw.duplicate.get_or_insert_with(|| key.into_owned());
+                    } else {
+                        raw.fields[i] = Some(val);
+                    }
+                }
+                None => {
+                    map.next_value::<IgnoredAny>()?;
+                    if unknown_keys.contains(&key) {
+                        raw.duplicate.get_or_insert_with(|| key.into_owned());
+                    } else {
+                        unknown_keys.push(key);
+                    }
+                }
+            }
+        }
+        Ok(Parsed::Object(raw))
+    }
+}
+
+struct ValSeed;
+
+impl<'de> DeserializeSeed<'de> for ValSeed {
+    type Value = Val<'de>;
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Val<'de>, D::Error> {
+        d.deserialize_any(ValVisitor)
+    }
+}
+
+struct ValVisitor;
+
+impl<'de> Visitor<'de> for ValVisitor {
+    type Value = Val<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_unit<E>(self) -> Result<Val<'de>, E> {
+        Ok(Val::Null)
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Val<'de>, E> {
+        Ok(Val::Bool)
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Val<'de>, E> {
+        Ok(Val::Int(i128::from(v)))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Val<'de>, E> {
+        Ok(Val::Int(i128::from(v)))
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Val<'de>, E> {
+        Ok(Val::Float)
+    }
+    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Val<'de>, E> {
+        Ok(Val::Str(Cow::Borrowed(v)))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Val<'de>, E> {
+        Ok(Val::Str(Cow::Owned(v.to_owned())))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Val<'de>, E> {
+        Ok(Val::Str(Cow::Owned(v)))
+    }
+    fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Val<'de>, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(Val::Array)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Val<'de>, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(Val::Object)
+    }
+}
+
+const V: usize = 0;
+const EVENT_ID: usize = 1;
+const TYPE: usize = 2;
+const TS: usize = 3;
+const STREAM_ID: usize = 4;
+const LISTENER_ID: usize = 5;
+const SESSION_ID: usize = 6;
+const REASON: usize = 7;
+const DISPLAYED: usize = 8;
+const STATE: usize = 9;
+const SCHEDULED_START: usize = 10;
+const CLIENT: usize = 11;
+const REGION: usize = 12;
+const AUDIO_MS: usize = 13;
+
+fn missing(i: usize, kind: Option<EventType>) -> Reject {
+    let msg = match kind {
+        Some(k) => format!("`{}` is required on `{}` events", FIELDS[i], k.as_str()),
+        None => format!("`{}` is required", FIELDS[i]),
+    };
+    Reject::new(RejectCode::MissingField, msg)
+}
+
+fn wrong_type(i: usize, expected: &str, got: &Val<'_>) -> Reject {
+    Reject::new(
+        RejectCode::WrongType,
+        format!("`{}` must be {expected}, got {}", FIELDS[i], got.kind()),
+    )
+}
+
+impl<'a> RawEvent<'a> {
+    /// The value of field `i`, `None` when absent or `null`.
+    fn get(&self, i: usize) -> Option<&Val<'a>> {
+        match &self.fields[i] {
+            None | Some(Val::Null) => None,
+            Some(v) => Some(v),
+        }
+    }
+
+    fn string(&self, i: usize, min: usize, max: usize) -> Result<Option<&str>, Reject> {
+        match self.get(i) {
+            None => Ok(None),
+            Some(Val::Str(s)) => {
+                if s.len() < min || s.len() > max {
+                    Err(Reject::new(
+                        RejectCode::OutOfRange,
+                        format!(
+                            "`{}` must be {min} to {max} bytes long, got {}",
+                            FIELDS[i],
+                            s.len()
+                        ),
+                    ))
+                } else {
+                    Ok(Some(s))
+                }
+            }
+            Some(other) => Err(wrong_type(i, "a string", other)),
+        }
+    }
+
+    fn required_string(
+        &self,
+        i: usize,
+        kind: Option<EventType>,
+        min: usize,
+        max: usize,
+    ) -> Result<&str, Reject> {
+        self.string(i, min, max)?.ok_or_else(|| missing(i, kind))
+    }
+
+    fn non_negative(&self, i: usize) -> Result<Option<i64>, Reject> {
+        match self.get(i) {
+            None => Ok(None),
+            Some(Val::Int(n)) => match i64::try_from(*n) {
+                Ok(n) if n >= 0 => Ok(Some(n)),
+                _ => Err(Reject::new(
+                    RejectCode::OutOfRange,
+                    format!(
+                        "`{}` must be an integer from 0 to {}, got {n}",
+                        FIELDS[i],
+                        i64::MAX
+                    ),
+                )),
+            },
+            Some(other) => Err(wrong_type(i, "an integer", other)),
+        }
+    }
+
+    fn timestamp(&self, i: usize) -> Result<Option<i64>, Reject> {
+        match self.string(i, 0, usize::MAX)? {
+            None => Ok(None),
+            Some(s) => parse_rfc3339_ms(s).map(Some).ok_or_else(|| {
+                Reject::new(
+                    RejectCode::BadTimestamp,
+                    format!(
+                        "`{}` is not an RFC 3339 date-time with an offset (like 2024-08-12T23:59:58.123Z): {:?}",
+                        FIELDS[i],
+                        truncate(s, 64)
+                    ),
+                )
+            }),
+        }
+    }
+
+    fn validate(self, pseudonyms: &Pseudonymizer) -> Result<Event, Reject> {
+        if let Some(key) = &self.duplicate {
+            return Err(Reject::new(
+                RejectCode::DuplicateKey,
+                format!("key `{}` appears more than once", truncate(key, 64)),
+            ));
+        }
+        match self.get(V) {
+            None => return Err(missing(V, None)),
+            Some(Val::Int(v)) if *v == i128::from(CONTRACT_VERSION) => {}
+            Some(Val::Int(v)) => {
+                return Err(Reject::new(
+                    RejectCode::UnknownVersion,
+                    format!("contract version {v} is not supported (this build reads v1)"),
+                ));
+            }
+            Some(other) => return Err(wrong_type(V, "an integer", other)),
+        }
+        let kind_str = self.required_string(TYPE, None, 0, usize::MAX)?;
+        let kind = EventType::from_wire(kind_str).ok_or_else(|| {
+            Reject::new(
+                RejectCode::UnknownType,
+                format!(
+                    "unknown event type {:?} (expected join, connect, heartbeat, leave, drop, display or stream_state)",
+                    truncate(kind_str, 64)
+                ),
+            )
+        })?;
+        let event_id = self.required_string(EVENT_ID, None, 1, MAX_ID_BYTES)?;
+        let ts = self.timestamp(TS)?.ok_or_else(|| missing(TS, None))?;
+        let stream_id = self.required_string(STREAM_ID, None, 1, MAX_ID_BYTES)?;
+
+        let mut event = Event {
+            event_id: event_id.to_owned(),
+            kind,
+            ts,
+            stream_id: stream_id.to_owned(),
+            listener_key: None,
+            session_id: None,
+            reason: None,
+            displayed: None,
+            state: None,
+            scheduled_start: None,
+            client: None,
+            region: None,
+            audio_ms: None,
+        };
+        if kind.is_session() {
+            let listener = self.required_string(LISTENER_ID, Some(kind), 1, MAX_ID_BYTES)?;
+            let session = self.required_string(SESSION_ID, Some(kind), 1, MAX_ID_BYTES)?;
+            event.listener_key = Some(pseudonyms.pseudonym(listener));
+            event.session_id = Some(session.to_owned());
+        }
+        match kind {
+            EventType::Drop => {
+                let reason = self.required_string(REASON, Some(kind), 0, MAX_REASON_BYTES)?;
+                event.reason = Some(reason.to_owned());
+            }
+            EventType::Heartbeat => event.audio_ms = self.non_negative(AUDIO_MS)?,
+            EventType::Display => {
+                event.displayed = Some(
+                    self.non_negative(DISPLAYED)?
+                        .ok_or_else(|| missing(DISPLAYED, Some(kind)))?,
+                );
+            }
+            EventType::StreamState => {
+                let state = self.required_string(STATE, Some(kind), 0, usize::MAX)?;
+                event.state = Some(StreamState::from_wire(state).ok_or_else(|| {
+                    Reject::new(
+                        RejectCode::UnknownState,
+                        format!(
+                            "unknown stream state {:?} (expected scheduled, live or ended)",
+                            truncate(state, 64)
+                        ),
+                    )
+                })?);
+                event.scheduled_start = self.timestamp(SCHEDULED_START)?;
+            }
+            _ => {}
+        }
+        event.client = self.string(CLIENT, 0, usize::MAX)?.map(str::to_owned);
+        event.region = self.string(REGION, 0, usize::MAX)?.map(str::to_owned);
+        Ok(event)
+    }
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<Event, Reject> {
+        parse_event(s.as_bytes(), &Pseudonymizer::new(b"test"))
+    }
+
+    fn code(s: &str) -> RejectCode {
+        match parse(s) {
+            Ok(e) => panic!("accepted {s}: {e:?}"),
+            Err(r) => r.code,
+        }
+    }
+
+    const JOIN: &str = r#"{"v":1,"event_id":"e1","type":"join","ts":"2024-08-12T23:59:58.123Z","stream_id":"s","listener_id":"alice","session_id":"x"}"#;
+
+    #[test]
+    fn accepts_a_join_and_hides_the_listener() {
+        let e = parse(JOIN).unwrap();
+        assert_eq!(e.kind, EventType::Join);
+        assert_eq!(e.ts, 1_723_507_198_123);
+        assert_eq!(e.session_id.as_deref(), Some("x"));
+        assert_eq!(
+            e.listener_key,
+            Some(Pseudonymizer::new(b"test").pseudonym("alice"))
+        );
+        assert!(!format!("{e:?}").contains("alice"));
+    }
+
+    #[test]
+    fn every_reject_code_has_a_trigger() {
+        use RejectCode::*;
+        let cases: &[(&str, RejectCode)] = &[
+            ("", Empty),
+            ("   ", Empty),
+            ("hello", NotJson),
+            ("{\"v\":1,", TruncatedJson),
+            ("[1,2]", NotObject),
+            ("\"join\"", NotObject),
+            (r#"{"v":1,"v":1}"#, DuplicateKey),
+            (r#"{"x":1,"x":2,"v":1}"#, DuplicateKey),
+            (r#"{"type":"join"}"#, MissingField),
+            (r#"{"v":"1","type":"join"}"#, WrongType),
+            (r#"{"v":1.0,"type":"join"}"#, WrongType),
+            (r#"{"v":2,"type":"join"}"#, UnknownVersion),
+            (r#"{"v":1,"type":"jump"}"#, UnknownType),
+            (
+                r#"{"v":1,"event_id":5,"type":"join","ts":"2024-08-12T23:59:58Z","stream_id":"s","listener_id":"a","session_id":"x"}"#,
+                WrongType,
+            ),
+            (
+                r#"{"v":1,"event_id":"e","type":"join","ts":"yesterday","stream_id":"s","listener_id":"a","session_id":"x"}"#,
+                BadTimestamp,
+            ),
+            (
+                r#"{"v":1,"event_id":"e","type":"join","stream_id":"s","listener_id":"a","session_id":"x"}"#,
+                MissingField,
+            ),
+            (
+                r#"{"v":1,"event_id":"e","type":"join","ts":"2024-08-12T23:59:58Z","stream_id":"s","listener_id":"a"}"#,
+                MissingField,
+            ),
+            (
+                r#"{"v":1,"event_id":"e","type":"display","ts":"2024-08-12T23:59:58Z","stream_id":"s","displayed":-1}"#,
+                OutOfRange,
+            ),
+            (
+                r#"{"v":1,"event_id":"","type":"display","ts":"2024-08-12T23:59:58Z","stream_id":"s","displayed":1}"#,
+                OutOfRange,
+            ),
+            (
+                r#"{"v":1,"event_id":"e","type":"stream_state","ts":"2024-08-12T23:59:58Z","stream_id":"s","state":"paused"}"#,
+                UnknownState,
+            ),
+        ];
+        for (line, want) in cases {
+            assert_eq!(code(line), *want, "{line}");
+        }
+        assert_eq!(
+            parse_event(b"{\"v\":1,\xff}", &Pseudonymizer::development())
+                .unwrap_err()
+                .code,
+            NotUtf8
+        );
+        let big = format!("{}{}", &JOIN[..JOIN.len() - 1], format_args!(",\"pad\":\"{}\"}}", "x".repeat(70_000)));
+        assert_eq!(code(&big), TooLarge);
+    }
+
+    #[test]
+    fn ignores_unknown_fields_and_fields_the_type_does_not_use() {
+        let line = r#"{"v":1,"event_id":"e","type":"display","ts":"2024-08-12T23:59:58Z","stream_id":"s","displayed":7,"listener_id":5,"session_id":null,"audio_ms":"x","extra":{"a":[1]}}"#;
+        let e = parse(line).unwrap();
+        assert_eq!(e.displayed, Some(7));
+        assert_eq!(e.listener_key, None);
+        let with_null_client = r#"{"v":1,"event_id":"e","type":"heartbeat","ts":"2024-08-12T23:59:58Z","stream_id":"s","listener_id":"a","session_id":"x","client":null,"audio_ms":null}"#;
+        let e = parse(with_null_client).unwrap();
+        assert_eq!(e.client, None);
+        assert_eq!(e.audio_ms, None);
+    }
+}

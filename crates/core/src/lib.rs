@@ -1,0 +1,284 @@
+//! The counting core: validated events in, the figures of contract §2–§4 out.
+//!
+//! [`Engine::offer`] takes events one at a time, in arrival order, each tagged with its source
+//! partition. It de-duplicates by `event_id`, classifies late events against the partition's
+//! watermark, and folds the rest into compact per-session state: the session's earliest event, its
+//! end, and the union of its alive windows `[a, a + L)` (not every heartbeat), so memory grows with
+//! sessions, not with events. [`Engine::snapshot`] turns that state into `streams`, `buckets` and
+//! `sessions` rows by sweeping change points, exactly as the contract defines roster, connected and
+//! displayed. The design choice: all order-sensitive decisions (late, duplicate, first-to-arrive
+//! ties) are made in `offer`; everything in `snapshot` is a pure function of the accumulated state.
+//!
+//! This crate does no I/O, knows nothing of JSON, Kafka, Arrow or files, and never panics on a valid
+//! event: late and duplicate events are [`Outcome`]s, not errors.
+
+mod buckets;
+mod stream;
+
+use std::collections::{HashMap, HashSet};
+
+use earshot_contract::{Event, Millis};
+
+pub use buckets::RangeSketches;
+use stream::StreamAcc;
+
+/// The tunable definitions of contract §2–§4, with the contract's defaults.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Settings {
+    /// L: how long an alive point keeps a session connected.
+    pub liveness_ms: i64,
+    /// Width of a bucket; buckets are aligned to the Unix epoch.
+    pub bucket_ms: i64,
+    /// How far behind its partition's newest event an event may be and still count.
+    pub lateness_ms: i64,
+    /// M: connected time a listener needs to count in `listeners_connected_60s`.
+    pub min_listen_ms: i64,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            liveness_ms: 30_000,
+            bucket_ms: 10_000,
+            lateness_ms: 60_000,
+            min_listen_ms: 60_000,
+        }
+    }
+}
+
+impl Settings {
+    /// Checks that the settings make sense (all positive, lateness may be zero).
+    pub fn validate(&self) -> Result<(), String> {
+        if self.liveness_ms <= 0 {
+            return Err("liveness must be positive".into());
+        }
+        if self.bucket_ms <= 0 {
+            return Err("bucket width must be positive".into());
+        }
+        if self.lateness_ms < 0 {
+            return Err("allowed lateness cannot be negative".into());
+        }
+        if self.min_listen_ms < 0 {
+            return Err("minimum listen cannot be negative".into());
+        }
+        Ok(())
+    }
+}
+
+/// What became of one offered event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// A new, on-time event: it counts.
+    Counted,
+    /// A new event below its partition's watermark: kept, flagged, changes no figure.
+    Late,
+    /// An `event_id` seen before: changes nothing.
+    Duplicate,
+}
+
+/// Running totals of what `offer` decided.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Tally {
+    pub counted: u64,
+    pub late: u64,
+    pub duplicates: u64,
+}
+
+/// How a session ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EndType {
+    Leave,
+    Drop,
+}
+
+impl EndType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndType::Leave => "leave",
+            EndType::Drop => "drop",
+        }
+    }
+}
+
+/// One row of the `sessions` table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionRow {
+    pub stream_id: String,
+    pub session_id: String,
+    pub listener_key: earshot_contract::ListenerKey,
+    pub join_ts: Millis,
+    pub connect_ts: Option<Millis>,
+    pub end_ts: Option<Millis>,
+    pub end_type: Option<EndType>,
+    pub end_reason: Option<String>,
+    /// Length of the session's connected intervals.
+    pub listened_ms: i64,
+    /// Heartbeat events received for the session (after-end ones included; they change no count).
+    pub heartbeats: u64,
+    pub client: Option<String>,
+    pub region: Option<String>,
+}
+
+/// One row of the `buckets` table.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BucketRow {
+    pub stream_id: String,
+    pub bucket_start: Millis,
+    pub width_ms: i64,
+    pub displayed_start: Option<i64>,
+    pub roster_start: i64,
+    pub roster_peak: i64,
+    pub connected_start: i64,
+    pub connected_peak: i64,
+    pub joins: i64,
+    pub connects: i64,
+    pub leaves: i64,
+    pub drops: i64,
+    pub present_hll: Vec<u8>,
+    pub connected_hll: Vec<u8>,
+    pub is_final: bool,
+}
+
+/// One row of the `streams` table.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StreamRow {
+    pub stream_id: String,
+    pub scheduled_start: Option<Millis>,
+    pub live_at: Option<Millis>,
+    pub start_delay_ms: Option<i64>,
+    pub first_event: Millis,
+    pub last_event: Millis,
+    pub sessions: i64,
+    pub peak_displayed: Option<i64>,
+    pub peak_roster: i64,
+    pub peak_connected: i64,
+    pub listeners_joined: i64,
+    pub listeners_connected: i64,
+    pub listeners_connected_60s: i64,
+    pub failed_joins: i64,
+    pub abandoned_before_audio: i64,
+    pub ghost_sessions: i64,
+    pub ttfa_ms_p50: Option<i64>,
+    pub ttfa_ms_p90: Option<i64>,
+    pub joined_hll: Vec<u8>,
+    pub connected_hll: Vec<u8>,
+}
+
+/// The three derived tables, each sorted by its key.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Snapshot {
+    pub streams: Vec<StreamRow>,
+    pub buckets: Vec<BucketRow>,
+    pub sessions: Vec<SessionRow>,
+}
+
+/// The streaming state of contract §2–§4 for any number of streams and partitions.
+#[derive(Debug)]
+pub struct Engine {
+    settings: Settings,
+    seen: HashSet<u128>,
+    /// Largest on-time `ts` seen per source partition.
+    newest: HashMap<u32, Millis>,
+    streams: HashMap<String, StreamAcc>,
+    arrival: u64,
+    tally: Tally,
+}
+
+impl Engine {
+    pub fn new(settings: Settings) -> Engine {
+        Engine {
+            settings,
+            seen: HashSet::new(),
+            newest: HashMap::new(),
+            streams: HashMap::new(),
+            arrival: 0,
+            tally: Tally::default(),
+        }
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    pub fn tally(&self) -> Tally {
+        self.tally
+    }
+
+    /// A partition's watermark: its newest on-time `ts` minus the allowed lateness.
+    pub fn watermark(&self, partition: u32) -> Option<Millis> {
+        self.newest
+            .get(&partition)
+            .map(|t| t.saturating_sub(self.settings.lateness_ms))
+    }
+
+    /// Takes one valid event that arrived on `partition`, in arrival order.
+    pub fn offer(&mut self, partition: u32, event: &Event) -> Outcome {
+        let id = xxhash_rust::xxh3::xxh3_128(event.event_id.as_bytes());
+        if !self.seen.insert(id) {
+            self.tally.duplicates += 1;
+            return Outcome::Duplicate;
+        }
+        let lateness = self.settings.lateness_ms;
+        let newest = self.newest.entry(partition).or_insert(event.ts);
+        if event.ts < newest.saturating_sub(lateness) {
+            self.tally.late += 1;
+            return Outcome::Late;
+        }
+        *newest = (*newest).max(event.ts);
+        self.arrival += 1;
+        self.tally.counted += 1;
+        let settings = self.settings;
+        match self.streams.get_mut(event.stream_id.as_str()) {
+            Some(s) => s.apply(event, self.arrival, &settings),
+            None => {
+                let mut s = StreamAcc::new(event.ts);
+                s.apply(event, self.arrival, &settings);
+                self.streams.insert(event.stream_id.clone(), s);
+            }
+        }
+        Outcome::Counted
+    }
+
+    /// Number of sessions held in memory.
+    pub fn session_count(&self) -> usize {
+        self.streams.values().map(|s| s.session_count()).sum()
+    }
+
+    /// The tables as of now. `final_through`: buckets ending at or before it are final; `None`
+    /// means the input has ended and every bucket is final.
+    pub fn snapshot(&self, final_through: Option<Millis>) -> Snapshot {
+        let mut ids: Vec<&String> = self.streams.keys().collect();
+        ids.sort();
+        let mut out = Snapshot::default();
+        for id in ids {
+            self.streams[id].snapshot(id, &self.settings, final_through, &mut out);
+        }
+        out
+    }
+}
+
+/// Nearest-rank percentile of sorted values: the smallest value with at least `p` % at or below it.
+pub fn nearest_rank(sorted: &[i64], p: u32) -> Option<i64> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let n = sorted.len() as u64;
+    let rank = (u64::from(p) * n).div_ceil(100).max(1);
+    sorted.get(rank as usize - 1).copied()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nearest_rank_matches_the_contract_example() {
+        assert_eq!(nearest_rank(&[1000, 2000], 50), Some(1000));
+        assert_eq!(nearest_rank(&[1000, 2000], 90), Some(2000));
+        assert_eq!(nearest_rank(&[5], 90), Some(5));
+        assert_eq!(nearest_rank(&[], 50), None);
+        let v: Vec<i64> = (1..=10).collect();
+        assert_eq!(nearest_rank(&v, 90), Some(9));
+        assert_eq!(nearest_rank(&v, 91), Some(10));
+    }
+}

@@ -1,0 +1,451 @@
+//! Per-stream state and how it becomes rows.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use earshot_contract::{Event, EventType, ListenerKey, Millis, StreamState};
+use earshot_sketch::Sketch;
+
+use crate::{
+    BucketRow, EndType, RangeSketches, SessionRow, Settings, Snapshot, StreamRow, nearest_rank,
+};
+
+/// Order of events inside a session: by `ts`, then by arrival.
+type Stamp = (Millis, u64);
+
+#[derive(Debug)]
+struct End {
+    at: Stamp,
+    kind: EndType,
+    reason: Option<Box<str>>,
+}
+
+#[derive(Debug)]
+struct SessionAcc {
+    /// The earliest event: `join_ts` and who the listener is.
+    first: Stamp,
+    listener: ListenerKey,
+    end: Option<Box<End>>,
+    /// Union of `[a, a + L)` over every alive point `a`, sorted and disjoint (not yet cut at the end).
+    alive: Vec<(Millis, Millis)>,
+    heartbeats: u32,
+    client: Option<Box<(Stamp, Box<str>)>>,
+    region: Option<Box<(Stamp, Box<str>)>>,
+}
+
+impl SessionAcc {
+    fn end_ts(&self) -> Option<Millis> {
+        self.end.as_ref().map(|e| e.at.0)
+    }
+
+    /// Connected intervals: the alive windows cut at the session's end.
+    fn connected(&self) -> impl Iterator<Item = (Millis, Millis)> + '_ {
+        let end = self.end_ts().unwrap_or(Millis::MAX);
+        self.alive
+            .iter()
+            .take_while(move |(a, _)| *a < end)
+            .map(move |&(a, b)| (a, b.min(end)))
+    }
+
+    fn connect_ts(&self) -> Option<Millis> {
+        self.connected().next().map(|(a, _)| a)
+    }
+
+    /// Adds the alive window `[a, b)`, keeping `alive` sorted and disjoint.
+    fn add_alive(&mut self, a: Millis, b: Millis) {
+        // Windows all have length L, so in-order heartbeats only ever touch the last one.
+        if let Some(last) = self.alive.last_mut()
+            && last.0 <= a
+        {
+            if a <= last.1 {
+                last.1 = last.1.max(b);
+            } else {
+                self.alive.push((a, b));
+            }
+            return;
+        }
+        let i = self.alive.partition_point(|w| w.1 < a);
+        let mut j = i;
+        let (mut lo, mut hi) = (a, b);
+        while j < self.alive.len() && self.alive[j].0 <= hi {
+            lo = lo.min(self.alive[j].0);
+            hi = hi.max(self.alive[j].1);
+            j += 1;
+        }
+        self.alive.splice(i..j, [(lo, hi)]);
+    }
+}
+
+fn earlier_value(slot: &mut Option<Box<(Stamp, Box<str>)>>, at: Stamp, value: Option<&String>) {
+    if let Some(v) = value
+        && slot.as_ref().is_none_or(|s| at < s.0)
+    {
+        *slot = Some(Box::new((at, v.as_str().into())));
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct StreamAcc {
+    first_event: Millis,
+    last_event: Millis,
+    sessions: HashMap<Box<str>, SessionAcc>,
+    /// `display` samples, `(ts, displayed)`.
+    displays: Vec<(Millis, i64)>,
+    live_state: Option<Millis>,
+    /// `(ts, scheduled_start)` of the latest `stream_state` that carries one (largest on a tie).
+    scheduled: Option<(Millis, Millis)>,
+    /// Per bucket index: joins, connects, leaves, drops.
+    event_counts: BTreeMap<i64, [i64; 4]>,
+}
+
+impl StreamAcc {
+    pub(crate) fn new(ts: Millis) -> StreamAcc {
+        StreamAcc {
+            first_event: ts,
+            last_event: ts,
+            sessions: HashMap::new(),
+            displays: Vec::new(),
+            live_state: None,
+            scheduled: None,
+            event_counts: BTreeMap::new(),
+        }
+    }
+
+    pub(crate) fn session_count(&self) -> usize {
+        self.sessions.len()
+    }
+
+    pub(crate) fn apply(&mut self, e: &Event, arrival: u64, settings: &Settings) {
+        self.first_event = self.first_event.min(e.ts);
+        self.last_event = self.last_event.max(e.ts);
+        let at = (e.ts, arrival);
+        let counter = match e.kind {
+            EventType::Join => Some(0),
+            EventType::Connect => Some(1),
+            EventType::Leave => Some(2),
+            EventType::Drop => Some(3),
+            _ => None,
+        };
+        if let Some(c) = counter {
+            self.event_counts
+                .entry(e.ts.div_euclid(settings.bucket_ms))
+                .or_default()[c] += 1;
+        }
+        match e.kind {
+            EventType::Display => {
+                if let Some(d) = e.displayed {
+                    self.displays.push((e.ts, d));
+                }
+            }
+            EventType::StreamState => {
+                if e.state == Some(StreamState::Live) {
+                    self.live_state = Some(self.live_state.map_or(e.ts, |t| t.min(e.ts)));
+                }
+                if let Some(ss) = e.scheduled_start {
+                    self.scheduled = self.scheduled.max(Some((e.ts, ss)));
+                }
+            }
+            _ => self.apply_session(e, at, settings),
+        }
+    }
+
+    fn apply_session(&mut self, e: &Event, at: Stamp, settings: &Settings) {
+        let (Some(session_id), Some(listener)) = (e.session_id.as_deref(), e.listener_key) else {
+            return;
+        };
+        let s = match self.sessions.get_mut(session_id) {
+            Some(s) => {
+                if at < s.first {
+                    s.first = at;
+                    s.listener = listener;
+                }
+                s
+            }
+            None => self
+                .sessions
+                .entry(session_id.into())
+                .or_insert(SessionAcc {
+                    first: at,
+                    listener,
+                    end: None,
+                    alive: Vec::new(),
+                    heartbeats: 0,
+                    client: None,
+                    region: None,
+                }),
+        };
+        earlier_value(&mut s.client, at, e.client.as_ref());
+        earlier_value(&mut s.region, at, e.region.as_ref());
+        match e.kind {
+            EventType::Connect | EventType::Heartbeat => {
+                if e.kind == EventType::Heartbeat {
+                    s.heartbeats = s.heartbeats.saturating_add(1);
+                }
+                s.add_alive(e.ts, e.ts.saturating_add(settings.liveness_ms));
+            }
+            EventType::Leave | EventType::Drop => {
+                if s.end.as_ref().is_none_or(|end| at < end.at) {
+                    s.end = Some(Box::new(End {
+                        at,
+                        kind: if e.kind == EventType::Leave {
+                            EndType::Leave
+                        } else {
+                            EndType::Drop
+                        },
+                        reason: e.reason.as_deref().map(Into::into),
+                    }));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    pub(crate) fn snapshot(
+        &self,
+        stream_id: &str,
+        settings: &Settings,
+        final_through: Option<Millis>,
+        out: &mut Snapshot,
+    ) {
+        let w = settings.bucket_ms;
+        let b0 = self.first_event.div_euclid(w);
+        let b1 = self.last_event.div_euclid(w);
+        let n = (b1 - b0 + 1) as usize;
+        let bucket_of = |t: Millis| -> usize { (t.div_euclid(w) - b0).clamp(0, n as i64 - 1) as usize };
+
+        let mut roster_changes: Vec<(Millis, i64)> = Vec::new();
+        let mut connected_changes: Vec<(Millis, i64)> = Vec::new();
+        let mut present = RangeSketches::new(n);
+        let mut connected_buckets = RangeSketches::new(n);
+        let mut joined = Sketch::new();
+        let mut connected_all = Sketch::new();
+        let mut listeners: HashSet<ListenerKey> = HashSet::new();
+        let mut connected_time: HashMap<ListenerKey, Vec<(Millis, Millis)>> = HashMap::new();
+        let (mut failed, mut abandoned, mut ghosts) = (0i64, 0i64, 0i64);
+        let mut ttfa: Vec<i64> = Vec::new();
+        let mut earliest_connect: Option<Millis> = None;
+
+        let mut ids: Vec<&Box<str>> = self.sessions.keys().collect();
+        ids.sort();
+        for id in ids {
+            let s = &self.sessions[id];
+            let join = s.first.0;
+            let end = s.end_ts();
+            let hash = earshot_sketch::hash_bytes(&s.listener.0);
+            listeners.insert(s.listener);
+            joined.insert_hash(hash);
+            if end.is_none_or(|e| e > join) {
+                roster_changes.push((join, 1));
+                let last = match end {
+                    Some(e) => {
+                        roster_changes.push((e, -1));
+                        bucket_of(e - 1)
+                    }
+                    None => n - 1,
+                };
+                present.insert(bucket_of(join), last, hash);
+            }
+            let mut listened = 0i64;
+            for (a, b) in s.connected() {
+                connected_changes.push((a, 1));
+                connected_changes.push((b, -1));
+                connected_buckets.insert(bucket_of(a), bucket_of(b - 1), hash);
+                connected_time.entry(s.listener).or_default().push((a, b));
+                listened += b - a;
+            }
+            let connect_ts = s.connect_ts();
+            match connect_ts {
+                Some(c) => {
+                    connected_all.insert_hash(hash);
+                    ttfa.push(c - join);
+                    earliest_connect = Some(earliest_connect.map_or(c, |t| t.min(c)));
+                }
+                None => {
+                    failed += 1;
+                    if end.is_some() {
+                        abandoned += 1;
+                    } else {
+                        ghosts += 1;
+                    }
+                }
+            }
+            out.sessions.push(SessionRow {
+                stream_id: stream_id.to_owned(),
+                session_id: id.to_string(),
+                listener_key: s.listener,
+                join_ts: join,
+                connect_ts,
+                end_ts: end,
+                end_type: s.end.as_ref().map(|e| e.kind),
+                end_reason: s.end.as_ref().and_then(|e| e.reason.as_deref().map(str::to_owned)),
+                listened_ms: listened,
+                heartbeats: u64::from(s.heartbeats),
+                client: s.client.as_ref().map(|c| c.1.to_string()),
+                region: s.region.as_ref().map(|c| c.1.to_string()),
+            });
+        }
+
+        roster_changes.sort_unstable();
+        connected_changes.sort_unstable();
+        let mut displays = self.displays.clone();
+        displays.sort_unstable();
+        let mut roster = Sweep::new(&roster_changes);
+        let mut connected = Sweep::new(&connected_changes);
+        let mut shown: Option<i64> = None;
+        let mut di = 0usize;
+        let present = present.into_leaves();
+        let connected_sketches = connected_buckets.into_leaves();
+        let (mut peak_roster, mut peak_connected) = (0i64, 0i64);
+        for (k, (mut p, mut c)) in present.into_iter().zip(connected_sketches).enumerate() {
+            let start = (b0 + k as i64) * w;
+            let (roster_start, roster_peak) = roster.bucket(start, start + w);
+            let (connected_start, connected_peak) = connected.bucket(start, start + w);
+            while di < displays.len() && displays[di].0 <= start {
+                shown = Some(displays[di].1);
+                di += 1;
+            }
+            peak_roster = peak_roster.max(roster_peak);
+            peak_connected = peak_connected.max(connected_peak);
+            let counts = self.event_counts.get(&(b0 + k as i64)).copied().unwrap_or_default();
+            out.buckets.push(BucketRow {
+                stream_id: stream_id.to_owned(),
+                bucket_start: start,
+                width_ms: w,
+                displayed_start: shown,
+                roster_start,
+                roster_peak,
+                connected_start,
+                connected_peak,
+                joins: counts[0],
+                connects: counts[1],
+                leaves: counts[2],
+                drops: counts[3],
+                present_hll: p.to_bytes(),
+                connected_hll: c.to_bytes(),
+                is_final: final_through.is_none_or(|f| start + w <= f),
+            });
+        }
+
+        let mut connected_60s = 0i64;
+        for intervals in connected_time.values_mut() {
+            if union_length(intervals) >= settings.min_listen_ms {
+                connected_60s += 1;
+            }
+        }
+        ttfa.sort_unstable();
+        let live_at = self.live_state.or(earliest_connect);
+        let scheduled_start = self.scheduled.map(|(_, s)| s);
+        out.streams.push(StreamRow {
+            stream_id: stream_id.to_owned(),
+            scheduled_start,
+            live_at,
+            start_delay_ms: live_at.zip(scheduled_start).map(|(l, s)| l - s),
+            first_event: self.first_event,
+            last_event: self.last_event,
+            sessions: self.sessions.len() as i64,
+            peak_displayed: self.displays.iter().map(|d| d.1).max(),
+            peak_roster,
+            peak_connected,
+            listeners_joined: listeners.len() as i64,
+            listeners_connected: connected_time.len() as i64,
+            listeners_connected_60s: connected_60s,
+            failed_joins: failed,
+            abandoned_before_audio: abandoned,
+            ghost_sessions: ghosts,
+            ttfa_ms_p50: nearest_rank(&ttfa, 50),
+            ttfa_ms_p90: nearest_rank(&ttfa, 90),
+            joined_hll: joined.to_bytes(),
+            connected_hll: connected_all.to_bytes(),
+        });
+    }
+}
+
+/// Length of the union of half-open intervals (sorts them in place).
+fn union_length(intervals: &mut [(Millis, Millis)]) -> i64 {
+    intervals.sort_unstable();
+    let mut total = 0i64;
+    let mut cur: Option<(Millis, Millis)> = None;
+    for &(a, b) in intervals.iter() {
+        match &mut cur {
+            Some((_, ce)) if a <= *ce => *ce = (*ce).max(b),
+            _ => {
+                if let Some((cs, ce)) = cur {
+                    total += ce - cs;
+                }
+                cur = Some((a, b));
+            }
+        }
+    }
+    if let Some((cs, ce)) = cur {
+        total += ce - cs;
+    }
+    total
+}
+
+/// Walks a sorted list of `(time, delta)` changes bucket by bucket.
+struct Sweep<'a> {
+    changes: &'a [(Millis, i64)],
+    i: usize,
+    value: i64,
+}
+
+impl<'a> Sweep<'a> {
+    fn new(changes: &'a [(Millis, i64)]) -> Sweep<'a> {
+        Sweep {
+            changes,
+            i: 0,
+            value: 0,
+        }
+    }
+
+    /// The value at `start` and the maximum over `[start, end)`, with every change at one instant
+    /// applied before the value at that instant is read.
+    fn bucket(&mut self, start: Millis, end: Millis) -> (i64, i64) {
+        while self.i < self.changes.len() && self.changes[self.i].0 <= start {
+            self.value += self.changes[self.i].1;
+            self.i += 1;
+        }
+        let at_start = self.value;
+        let mut peak = at_start;
+        while self.i < self.changes.len() && self.changes[self.i].0 < end {
+            let t = self.changes[self.i].0;
+            while self.i < self.changes.len() && self.changes[self.i].0 == t {
+                self.value += self.changes[self.i].1;
+                self.i += 1;
+            }
+            peak = peak.max(self.value);
+        }
+        (at_start, peak)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn alive_windows_merge_in_any_order() {
+        let mut s = SessionAcc {
+            first: (0, 0),
+            listener: ListenerKey([0; 16]),
+            end: None,
+            alive: Vec::new(),
+            heartbeats: 0,
+            client: None,
+            region: None,
+        };
+        for a in [50, 0, 100, 20, 200, 80] {
+            s.add_alive(a, a + 30);
+        }
+        assert_eq!(s.alive, vec![(0, 130), (200, 230)]);
+        s.add_alive(140, 170);
+        assert_eq!(s.alive, vec![(0, 130), (140, 170), (200, 230)]);
+        s.add_alive(125, 205);
+        assert_eq!(s.alive, vec![(0, 230)]);
+    }
+
+    #[test]
+    fn union_length_counts_overlaps_once() {
+        assert_eq!(union_length(&mut [(0, 10), (5, 20), (30, 40)]), 30);
+        assert_eq!(union_length(&mut []), 0);
+    }
+}
