@@ -1,0 +1,67 @@
+//! Arrow batches and Parquet files: how earshot's five tables sit on disk.
+//!
+//! A data directory holds generations: `gen-000042/` with one Parquet file per table
+//! (`streams`, `buckets`, `sessions`, `events`, `rejects`) and a `manifest.json`, and a symlink
+//! `current` naming the newest complete one. A generation is written under a temporary name, synced,
+//! renamed into place, and only then does `current` move (a symlink replaced by `rename`, which is
+//! atomic). A crash at any instant leaves `current` on a whole, older generation; a reader that
+//! resolved `current` keeps a consistent set of tables even while a newer one is committed. The
+//! previous generation is kept, so such a reader is not cut off mid-query.
+//!
+//! This crate writes and locates files; it computes no figure (those come from `earshot-core`) and
+//! runs no query (that is `earshot-sql`).
+
+mod schema;
+mod writer;
+
+use std::path::{Path, PathBuf};
+
+pub use schema::{TABLES, table_schema};
+pub use writer::{Generation, Manifest, ManifestInput, ManifestSettings, REJECT_PAYLOAD_BYTES};
+
+/// Name of the symlink to the newest complete generation.
+pub const CURRENT: &str = "current";
+
+/// Why the store could not do what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The user pointed at something that is not (yet) an earshot data directory.
+    #[error("{path} holds no earshot data\n  hint: run `earshot ingest --input FILE --data {path}` first")]
+    NoData { path: String },
+    /// The disk or file system refused (permissions, space). Retrying helps once that is fixed.
+    #[error("cannot {action} {path}: {source}\n  hint: check that the directory exists, is writable and has free space")]
+    Io {
+        action: &'static str,
+        path: String,
+        source: std::io::Error,
+    },
+    /// Building Arrow batches or Parquet files failed: a bug in earshot.
+    #[error("internal error writing {table}: {message} (this is a bug in earshot; please report it)")]
+    Encode { table: &'static str, message: String },
+}
+
+impl StoreError {
+    pub(crate) fn io(action: &'static str, path: &Path, source: std::io::Error) -> StoreError {
+        StoreError::Io {
+            action,
+            path: path.display().to_string(),
+            source,
+        }
+    }
+}
+
+/// The directory of the current generation of a data directory.
+pub fn current_generation(data_dir: &Path) -> Result<PathBuf, StoreError> {
+    let link = data_dir.join(CURRENT);
+    match std::fs::canonicalize(&link) {
+        Ok(p) if p.is_dir() => Ok(p),
+        _ => Err(StoreError::NoData {
+            path: data_dir.display().to_string(),
+        }),
+    }
+}
+
+/// The Parquet file of `table` in the current generation.
+pub fn table_path(data_dir: &Path, table: &str) -> Result<PathBuf, StoreError> {
+    Ok(current_generation(data_dir)?.join(format!("{table}.parquet")))
+}

@@ -1,0 +1,334 @@
+//! A reference implementation of contract v1, written to be obviously right rather than fast.
+//!
+//! Every figure is computed straight from its definition in `../shared/design/contract.md`:
+//! roster(t), connected(t) and displayed(t) are functions evaluated at instants; a bucket's peak is
+//! the maximum over its start and every instant inside it where anything can change; "listened at
+//! least M" measures the set where the listener is connected by cutting time at every boundary and
+//! evaluating connected(t) on each piece. No state is carried between events except what the
+//! contract's order rules (duplicates, lateness) require. It shares nothing with `earshot-core`
+//! except the parsed `Event` type and the sketch format.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+
+use earshot_contract::{Event, EventType, ListenerKey, Millis, StreamState};
+use earshot_core::{BucketRow, EndType, SessionRow, Settings, Snapshot, StreamRow, Tally};
+use earshot_sketch::Sketch;
+
+/// An event that counts, with its arrival position.
+#[derive(Clone, Debug)]
+struct Counted {
+    arrival: usize,
+    event: Event,
+}
+
+/// What the reference decides for each offered event, in order: `Some(late)` or `None` (duplicate).
+pub fn classify(events: &[(u32, Event)], settings: &Settings) -> Vec<Option<bool>> {
+    let mut seen: HashSet<&str> = HashSet::new();
+    let mut out = Vec::new();
+    for (i, (partition, e)) in events.iter().enumerate() {
+        if !seen.insert(e.event_id.as_str()) {
+            out.push(None);
+            continue;
+        }
+        // The watermark: newest ts among earlier valid, non-duplicate events of this partition,
+        // minus the lateness.
+        let newest = events[..i]
+            .iter()
+            .zip(&out)
+            .filter(|((p, _), verdict)| p == partition && verdict.is_some())
+            .map(|((_, e), _)| e.ts)
+            .max();
+        let late = newest.is_some_and(|n| e.ts < n - settings.lateness_ms);
+        out.push(Some(late));
+    }
+    out
+}
+
+struct Session {
+    id: String,
+    listener: ListenerKey,
+    join: Millis,
+    end: Option<Millis>,
+    end_type: Option<EndType>,
+    end_reason: Option<String>,
+    alive: Vec<Millis>,
+    heartbeats: u64,
+    client: Option<String>,
+    region: Option<String>,
+}
+
+impl Session {
+    fn from_events(id: &str, evs: &[&Counted]) -> Session {
+        let by_order = |c: &&&Counted| (c.event.ts, c.arrival);
+        let first = evs.iter().min_by_key(by_order).expect("a session has an event");
+        let end_event = evs
+            .iter()
+            .filter(|c| matches!(c.event.kind, EventType::Leave | EventType::Drop))
+            .min_by_key(by_order);
+        let end = end_event.map(|c| c.event.ts);
+        let alive: Vec<Millis> = evs
+            .iter()
+            .filter(|c| matches!(c.event.kind, EventType::Connect | EventType::Heartbeat))
+            .map(|c| c.event.ts)
+            .filter(|t| end.is_none_or(|e| *t < e))
+            .collect();
+        let earliest_with = |f: &dyn Fn(&Event) -> Option<String>| {
+            evs.iter()
+                .filter(|c| f(&c.event).is_some())
+                .min_by_key(by_order)
+                .and_then(|c| f(&c.event))
+        };
+        Session {
+            id: id.to_owned(),
+            listener: first.event.listener_key.expect("session events have a listener"),
+            join: evs.iter().map(|c| c.event.ts).min().unwrap_or_default(),
+            end,
+            end_type: end_event.map(|c| {
+                if c.event.kind == EventType::Leave {
+                    EndType::Leave
+                } else {
+                    EndType::Drop
+                }
+            }),
+            end_reason: end_event.and_then(|c| c.event.reason.clone()),
+            alive,
+            heartbeats: evs
+                .iter()
+                .filter(|c| c.event.kind == EventType::Heartbeat)
+                .count() as u64,
+            client: earliest_with(&|e| e.client.clone()),
+            region: earliest_with(&|e| e.region.clone()),
+        }
+    }
+
+    fn on_roster(&self, t: Millis) -> bool {
+        self.join <= t && self.end.is_none_or(|e| t < e)
+    }
+
+    fn connect_ts(&self) -> Option<Millis> {
+        self.alive.iter().copied().min()
+    }
+
+    fn connected(&self, t: Millis, liveness: i64) -> bool {
+        let Some(c) = self.connect_ts() else {
+            return false;
+        };
+        if t < c || self.end.is_some_and(|e| t >= e) {
+            return false;
+        }
+        let latest = self.alive.iter().copied().filter(|a| *a <= t).max();
+        latest.is_some_and(|a| t < a + liveness)
+    }
+
+    /// Every instant at which this session's roster or connected status can change.
+    fn change_points(&self, liveness: i64) -> Vec<Millis> {
+        let mut v = vec![self.join];
+        v.extend(self.end);
+        for a in &self.alive {
+            v.push(*a);
+            v.push(a + liveness);
+        }
+        v
+    }
+}
+
+/// Measure of the set of instants where `pred` holds, given every instant where it can change.
+fn measure(points: &mut Vec<Millis>, pred: impl Fn(Millis) -> bool) -> i64 {
+    points.sort_unstable();
+    points.dedup();
+    points
+        .windows(2)
+        .filter(|w| pred(w[0]))
+        .map(|w| w[1] - w[0])
+        .sum()
+}
+
+fn sketch_of(listeners: &BTreeSet<ListenerKey>) -> Vec<u8> {
+    let mut s = Sketch::new();
+    for l in listeners {
+        s.insert(&l.0);
+    }
+    s.to_bytes()
+}
+
+fn nearest_rank(sorted: &[i64], p: usize) -> Option<i64> {
+    // The smallest value with at least p % of values at or below it.
+    sorted
+        .iter()
+        .copied()
+        .find(|v| sorted.iter().filter(|x| *x <= v).count() * 100 >= p * sorted.len())
+}
+
+/// The tables for `events` (offered in this order, each with its partition) at end of input.
+pub fn reference(events: &[(u32, Event)], settings: &Settings) -> (Snapshot, Tally) {
+    let verdicts = classify(events, settings);
+    let mut tally = Tally::default();
+    let mut counted: Vec<Counted> = Vec::new();
+    for (i, v) in verdicts.iter().enumerate() {
+        match v {
+            None => tally.duplicates += 1,
+            Some(true) => tally.late += 1,
+            Some(false) => {
+                tally.counted += 1;
+                counted.push(Counted {
+                    arrival: i,
+                    event: events[i].1.clone(),
+                });
+            }
+        }
+    }
+    let l = settings.liveness_ms;
+    let w = settings.bucket_ms;
+    let mut by_stream: BTreeMap<&str, Vec<&Counted>> = BTreeMap::new();
+    for c in &counted {
+        by_stream.entry(c.event.stream_id.as_str()).or_default().push(c);
+    }
+    let mut snap = Snapshot::default();
+    for (stream_id, evs) in by_stream {
+        let mut by_session: BTreeMap<&str, Vec<&Counted>> = BTreeMap::new();
+        for c in &evs {
+            if let Some(s) = c.event.session_id.as_deref()
+                && c.event.kind.is_session()
+            {
+                by_session.entry(s).or_default().push(c);
+            }
+        }
+        let sessions: Vec<Session> = by_session
+            .iter()
+            .map(|(id, evs)| Session::from_events(id, evs))
+            .collect();
+        let displays: Vec<(Millis, i64)> = evs
+            .iter()
+            .filter(|c| c.event.kind == EventType::Display)
+            .map(|c| (c.event.ts, c.event.displayed.unwrap_or_default()))
+            .collect();
+        let displayed = |t: Millis| -> Option<i64> {
+            let latest = displays.iter().map(|d| d.0).filter(|d| *d <= t).max()?;
+            displays.iter().filter(|d| d.0 == latest).map(|d| d.1).max()
+        };
+        let roster = |t: Millis| sessions.iter().filter(|s| s.on_roster(t)).count() as i64;
+        let connected = |t: Millis| sessions.iter().filter(|s| s.connected(t, l)).count() as i64;
+        let all_points: Vec<Millis> = sessions.iter().flat_map(|s| s.change_points(l)).collect();
+
+        let first = evs.iter().map(|c| c.event.ts).min().unwrap_or_default();
+        let last = evs.iter().map(|c| c.event.ts).max().unwrap_or_default();
+        let (mut peak_roster, mut peak_connected) = (0, 0);
+        let mut b = first.div_euclid(w) * w;
+        while b <= last {
+            let end = b + w;
+            let instants: Vec<Millis> = std::iter::once(b)
+                .chain(all_points.iter().copied().filter(|t| *t > b && *t < end))
+                .collect();
+            let roster_peak = instants.iter().map(|t| roster(*t)).max().unwrap_or(0);
+            let connected_peak = instants.iter().map(|t| connected(*t)).max().unwrap_or(0);
+            peak_roster = peak_roster.max(roster_peak);
+            peak_connected = peak_connected.max(connected_peak);
+            let count = |k: EventType| {
+                evs.iter()
+                    .filter(|c| c.event.kind == k && c.event.ts >= b && c.event.ts < end)
+                    .count() as i64
+            };
+            let present: BTreeSet<ListenerKey> = sessions
+                .iter()
+                .filter(|s| instants.iter().any(|t| s.on_roster(*t)))
+                .map(|s| s.listener)
+                .collect();
+            let connected_set: BTreeSet<ListenerKey> = sessions
+                .iter()
+                .filter(|s| instants.iter().any(|t| s.connected(*t, l)))
+                .map(|s| s.listener)
+                .collect();
+            snap.buckets.push(BucketRow {
+                stream_id: stream_id.to_owned(),
+                bucket_start: b,
+                width_ms: w,
+                displayed_start: displayed(b),
+                roster_start: roster(b),
+                roster_peak,
+                connected_start: connected(b),
+                connected_peak,
+                joins: count(EventType::Join),
+                connects: count(EventType::Connect),
+                leaves: count(EventType::Leave),
+                drops: count(EventType::Drop),
+                present_hll: sketch_of(&present),
+                connected_hll: sketch_of(&connected_set),
+                is_final: true,
+            });
+            b = end;
+        }
+
+        let listeners: BTreeSet<ListenerKey> = sessions.iter().map(|s| s.listener).collect();
+        let ever_connected: BTreeSet<ListenerKey> = sessions
+            .iter()
+            .filter(|s| s.connect_ts().is_some())
+            .map(|s| s.listener)
+            .collect();
+        let long_listeners = listeners
+            .iter()
+            .filter(|lk| {
+                let mine: Vec<&Session> = sessions.iter().filter(|s| s.listener == **lk).collect();
+                let mut pts: Vec<Millis> = mine.iter().flat_map(|s| s.change_points(l)).collect();
+                measure(&mut pts, |t| mine.iter().any(|s| s.connected(t, l))) >= settings.min_listen_ms
+            })
+            .count() as i64;
+        let mut ttfa: Vec<i64> = sessions
+            .iter()
+            .filter_map(|s| s.connect_ts().map(|c| c - s.join))
+            .collect();
+        ttfa.sort_unstable();
+        let live_state = evs
+            .iter()
+            .filter(|c| c.event.state == Some(StreamState::Live))
+            .map(|c| c.event.ts)
+            .min();
+        let live_at = live_state.or(sessions.iter().filter_map(|s| s.connect_ts()).min());
+        let scheduled = evs
+            .iter()
+            .filter(|c| c.event.scheduled_start.is_some())
+            .map(|c| (c.event.ts, c.event.scheduled_start))
+            .max()
+            .and_then(|(_, s)| s);
+        let failed = sessions.iter().filter(|s| s.connect_ts().is_none());
+        snap.streams.push(StreamRow {
+            stream_id: stream_id.to_owned(),
+            scheduled_start: scheduled,
+            live_at,
+            start_delay_ms: live_at.zip(scheduled).map(|(a, b)| a - b),
+            first_event: first,
+            last_event: last,
+            sessions: sessions.len() as i64,
+            peak_displayed: displays.iter().map(|d| d.1).max(),
+            peak_roster,
+            peak_connected,
+            listeners_joined: listeners.len() as i64,
+            listeners_connected: ever_connected.len() as i64,
+            listeners_connected_60s: long_listeners,
+            failed_joins: failed.clone().count() as i64,
+            abandoned_before_audio: failed.clone().filter(|s| s.end.is_some()).count() as i64,
+            ghost_sessions: failed.filter(|s| s.end.is_none()).count() as i64,
+            ttfa_ms_p50: nearest_rank(&ttfa, 50),
+            ttfa_ms_p90: nearest_rank(&ttfa, 90),
+            joined_hll: sketch_of(&listeners),
+            connected_hll: sketch_of(&ever_connected),
+        });
+        for s in &sessions {
+            let mut pts = s.change_points(l);
+            snap.sessions.push(SessionRow {
+                stream_id: stream_id.to_owned(),
+                session_id: s.id.clone(),
+                listener_key: s.listener,
+                join_ts: s.join,
+                connect_ts: s.connect_ts(),
+                end_ts: s.end,
+                end_type: s.end_type,
+                end_reason: s.end_reason.clone(),
+                listened_ms: measure(&mut pts, |t| s.connected(t, l)),
+                heartbeats: s.heartbeats,
+                client: s.client.clone(),
+                region: s.region.clone(),
+            });
+        }
+    }
+    (snap, tally)
+}
