@@ -60,7 +60,10 @@ struct Session {
 impl Session {
     fn from_events(id: &str, evs: &[&Counted]) -> Session {
         let by_order = |c: &&&Counted| (c.event.ts, c.arrival);
-        let first = evs.iter().min_by_key(by_order).expect("a session has an event");
+        let first = evs
+            .iter()
+            .min_by_key(by_order)
+            .expect("a session has an event");
         let end_event = evs
             .iter()
             .filter(|c| matches!(c.event.kind, EventType::Leave | EventType::Drop))
@@ -80,7 +83,10 @@ impl Session {
         };
         Session {
             id: id.to_owned(),
-            listener: first.event.listener_key.expect("session events have a listener"),
+            listener: first
+                .event
+                .listener_key
+                .expect("session events have a listener"),
             join: evs.iter().map(|c| c.event.ts).min().unwrap_or_default(),
             end,
             end_type: end_event.map(|c| {
@@ -181,7 +187,10 @@ pub fn reference(events: &[(u32, Event)], settings: &Settings) -> (Snapshot, Tal
     let w = settings.bucket_ms;
     let mut by_stream: BTreeMap<&str, Vec<&Counted>> = BTreeMap::new();
     for c in &counted {
-        by_stream.entry(c.event.stream_id.as_str()).or_default().push(c);
+        by_stream
+            .entry(c.event.stream_id.as_str())
+            .or_default()
+            .push(c);
     }
     let mut snap = Snapshot::default();
     for (stream_id, evs) in by_stream {
@@ -269,7 +278,8 @@ pub fn reference(events: &[(u32, Event)], settings: &Settings) -> (Snapshot, Tal
             .filter(|lk| {
                 let mine: Vec<&Session> = sessions.iter().filter(|s| s.listener == **lk).collect();
                 let mut pts: Vec<Millis> = mine.iter().flat_map(|s| s.change_points(l)).collect();
-                measure(&mut pts, |t| mine.iter().any(|s| s.connected(t, l))) >= settings.min_listen_ms
+                measure(&mut pts, |t| mine.iter().any(|s| s.connected(t, l)))
+                    >= settings.min_listen_ms
             })
             .count() as i64;
         let mut ttfa: Vec<i64> = sessions

@@ -126,7 +126,10 @@ impl Gen {
             let state = *self.rng.pick(&["scheduled", "live", "ended"]);
             let id = self.id();
             let sched = if self.rng.chance(0.6) {
-                format!(r#","scheduled_start":"{}""#, ts(self.rng.range(0, horizon) * 1000))
+                format!(
+                    r#","scheduled_start":"{}""#,
+                    ts(self.rng.range(0, horizon) * 1000)
+                )
             } else {
                 String::new()
             };

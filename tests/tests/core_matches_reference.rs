@@ -3,9 +3,9 @@
 
 use earshot_contract::Pseudonymizer;
 use earshot_core::{Engine, Outcome, Settings, Snapshot, Tally};
+use earshot_tests::parse_all;
 use earshot_tests::reference::reference;
 use earshot_tests::scenario::scenario;
-use earshot_tests::parse_all;
 use proptest::prelude::*;
 
 fn engine_run(events: &[(u32, earshot_contract::Event)], settings: Settings) -> (Snapshot, Tally) {
@@ -29,12 +29,27 @@ fn assert_same(lines: &[(u32, String)], settings: Settings) -> [u64; 4] {
             .join("\n")
     };
     assert_eq!(got_tally, want_tally, "tally differs for\n{}", dump());
-    assert_eq!(got.streams.len(), want.streams.len(), "streams differ for\n{}", dump());
+    assert_eq!(
+        got.streams.len(),
+        want.streams.len(),
+        "streams differ for\n{}",
+        dump()
+    );
     for (g, w) in got.streams.iter().zip(&want.streams) {
         assert_eq!(g, w, "stream row differs for\n{}", dump());
     }
-    assert_eq!(got.sessions, want.sessions, "sessions differ for\n{}", dump());
-    assert_eq!(got.buckets.len(), want.buckets.len(), "bucket count differs for\n{}", dump());
+    assert_eq!(
+        got.sessions,
+        want.sessions,
+        "sessions differ for\n{}",
+        dump()
+    );
+    assert_eq!(
+        got.buckets.len(),
+        want.buckets.len(),
+        "bucket count differs for\n{}",
+        dump()
+    );
     for (g, w) in got.buckets.iter().zip(&want.buckets) {
         assert_eq!(g, w, "bucket differs for\n{}", dump());
     }
@@ -82,29 +97,49 @@ fn worked_example_of_the_contract() {
     let present: Vec<u64> = snap
         .buckets
         .iter()
-        .map(|b| earshot_sketch::Sketch::from_bytes(&b.present_hll).unwrap().count())
+        .map(|b| {
+            earshot_sketch::Sketch::from_bytes(&b.present_hll)
+                .unwrap()
+                .count()
+        })
         .collect();
     let connected: Vec<u64> = snap
         .buckets
         .iter()
-        .map(|b| earshot_sketch::Sketch::from_bytes(&b.connected_hll).unwrap().count())
+        .map(|b| {
+            earshot_sketch::Sketch::from_bytes(&b.connected_hll)
+                .unwrap()
+                .count()
+        })
         .collect();
     assert_eq!(present, vec![3, 3, 3, 2, 2, 2]);
     assert_eq!(connected, vec![2, 2, 2, 1, 1, 0]);
     let s = &snap.streams[0];
     assert_eq!(
-        (s.sessions, s.peak_roster, s.peak_connected, s.peak_displayed),
+        (
+            s.sessions,
+            s.peak_roster,
+            s.peak_connected,
+            s.peak_displayed
+        ),
         (3, 3, 2, Some(3))
     );
     assert_eq!(
-        (s.listeners_joined, s.listeners_connected, s.listeners_connected_60s),
+        (
+            s.listeners_joined,
+            s.listeners_connected,
+            s.listeners_connected_60s
+        ),
         (3, 2, 0)
     );
     assert_eq!(
         (s.failed_joins, s.abandoned_before_audio, s.ghost_sessions),
         (1, 0, 1)
     );
-    assert_eq!((s.ttfa_ms_p50, s.ttfa_ms_p90, s.start_delay_ms), (Some(1000), Some(2000), None));
+    assert_eq!(
+        (s.ttfa_ms_p50, s.ttfa_ms_p90, s.start_delay_ms),
+        (Some(1000), Some(2000), None)
+    );
     let _ = assert_same(&lines, Settings::default());
 }
 
@@ -119,7 +154,10 @@ fn several_hundred_seeds_with_default_settings() {
     }
     // The generator must keep producing what the contract has rules for, or this proves little.
     println!("compared sessions, buckets, late, duplicates: {totals:?}");
-    assert!(totals[0] > 1_000 && totals[1] > 3_000 && totals[2] > 100 && totals[3] > 100, "{totals:?}");
+    assert!(
+        totals[0] > 1_000 && totals[1] > 3_000 && totals[2] > 100 && totals[3] > 100,
+        "{totals:?}"
+    );
 }
 
 proptest! {

@@ -46,20 +46,34 @@ fn schema_and_parser_agree_on_the_corpus() {
                 codes_seen.insert(code.to_owned());
             }
             (Ok(_), Some(code)) => panic!("{name}: parser accepted, corpus expects {code}"),
-            (Err(r), None) => panic!("{name}: parser rejected ({}), corpus expects valid", r.reason()),
+            (Err(r), None) => panic!(
+                "{name}: parser rejected ({}), corpus expects valid",
+                r.reason()
+            ),
         }
         let schema_valid = verdict["schema_valid"].as_bool().unwrap();
         if case.get("schema_gap").is_some() {
-            assert!(schema_valid && parsed.is_err(), "{name}: documented gap no longer holds");
+            assert!(
+                schema_valid && parsed.is_err(),
+                "{name}: documented gap no longer holds"
+            );
         } else {
-            assert_eq!(schema_valid, parsed.is_ok(), "{name}: schema and parser disagree");
+            assert_eq!(
+                schema_valid,
+                parsed.is_ok(),
+                "{name}: schema and parser disagree"
+            );
         }
     }
     // Every reason code but not_utf8 (a JSON text corpus cannot hold invalid UTF-8; the parser's
     // unit tests cover it) appears in the corpus.
     for code in earshot_contract::RejectCode::ALL {
         if code != earshot_contract::RejectCode::NotUtf8 {
-            assert!(codes_seen.contains(code.as_str()), "corpus lacks a case for {}", code.as_str());
+            assert!(
+                codes_seen.contains(code.as_str()),
+                "corpus lacks a case for {}",
+                code.as_str()
+            );
         }
     }
 }

@@ -136,7 +136,9 @@ pub fn run(data: &Path, listeners: u64, seed: u64) -> anyhow::Result<()> {
         let (roster, connected) = (p.int("roster_peak"), p.int("connected_peak"));
         println!(
             "  In the 10 s from {} (the displayed peak): displayed {}, roster up to {}, connected up to {}.",
-            p.int("bucket_start").map(format_rfc3339_ms).unwrap_or_default(),
+            p.int("bucket_start")
+                .map(format_rfc3339_ms)
+                .unwrap_or_default(),
             n(p.int("displayed_start")),
             n(roster),
             n(connected)

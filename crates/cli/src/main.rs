@@ -66,7 +66,8 @@ impl SettingsArgs {
             lateness_ms: self.lateness,
             min_listen_ms: self.min_listen,
         };
-        s.validate().map_err(|e| anyhow::anyhow!("invalid settings: {e}"))?;
+        s.validate()
+            .map_err(|e| anyhow::anyhow!("invalid settings: {e}"))?;
         Ok(s)
     }
 }
@@ -206,9 +207,14 @@ fn parse_duration_ms(s: &str) -> Result<i64, String> {
         "s" => 1_000,
         "m" | "min" => 60_000,
         "h" => 3_600_000,
-        _ => return Err(format!("unknown unit {unit:?} in {s:?} (use ms, s, m or h)")),
+        _ => {
+            return Err(format!(
+                "unknown unit {unit:?} in {s:?} (use ms, s, m or h)"
+            ));
+        }
     };
-    n.checked_mul(scale).ok_or_else(|| format!("{s:?} is too long"))
+    n.checked_mul(scale)
+        .ok_or_else(|| format!("{s:?} is too long"))
 }
 
 /// The pseudonymizer from the environment, warning loudly when it is the development key.

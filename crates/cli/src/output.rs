@@ -10,7 +10,7 @@ use arrow::datatypes::{DataType, Int64Type, TimeUnit, TimestampMillisecondType};
 use arrow::record_batch::RecordBatch;
 use arrow::util::display::{ArrayFormatter, FormatOptions};
 use earshot_contract::format_rfc3339_ms;
-use serde_json::{Map, Number, Value};
+use serde_json::{Number, Value};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
@@ -87,7 +87,10 @@ fn text_cell(col: &dyn Array, row: usize, fmt: &ArrayFormatter<'_>, short: bool)
     }
 }
 
-fn formatters<'a>(batch: &'a RecordBatch, opts: &'a FormatOptions<'a>) -> anyhow::Result<Vec<ArrayFormatter<'a>>> {
+fn formatters<'a>(
+    batch: &'a RecordBatch,
+    opts: &'a FormatOptions<'a>,
+) -> anyhow::Result<Vec<ArrayFormatter<'a>>> {
     batch
         .columns()
         .iter()
@@ -107,34 +110,65 @@ fn csv_field(s: &str) -> String {
 pub fn write(out: &mut dyn Write, batches: &[RecordBatch], format: Format) -> anyhow::Result<()> {
     let opts = FormatOptions::default().with_null("");
     let names: Vec<String> = match batches.first() {
-        Some(b) => b.schema().fields().iter().map(|f| f.name().clone()).collect(),
+        Some(b) => b
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect(),
         None => Vec::new(),
     };
     match format {
         Format::Json | Format::Ndjson => {
-            let mut rows = Vec::new();
+            // Objects are written by hand so keys keep the query's column order.
+            let keys: Vec<String> = names
+                .iter()
+                .map(|n| serde_json::to_string(n))
+                .collect::<Result<_, _>>()?;
+            let mut rows: Vec<String> = Vec::new();
             for batch in batches {
                 let fmts = formatters(batch, &opts)?;
                 for r in 0..batch.num_rows() {
-                    let mut obj = Map::new();
+                    let mut obj = String::from("{");
                     for (i, col) in batch.columns().iter().enumerate() {
-                        obj.insert(names[i].clone(), json_cell(col.as_ref(), r, &fmts[i]));
+                        if i > 0 {
+                            obj.push(',');
+                        }
+                        obj.push_str(&keys[i]);
+                        obj.push(':');
+                        obj.push_str(&serde_json::to_string(&json_cell(
+                            col.as_ref(),
+                            r,
+                            &fmts[i],
+                        ))?);
                     }
-                    rows.push(Value::Object(obj));
+                    obj.push('}');
+                    rows.push(obj);
                 }
             }
             if format == Format::Json {
-                serde_json::to_writer_pretty(&mut *out, &Value::Array(rows))?;
-                writeln!(out)?;
+                writeln!(out, "[")?;
+                for (i, row) in rows.iter().enumerate() {
+                    let sep = if i + 1 < rows.len() { "," } else { "" };
+                    writeln!(out, "  {row}{sep}")?;
+                }
+                writeln!(out, "]")?;
             } else {
                 for row in rows {
-                    serde_json::to_writer(&mut *out, &row)?;
-                    writeln!(out)?;
+                    writeln!(out, "{row}")?;
                 }
             }
         }
         Format::Csv => {
-            writeln!(out, "{}", names.iter().map(|n| csv_field(n)).collect::<Vec<_>>().join(","))?;
+            writeln!(
+                out,
+                "{}",
+                names
+                    .iter()
+                    .map(|n| csv_field(n))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            )?;
             for batch in batches {
                 let fmts = formatters(batch, &opts)?;
                 for r in 0..batch.num_rows() {
@@ -187,11 +221,19 @@ pub fn write(out: &mut dyn Write, batches: &[RecordBatch], format: Format) -> an
                     .collect::<Vec<_>>()
                     .join("|")
             };
-            writeln!(out, "{}", line(&names, &vec![false; names.len()]).trim_end())?;
             writeln!(
                 out,
                 "{}",
-                widths.iter().map(|w| "-".repeat(w + 2)).collect::<Vec<_>>().join("+")
+                line(&names, &vec![false; names.len()]).trim_end()
+            )?;
+            writeln!(
+                out,
+                "{}",
+                widths
+                    .iter()
+                    .map(|w| "-".repeat(w + 2))
+                    .collect::<Vec<_>>()
+                    .join("+")
             )?;
             for row in &rows {
                 writeln!(out, "{}", line(row, &numeric).trim_end())?;

@@ -13,7 +13,7 @@ mod pseudonym;
 pub mod time;
 
 pub use parse::parse_event;
-pub use pseudonym::{ListenerKey, Pseudonymizer, PSEUDONYM_KEY_ENV};
+pub use pseudonym::{ListenerKey, PSEUDONYM_KEY_ENV, Pseudonymizer};
 pub use time::{Millis, format_rfc3339_ms, parse_rfc3339_ms};
 
 /// Largest message the contract accepts, in bytes.

@@ -149,8 +149,14 @@ mod tests {
         assert_eq!(parse_rfc3339_ms("1970-01-01T00:00:01.9999Z"), Some(1_999));
         assert_eq!(parse_rfc3339_ms("1970-01-01T01:00:00+01:00"), Some(0));
         assert_eq!(parse_rfc3339_ms("1969-12-31T23:00:00-01:00"), Some(0));
-        assert_eq!(parse_rfc3339_ms("2024-08-12T23:59:58.123Z"), Some(1_723_507_198_123));
-        assert_eq!(parse_rfc3339_ms("2024-08-12T23:59:58.1Z"), Some(1_723_507_198_100));
+        assert_eq!(
+            parse_rfc3339_ms("2024-08-12T23:59:58.123Z"),
+            Some(1_723_507_198_123)
+        );
+        assert_eq!(
+            parse_rfc3339_ms("2024-08-12T23:59:58.1Z"),
+            Some(1_723_507_198_100)
+        );
         assert_eq!(parse_rfc3339_ms("1969-12-31T23:59:59.999Z"), Some(-1));
     }
 
@@ -175,12 +181,18 @@ mod tests {
         ] {
             assert_eq!(parse_rfc3339_ms(bad), None, "{bad}");
         }
-        assert_eq!(parse_rfc3339_ms("2024-02-29T00:00:00Z").is_some(), true);
+        assert!(parse_rfc3339_ms("2024-02-29T00:00:00Z").is_some());
     }
 
     #[test]
     fn formats_round_trip() {
-        for ms in [0, -1, 1_723_507_198_123, 253_402_300_799_999, -62_167_219_200_000] {
+        for ms in [
+            0,
+            -1,
+            1_723_507_198_123,
+            253_402_300_799_999,
+            -62_167_219_200_000,
+        ] {
             assert_eq!(parse_rfc3339_ms(&format_rfc3339_ms(ms)), Some(ms));
         }
     }

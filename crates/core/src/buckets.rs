@@ -78,7 +78,9 @@ mod tests {
             let mut naive: Vec<Sketch> = (0..n).map(|_| Sketch::new()).collect();
             let mut x = 12345u64;
             for k in 0..200u64 {
-                x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                x = x
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 let a = (x >> 33) as usize % n;
                 let b = a + ((x >> 13) as usize % (n + 2));
                 let h = earshot_sketch::hash_bytes(&k.to_le_bytes());

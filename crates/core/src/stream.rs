@@ -182,18 +182,17 @@ impl StreamAcc {
                 }
                 s.add_alive(e.ts, e.ts.saturating_add(settings.liveness_ms));
             }
-            EventType::Leave | EventType::Drop => {
-                if s.end.as_ref().is_none_or(|end| at < end.at) {
-                    s.end = Some(Box::new(End {
-                        at,
-                        kind: if e.kind == EventType::Leave {
-                            EndType::Leave
-                        } else {
-                            EndType::Drop
-                        },
-                        reason: e.reason.as_deref().map(Into::into),
-                    }));
-                }
+            EventType::Leave | EventType::Drop if s.end.as_ref().is_none_or(|end| at < end.at) => {
+                let kind = if e.kind == EventType::Leave {
+                    EndType::Leave
+                } else {
+                    EndType::Drop
+                };
+                s.end = Some(Box::new(End {
+                    at,
+                    kind,
+                    reason: e.reason.as_deref().map(Into::into),
+                }));
             }
             _ => {}
         }
@@ -210,7 +209,8 @@ impl StreamAcc {
         let b0 = self.first_event.div_euclid(w);
         let b1 = self.last_event.div_euclid(w);
         let n = (b1 - b0 + 1) as usize;
-        let bucket_of = |t: Millis| -> usize { (t.div_euclid(w) - b0).clamp(0, n as i64 - 1) as usize };
+        let bucket_of =
+            |t: Millis| -> usize { (t.div_euclid(w) - b0).clamp(0, n as i64 - 1) as usize };
 
         let mut roster_changes: Vec<(Millis, i64)> = Vec::new();
         let mut connected_changes: Vec<(Millis, i64)> = Vec::new();
@@ -276,7 +276,10 @@ impl StreamAcc {
                 connect_ts,
                 end_ts: end,
                 end_type: s.end.as_ref().map(|e| e.kind),
-                end_reason: s.end.as_ref().and_then(|e| e.reason.as_deref().map(str::to_owned)),
+                end_reason: s
+                    .end
+                    .as_ref()
+                    .and_then(|e| e.reason.as_deref().map(str::to_owned)),
                 listened_ms: listened,
                 heartbeats: u64::from(s.heartbeats),
                 client: s.client.as_ref().map(|c| c.1.to_string()),
@@ -305,7 +308,11 @@ impl StreamAcc {
             }
             peak_roster = peak_roster.max(roster_peak);
             peak_connected = peak_connected.max(connected_peak);
-            let counts = self.event_counts.get(&(b0 + k as i64)).copied().unwrap_or_default();
+            let counts = self
+                .event_counts
+                .get(&(b0 + k as i64))
+                .copied()
+                .unwrap_or_default();
             out.buckets.push(BucketRow {
                 stream_id: stream_id.to_owned(),
                 bucket_start: start,

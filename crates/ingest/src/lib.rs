@@ -46,7 +46,9 @@ impl Input {
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
     /// Reading an input failed (missing file, permissions, a broken pipe).
-    #[error("cannot read {source_name}: {error}\n  hint: check the path and that the file is readable")]
+    #[error(
+        "cannot read {source_name}: {error}\n  hint: check the path and that the file is readable"
+    )]
     Input {
         source_name: String,
         error: io::Error,
@@ -107,15 +109,12 @@ pub fn ingest(
         let partition = partition as u32;
         let mut line = Vec::with_capacity(4096);
         let (mut line_no, mut bytes) = (0u64, 0u64);
-        loop {
-            let Some(len) = read_line_capped(&mut input.reader, &mut line, MAX_MESSAGE_BYTES + 1)
-                .map_err(|e| IngestError::Input {
-                    source_name: input.source.clone(),
-                    error: e,
-                })?
-            else {
-                break;
-            };
+        while let Some(len) = read_line_capped(&mut input.reader, &mut line, MAX_MESSAGE_BYTES + 1)
+            .map_err(|e| IngestError::Input {
+                source_name: input.source.clone(),
+                error: e,
+            })?
+        {
             line_no += 1;
             bytes += len as u64;
             summary.messages += 1;

@@ -413,7 +413,14 @@ pub fn simulate(cfg: &SimConfig, out: &mut dyn Write) -> io::Result<SimStats> {
         live_at,
         end_at,
     };
-    b.push(cfg.scheduled_start - 30 * 60_000, Kind::Scheduled, 0, 0, 0, 0);
+    b.push(
+        cfg.scheduled_start - 30 * 60_000,
+        Kind::Scheduled,
+        0,
+        0,
+        0,
+        0,
+    );
     b.push(live_at, Kind::Live, 0, 0, 0, 0);
     b.push(end_at, Kind::Ended, 0, 0, 0, 0);
     for id in 0..cfg.listeners {
@@ -474,11 +481,21 @@ mod tests {
         let (mut a, mut b, mut c) = (Vec::new(), Vec::new(), Vec::new());
         let sa = simulate(&cfg, &mut a).unwrap();
         simulate(&cfg, &mut b).unwrap();
-        simulate(&SimConfig { seed: 7, ..cfg.clone() }, &mut c).unwrap();
+        simulate(
+            &SimConfig {
+                seed: 7,
+                ..cfg.clone()
+            },
+            &mut c,
+        )
+        .unwrap();
         assert_eq!(a, b);
         assert_ne!(a, c);
         assert_eq!(sa.lines as usize, a.iter().filter(|&&x| x == b'\n').count());
-        assert!(sa.sessions > 200, "retries make more sessions than listeners");
+        assert!(
+            sa.sessions > 200,
+            "retries make more sessions than listeners"
+        );
     }
 
     #[test]

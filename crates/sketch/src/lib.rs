@@ -40,11 +40,15 @@ const WORD_REGISTERS: usize = 5;
 pub enum SketchError {
     #[error("sketch is {0} bytes, too short to be an earshot sketch")]
     TooShort(usize),
-    #[error("sketch format version {0} is not supported (this build reads version {FORMAT_VERSION})")]
+    #[error(
+        "sketch format version {0} is not supported (this build reads version {FORMAT_VERSION})"
+    )]
     Version(u8),
     #[error("sketch precision {0} differs from earshot's fixed precision {PRECISION}")]
     Precision(u8),
-    #[error("sketch hash id {0} differs from earshot's hash id {HASH_ID}; sketches from other hashes cannot merge")]
+    #[error(
+        "sketch hash id {0} differs from earshot's hash id {HASH_ID}; sketches from other hashes cannot merge"
+    )]
     Hash(u8),
     #[error("sketch checksum does not match: the bytes are corrupt")]
     Checksum,
@@ -71,9 +75,7 @@ pub fn hash_bytes(bytes: &[u8]) -> u64 {
 
 impl Sketch {
     pub fn new() -> Sketch {
-        Sketch {
-            inner: new_inner(),
-        }
+        Sketch { inner: new_inner() }
     }
 
     /// Adds a value (a listener pseudonym's bytes).
@@ -165,7 +167,9 @@ impl Sketch {
                 let n = u32::from_le_bytes([payload[0], payload[1], payload[2], payload[3]]);
                 let codes = &payload[4..];
                 if codes.len() != n as usize * 4 {
-                    return Err(SketchError::Malformed("sparse length does not match its codes"));
+                    return Err(SketchError::Malformed(
+                        "sparse length does not match its codes",
+                    ));
                 }
                 // The library switches to dense past this many bytes of varints; it never writes
                 // more sparse codes than that, so neither may we read them.
@@ -176,7 +180,9 @@ impl Sketch {
                 for chunk in codes.chunks_exact(4) {
                     let c = u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
                     if prev.is_some_and(|p| c <= p) {
-                        return Err(SketchError::Malformed("sparse codes are not strictly increasing"));
+                        return Err(SketchError::Malformed(
+                            "sparse codes are not strictly increasing",
+                        ));
                     }
                     if !sparse_code_is_valid(c) {
                         return Err(SketchError::Malformed("sparse code out of range"));
@@ -206,7 +212,7 @@ fn sparse_code_is_valid(c: u32) -> bool {
     if c & 1 == 1 {
         // index (25 bits) << 7 | zeros (6 bits) << 1 | 1; zeros counts within the low 64−25 bits.
         let zeros = (c >> 1) & 0x3f;
-        zeros >= 1 && zeros <= 64 - SPARSE_PRECISION + 1
+        (1..=64 - SPARSE_PRECISION + 1).contains(&zeros)
     } else {
         // index << 1, whose bits below the dense index are not all zero.
         let low = (c >> 1) & ((1 << (SPARSE_PRECISION - u32::from(PRECISION))) - 1);
@@ -398,13 +404,19 @@ mod tests {
     #[test]
     fn corrupt_bytes_are_errors_not_panics() {
         let good = sketch_of(0..50_000).to_bytes();
-        assert_eq!(Sketch::from_bytes(&[]).unwrap_err(), SketchError::TooShort(0));
+        assert_eq!(
+            Sketch::from_bytes(&[]).unwrap_err(),
+            SketchError::TooShort(0)
+        );
         let mut v = good.clone();
         v[0] = 9;
         assert_eq!(Sketch::from_bytes(&v).unwrap_err(), SketchError::Version(9));
         let mut v = good.clone();
         v[1] = 12;
-        assert_eq!(Sketch::from_bytes(&v).unwrap_err(), SketchError::Precision(12));
+        assert_eq!(
+            Sketch::from_bytes(&v).unwrap_err(),
+            SketchError::Precision(12)
+        );
         let mut v = good.clone();
         v[100] ^= 0x40;
         assert_eq!(Sketch::from_bytes(&v).unwrap_err(), SketchError::Checksum);
@@ -436,7 +448,11 @@ mod tests {
 
     #[test]
     fn merge_is_union_commutative_and_associative() {
-        let (a, b, c) = (sketch_of(0..3_000), sketch_of(2_000..30_000), sketch_of(25_000..26_000));
+        let (a, b, c) = (
+            sketch_of(0..3_000),
+            sketch_of(2_000..30_000),
+            sketch_of(25_000..26_000),
+        );
         let mut ab_c = a.clone();
         ab_c.merge(&b);
         ab_c.merge(&c);

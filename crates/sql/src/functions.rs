@@ -14,7 +14,9 @@ use earshot_sketch::Sketch;
 
 fn read(function: &str, bytes: &[u8]) -> Result<Sketch> {
     Sketch::from_bytes(bytes).map_err(|e| {
-        DataFusionError::Execution(format!("{function}: {e} (expects a sketch column such as buckets.connected_hll)"))
+        DataFusionError::Execution(format!(
+            "{function}: {e} (expects a sketch column such as buckets.connected_hll)"
+        ))
     })
 }
 
@@ -49,7 +51,9 @@ pub fn hll_count_udf() -> ScalarUDF {
             }
             let result: ArrayRef = Arc::new(out.finish());
             if args.iter().all(|a| matches!(a, ColumnarValue::Scalar(_))) {
-                Ok(ColumnarValue::Scalar(ScalarValue::try_from_array(&result, 0)?))
+                Ok(ColumnarValue::Scalar(ScalarValue::try_from_array(
+                    &result, 0,
+                )?))
             } else {
                 Ok(ColumnarValue::Array(result))
             }

@@ -33,7 +33,11 @@ pub fn config() -> SessionConfig {
         .with_information_schema(true)
         .with_default_catalog_and_schema("earshot", "public");
     // Keep Utf8/Binary as written (not the view types) so sketches and strings reach clients as-is.
-    config.options_mut().execution.parquet.schema_force_view_types = false;
+    config
+        .options_mut()
+        .execution
+        .parquet
+        .schema_force_view_types = false;
     config
 }
 
@@ -79,7 +83,9 @@ pub async fn run(ctx: &SessionContext, sql: &str) -> Result<Vec<RecordBatch>, Sq
 
 fn tidy(e: datafusion::error::DataFusionError) -> String {
     let s = e.to_string();
-    if s.contains("not supported") && (s.contains("DDL") || s.contains("DML") || s.contains("Statement")) {
+    if s.contains("not supported")
+        && (s.contains("DDL") || s.contains("DML") || s.contains("Statement"))
+    {
         format!("{s}\n  hint: earshot's SQL is read-only; only SELECT-style queries run")
     } else {
         s

@@ -26,18 +26,27 @@ pub const CURRENT: &str = "current";
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The user pointed at something that is not (yet) an earshot data directory.
-    #[error("{path} holds no earshot data\n  hint: run `earshot ingest --input FILE --data {path}` first")]
+    #[error(
+        "{path} holds no earshot data\n  hint: run `earshot ingest --input FILE --data {path}` first"
+    )]
     NoData { path: String },
     /// The disk or file system refused (permissions, space). Retrying helps once that is fixed.
-    #[error("cannot {action} {path}: {source}\n  hint: check that the directory exists, is writable and has free space")]
+    #[error(
+        "cannot {action} {path}: {source}\n  hint: check that the directory exists, is writable and has free space"
+    )]
     Io {
         action: &'static str,
         path: String,
         source: std::io::Error,
     },
     /// Building Arrow batches or Parquet files failed: a bug in earshot.
-    #[error("internal error writing {table}: {message} (this is a bug in earshot; please report it)")]
-    Encode { table: &'static str, message: String },
+    #[error(
+        "internal error writing {table}: {message} (this is a bug in earshot; please report it)"
+    )]
+    Encode {
+        table: &'static str,
+        message: String,
+    },
 }
 
 impl StoreError {

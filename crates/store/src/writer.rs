@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow::array::{
-    ArrayRef, BinaryBuilder, BooleanBuilder, Int64Builder, StringBuilder, TimestampMillisecondBuilder,
+    ArrayRef, BinaryBuilder, BooleanBuilder, Int64Builder, StringBuilder,
+    TimestampMillisecondBuilder,
 };
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
@@ -226,10 +227,21 @@ impl Generation {
     /// Starts a new generation in `data_dir` (created if missing).
     pub fn begin(data_dir: &Path) -> Result<Generation, StoreError> {
         fs::create_dir_all(data_dir).map_err(|e| StoreError::io("create", data_dir, e))?;
-        let tmp_dir = data_dir.join(format!(".gen-tmp-{}", std::process::id()));
-        if tmp_dir.exists() {
-            fs::remove_dir_all(&tmp_dir).map_err(|e| StoreError::io("clear", &tmp_dir, e))?;
+        // Debris of an ingest that was killed: never visible to readers, safe to remove. (One
+        // writer per data directory at a time.)
+        for entry in fs::read_dir(data_dir).map_err(|e| StoreError::io("read", data_dir, e))? {
+            let entry = entry.map_err(|e| StoreError::io("read", data_dir, e))?;
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with(".gen-tmp-") {
+                fs::remove_dir_all(entry.path())
+                    .map_err(|e| StoreError::io("clear", &entry.path(), e))?;
+            } else if name.starts_with(".current-tmp-") {
+                fs::remove_file(entry.path())
+                    .map_err(|e| StoreError::io("clear", &entry.path(), e))?;
+            }
         }
+        let tmp_dir = data_dir.join(format!(".gen-tmp-{}", std::process::id()));
         fs::create_dir(&tmp_dir).map_err(|e| StoreError::io("create", &tmp_dir, e))?;
         Ok(Generation {
             data_dir: data_dir.to_owned(),
@@ -285,7 +297,11 @@ impl Generation {
     }
 
     /// Writes the derived tables and the manifest, then makes the generation current.
-    pub fn commit(mut self, snapshot: &Snapshot, manifest: &Manifest) -> Result<PathBuf, StoreError> {
+    pub fn commit(
+        mut self,
+        snapshot: &Snapshot,
+        manifest: &Manifest,
+    ) -> Result<PathBuf, StoreError> {
         let cols = self.event_rows.finish();
         let mut events = self.events.take().ok_or_else(|| closed("events"))?;
         events.write(cols)?;
@@ -307,8 +323,11 @@ impl Generation {
         let number = next_generation_number(&self.data_dir)?;
         let name = format!("gen-{number:06}");
         let final_dir = self.data_dir.join(&name);
-        fs::rename(&self.tmp_dir, &final_dir).map_err(|e| StoreError::io("rename", &final_dir, e))?;
-        let tmp_link = self.data_dir.join(format!(".current-tmp-{}", std::process::id()));
+        fs::rename(&self.tmp_dir, &final_dir)
+            .map_err(|e| StoreError::io("rename", &final_dir, e))?;
+        let tmp_link = self
+            .data_dir
+            .join(format!(".current-tmp-{}", std::process::id()));
         let _ = fs::remove_file(&tmp_link);
         std::os::unix::fs::symlink(&name, &tmp_link)
             .map_err(|e| StoreError::io("link", &tmp_link, e))?;
