@@ -119,6 +119,27 @@ const FIELDS: [&str; 14] = [
     "audio_ms",
 ];
 
+/// The index of a known field in [`FIELDS`].
+fn field_index(key: &str) -> Option<usize> {
+    Some(match key {
+        "v" => 0,
+        "event_id" => 1,
+        "type" => 2,
+        "ts" => 3,
+        "stream_id" => 4,
+        "listener_id" => 5,
+        "session_id" => 6,
+        "reason" => 7,
+        "displayed" => 8,
+        "state" => 9,
+        "scheduled_start" => 10,
+        "client" => 11,
+        "region" => 12,
+        "audio_ms" => 13,
+        _ => return None,
+    })
+}
+
 #[derive(Default)]
 struct RawEvent<'a> {
     fields: [Option<Val<'a>>; 14],
@@ -174,7 +195,7 @@ impl<'de> Visitor<'de> for TopVisitor {
         let mut raw = RawEvent::default();
         let mut unknown_keys: Vec<Cow<'de, str>> = Vec::new();
         while let Some(key) = map.next_key::<Cow<'de, str>>()? {
-            match FIELDS.iter().position(|f| *f == key) {
+            match field_index(&key) {
                 Some(i) => {
                     let val = map.next_value_seed(ValSeed)?;
                     if raw.fields[i].is_some() {

@@ -16,6 +16,7 @@ mod buckets;
 mod stream;
 
 use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 
 use earshot_contract::{Event, Millis};
 
@@ -176,10 +177,10 @@ pub struct Snapshot {
 #[derive(Debug)]
 pub struct Engine {
     settings: Settings,
-    seen: HashSet<u128>,
+    seen: HashSet<u128, BuildHasherDefault<IdHasher>>,
     /// Largest on-time `ts` seen per source partition.
     newest: HashMap<u32, Millis>,
-    streams: HashMap<String, StreamAcc>,
+    streams: HashMap<String, StreamAcc, FastHash>,
     arrival: u64,
     tally: Tally,
 }
@@ -188,9 +189,9 @@ impl Engine {
     pub fn new(settings: Settings) -> Engine {
         Engine {
             settings,
-            seen: HashSet::new(),
+            seen: HashSet::default(),
             newest: HashMap::new(),
-            streams: HashMap::new(),
+            streams: HashMap::with_hasher(FastHash::new()),
             arrival: 0,
             tally: Tally::default(),
         }
@@ -254,6 +255,58 @@ impl Engine {
             self.streams[id].snapshot(id, &self.settings, final_through, &mut out);
         }
         out
+    }
+}
+
+/// Hashes event-id digests, which are already uniform xxh3-128 values: take 64 of their bits.
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut b = [0u8; 8];
+            b[..chunk.len()].copy_from_slice(chunk);
+            self.0 ^= u64::from_le_bytes(b);
+        }
+    }
+    fn write_u128(&mut self, i: u128) {
+        self.0 = i as u64;
+    }
+}
+
+/// xxh3 with a per-process random seed for maps keyed by ids from the input (stream, session):
+/// fast, and not open to crafted collisions.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct FastHash(u64);
+
+impl FastHash {
+    pub(crate) fn new() -> FastHash {
+        FastHash(std::collections::hash_map::RandomState::new().hash_one(0x5eed_u64))
+    }
+}
+
+impl BuildHasher for FastHash {
+    type Hasher = SeededXxh3;
+    fn build_hasher(&self) -> SeededXxh3 {
+        SeededXxh3(self.0)
+    }
+}
+
+pub(crate) struct SeededXxh3(u64);
+
+impl Hasher for SeededXxh3 {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        self.0 = xxhash_rust::xxh3::xxh3_64_with_seed(bytes, self.0);
+    }
+    fn write_u8(&mut self, i: u8) {
+        self.0 = (self.0 ^ u64::from(i)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
     }
 }
 

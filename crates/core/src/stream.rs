@@ -6,7 +6,7 @@ use earshot_contract::{Event, EventType, ListenerKey, Millis, StreamState};
 use earshot_sketch::Sketch;
 
 use crate::{
-    BucketRow, EndType, RangeSketches, SessionRow, Settings, Snapshot, StreamRow, nearest_rank,
+    BucketRow, FastHash, EndType, RangeSketches, SessionRow, Settings, Snapshot, StreamRow, nearest_rank,
 };
 
 /// Order of events inside a session: by `ts`, then by arrival.
@@ -87,7 +87,7 @@ fn earlier_value(slot: &mut Option<Box<(Stamp, Box<str>)>>, at: Stamp, value: Op
 pub(crate) struct StreamAcc {
     first_event: Millis,
     last_event: Millis,
-    sessions: HashMap<Box<str>, SessionAcc>,
+    sessions: HashMap<Box<str>, SessionAcc, FastHash>,
     /// `display` samples, `(ts, displayed)`.
     displays: Vec<(Millis, i64)>,
     live_state: Option<Millis>,
@@ -102,7 +102,7 @@ impl StreamAcc {
         StreamAcc {
             first_event: ts,
             last_event: ts,
-            sessions: HashMap::new(),
+            sessions: HashMap::with_hasher(FastHash::new()),
             displays: Vec::new(),
             live_state: None,
             scheduled: None,
