@@ -6,7 +6,8 @@ use earshot_contract::{Event, EventType, ListenerKey, Millis, StreamState};
 use earshot_sketch::Sketch;
 
 use crate::{
-    BucketRow, FastHash, EndType, RangeSketches, SessionRow, Settings, Snapshot, StreamRow, nearest_rank,
+    BucketRow, EndType, FastHash, RangeSketches, SessionRow, Settings, Snapshot, StreamRow,
+    nearest_rank,
 };
 
 /// Order of events inside a session: by `ts`, then by arrival.
