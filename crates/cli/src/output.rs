@@ -123,7 +123,7 @@ pub fn write(out: &mut dyn Write, batches: &[RecordBatch], format: Format) -> an
             // Objects are written by hand so keys keep the query's column order.
             let keys: Vec<String> = names
                 .iter()
-                .map(|n| serde_json::to_string(n))
+                .map(serde_json::to_string)
                 .collect::<Result<_, _>>()?;
             let mut rows: Vec<String> = Vec::new();
             for batch in batches {

@@ -12,9 +12,10 @@ use std::path::Path;
 
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::execution::context::SQLOptions;
-use datafusion::prelude::{ParquetReadOptions, SessionConfig, SessionContext};
+use datafusion::prelude::{ParquetReadOptions, SessionConfig};
 use earshot_store::{StoreError, TABLES, current_generation};
 
+pub use datafusion::prelude::SessionContext;
 pub use functions::{hll_count_udf, hll_merge_udaf};
 
 #[derive(Debug, thiserror::Error)]
