@@ -20,7 +20,7 @@ use earshot_store::{Generation, Manifest, ManifestInput, StoreError};
 pub struct Input {
     /// How rows name it: `file:PATH` or `stdin`.
     pub source: String,
-    pub reader: Box<dyn BufRead>,
+    pub reader: Box<dyn BufRead + Send>,
 }
 
 impl Input {
@@ -105,57 +105,56 @@ pub fn ingest(
         .into(),
         ..Manifest::default()
     };
-    for (partition, mut input) in inputs.into_iter().enumerate() {
+    for (partition, input) in inputs.into_iter().enumerate() {
         let partition = partition as u32;
-        let mut line = Vec::with_capacity(4096);
-        let (mut line_no, mut bytes) = (0u64, 0u64);
-        while let Some(len) = read_line_capped(&mut input.reader, &mut line, MAX_MESSAGE_BYTES + 1)
-            .map_err(|e| IngestError::Input {
-                source_name: input.source.clone(),
-                error: e,
-            })?
-        {
-            line_no += 1;
-            bytes += len as u64;
-            summary.messages += 1;
-            let source = format!("{}:{line_no}", input.source);
-            // Over-long lines were cut at the cap; the parser sees the cut and says too_large, but the
-            // message should give the real length.
-            let parsed = if len > MAX_MESSAGE_BYTES {
-                Err(earshot_contract::Reject::new(
-                    RejectCode::TooLarge,
-                    format!("message is {len} bytes, over the {MAX_MESSAGE_BYTES}-byte limit"),
-                ))
-            } else {
-                parse_event(&line, pseudonyms)
-            };
-            match parsed {
-                Ok(event) => match engine.offer(partition, &event) {
-                    Outcome::Duplicate => summary.duplicates += 1,
-                    outcome => {
-                        generation.push_event(&event, outcome == Outcome::Late, &source)?;
+        let Input { source, reader } = input;
+        // Two stages on two cores: this thread's helper reads and parses (the contract check and
+        // the pseudonym hash), while this thread counts and writes, strictly in arrival order.
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Line>>(8);
+        let (line_no, bytes) = std::thread::scope(|scope| -> Result<(u64, u64), IngestError> {
+            let reader_source = source.clone();
+            let parser =
+                scope.spawn(move || read_and_parse(reader, &reader_source, pseudonyms, tx));
+            let mut consumed = (0u64, 0u64);
+            for batch in rx {
+                for l in batch {
+                    consumed = (l.line_no, consumed.1 + l.len as u64);
+                    summary.messages += 1;
+                    match l.parsed {
+                        Ok(event) => match engine.offer(partition, &event) {
+                            Outcome::Duplicate => summary.duplicates += 1,
+                            outcome => generation.push_event(
+                                &event,
+                                outcome == Outcome::Late,
+                                &source,
+                                l.line_no,
+                            )?,
+                        },
+                        Err((reject, payload)) => {
+                            summary.rejected += 1;
+                            *summary.rejected_by_reason.entry(reject.code).or_default() += 1;
+                            generation.push_reject(
+                                &format!("{source}:{}", l.line_no),
+                                now_ms(),
+                                reject.code.as_str(),
+                                &reject.reason(),
+                                &payload,
+                            )?;
+                        }
                     }
-                },
-                Err(reject) => {
-                    summary.rejected += 1;
-                    *summary.rejected_by_reason.entry(reject.code).or_default() += 1;
-                    generation.push_reject(
-                        &source,
-                        now_ms(),
-                        reject.code.as_str(),
-                        &reject.reason(),
-                        &line,
-                    )?;
                 }
+                progress(consumed.1);
             }
-            if line_no % 65_536 == 0 {
-                progress(bytes);
+            match parser.join() {
+                Ok(result) => result?,
+                Err(_) => unreachable!("the parser thread does not panic"),
             }
-        }
+            Ok(consumed)
+        })?;
         progress(bytes);
         summary.bytes += bytes;
         manifest.inputs.push(ManifestInput {
-            source: input.source,
+            source,
             partition,
             bytes,
             messages: line_no,
@@ -182,6 +181,67 @@ pub fn ingest(
     generation.commit(&snapshot, &manifest)?;
     summary.elapsed = started.elapsed();
     Ok(summary)
+}
+
+/// One line, read and judged.
+struct Line {
+    line_no: u64,
+    len: usize,
+    /// The event, or the reject with the first 4 KiB of the line as received.
+    parsed: Result<earshot_contract::Event, (earshot_contract::Reject, Vec<u8>)>,
+}
+
+const LINES_PER_BATCH: usize = 4096;
+
+/// Reads and parses every line of one input, sending batches in order. Stops early if the consumer
+/// has gone (it failed and will report why).
+fn read_and_parse(
+    mut reader: Box<dyn BufRead + Send>,
+    source: &str,
+    pseudonyms: &Pseudonymizer,
+    tx: std::sync::mpsc::SyncSender<Vec<Line>>,
+) -> Result<(), IngestError> {
+    let mut buf = Vec::with_capacity(4096);
+    let mut batch = Vec::with_capacity(LINES_PER_BATCH);
+    let mut line_no = 0u64;
+    while let Some(len) =
+        read_line_capped(&mut *reader, &mut buf, MAX_MESSAGE_BYTES + 1).map_err(|e| {
+            IngestError::Input {
+                source_name: source.to_owned(),
+                error: e,
+            }
+        })?
+    {
+        line_no += 1;
+        // Over-long lines were cut at the cap; say the real length.
+        let parsed = if len > MAX_MESSAGE_BYTES {
+            Err(earshot_contract::Reject::new(
+                RejectCode::TooLarge,
+                format!("message is {len} bytes, over the {MAX_MESSAGE_BYTES}-byte limit"),
+            ))
+        } else {
+            parse_event(&buf, pseudonyms)
+        };
+        let parsed = parsed.map_err(|r| {
+            let keep = buf.len().min(earshot_store::REJECT_PAYLOAD_BYTES);
+            (r, buf[..keep].to_vec())
+        });
+        batch.push(Line {
+            line_no,
+            len,
+            parsed,
+        });
+        if batch.len() == LINES_PER_BATCH {
+            let full = std::mem::replace(&mut batch, Vec::with_capacity(LINES_PER_BATCH));
+            if tx.send(full).is_err() {
+                return Ok(());
+            }
+        }
+    }
+    if !batch.is_empty() {
+        let _ = tx.send(batch);
+    }
+    Ok(())
 }
 
 fn now_ms() -> i64 {

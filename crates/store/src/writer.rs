@@ -146,14 +146,22 @@ fn utc(b: &mut TimestampMillisecondBuilder) -> ArrayRef {
 }
 
 impl EventColumns {
-    fn push(&mut self, e: &Event, late: bool, source: &str) {
+    fn push(&mut self, e: &Event, late: bool, source: &str, position: u64) {
+        use std::fmt::Write as _;
         self.rows += 1;
         self.event_id.append_value(&e.event_id);
         self.kind.append_value(e.kind.as_str());
         self.ts.append_value(e.ts);
         self.stream_id.append_value(&e.stream_id);
-        self.listener_key
-            .append_option(e.listener_key.map(|k| k.to_hex()));
+        match e.listener_key {
+            Some(k) => {
+                for b in k.0 {
+                    let _ = write!(self.listener_key, "{b:02x}");
+                }
+                self.listener_key.append_value("");
+            }
+            None => self.listener_key.append_null(),
+        }
         self.session_id.append_option(e.session_id.as_deref());
         self.reason.append_option(e.reason.as_deref());
         self.displayed.append_option(e.displayed);
@@ -163,7 +171,8 @@ impl EventColumns {
         self.region.append_option(e.region.as_deref());
         self.audio_ms.append_option(e.audio_ms);
         self.late.append_value(late);
-        self.source.append_value(source);
+        let _ = write!(self.source, "{source}:{position}");
+        self.source.append_value("");
     }
 
     fn finish(&mut self) -> Vec<ArrayRef> {
@@ -261,9 +270,16 @@ impl Generation {
         self.rejects.as_mut().ok_or_else(|| closed("rejects"))
     }
 
-    /// Appends one valid, de-duplicated event (late or not) to the `events` table.
-    pub fn push_event(&mut self, e: &Event, late: bool, source: &str) -> Result<(), StoreError> {
-        self.event_rows.push(e, late, source);
+    /// Appends one valid, de-duplicated event (late or not) to the `events` table; its `source` is
+    /// written as `SOURCE:POSITION` (a line number, or a Kafka offset).
+    pub fn push_event(
+        &mut self,
+        e: &Event,
+        late: bool,
+        source: &str,
+        position: u64,
+    ) -> Result<(), StoreError> {
+        self.event_rows.push(e, late, source, position);
         if self.event_rows.rows >= BATCH_ROWS {
             let cols = self.event_rows.finish();
             self.events()?.write(cols)?;
