@@ -75,12 +75,6 @@ impl Session {
             .map(|c| c.event.ts)
             .filter(|t| end.is_none_or(|e| *t < e))
             .collect();
-        let earliest_with = |f: &dyn Fn(&Event) -> Option<String>| {
-            evs.iter()
-                .filter(|c| f(&c.event).is_some())
-                .min_by_key(by_order)
-                .and_then(|c| f(&c.event))
-        };
         Session {
             id: id.to_owned(),
             listener: first
@@ -102,8 +96,9 @@ impl Session {
                 .iter()
                 .filter(|c| c.event.kind == EventType::Heartbeat)
                 .count() as u64,
-            client: earliest_with(&|e| e.client.clone()),
-            region: earliest_with(&|e| e.region.clone()),
+            // Like the listener, client and region are those of the session's earliest event.
+            client: first.event.client.clone(),
+            region: first.event.region.clone(),
         }
     }
 

@@ -13,6 +13,7 @@
 //! event: late and duplicate events are [`Outcome`]s, not errors.
 
 mod buckets;
+mod session;
 mod stream;
 
 use std::collections::{HashMap, HashSet};
@@ -240,6 +241,11 @@ impl Engine {
         Outcome::Counted
     }
 
+    /// Heap bytes held by the de-duplication set (its table's allocation).
+    pub fn dedup_bytes(&self) -> usize {
+        self.seen.capacity() * (std::mem::size_of::<u128>() + 1)
+    }
+
     /// Number of sessions held in memory.
     pub fn session_count(&self) -> usize {
         self.streams.values().map(|s| s.session_count()).sum()
@@ -276,6 +282,9 @@ impl Hasher for IdHasher {
     fn write_u128(&mut self, i: u128) {
         self.0 = i as u64;
     }
+    fn write_u64(&mut self, i: u64) {
+        self.0 = self.0.rotate_left(29) ^ i;
+    }
 }
 
 /// xxh3 with a per-process random seed for maps keyed by ids from the input (stream, session):
@@ -286,6 +295,12 @@ pub(crate) struct FastHash(u64);
 impl FastHash {
     pub(crate) fn new() -> FastHash {
         FastHash(std::collections::hash_map::RandomState::new().hash_one(0x5eed_u64))
+    }
+}
+
+impl Default for FastHash {
+    fn default() -> Self {
+        FastHash::new()
     }
 }
 

@@ -5,90 +5,17 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use earshot_contract::{Event, EventType, ListenerKey, Millis, StreamState};
 use earshot_sketch::Sketch;
 
+use crate::session::{End, Labels, Sessions, Stamp};
 use crate::{
-    BucketRow, EndType, FastHash, RangeSketches, SessionRow, Settings, Snapshot, StreamRow,
-    nearest_rank,
+    BucketRow, EndType, RangeSketches, SessionRow, Settings, Snapshot, StreamRow, nearest_rank,
 };
-
-/// Order of events inside a session: by `ts`, then by arrival.
-type Stamp = (Millis, u64);
-
-#[derive(Debug)]
-struct End {
-    at: Stamp,
-    kind: EndType,
-    reason: Option<Box<str>>,
-}
-
-#[derive(Debug)]
-struct SessionAcc {
-    /// The earliest event: `join_ts` and who the listener is.
-    first: Stamp,
-    listener: ListenerKey,
-    end: Option<Box<End>>,
-    /// Union of `[a, a + L)` over every alive point `a`, sorted and disjoint (not yet cut at the end).
-    alive: Vec<(Millis, Millis)>,
-    heartbeats: u32,
-    client: Option<Box<(Stamp, Box<str>)>>,
-    region: Option<Box<(Stamp, Box<str>)>>,
-}
-
-impl SessionAcc {
-    fn end_ts(&self) -> Option<Millis> {
-        self.end.as_ref().map(|e| e.at.0)
-    }
-
-    /// Connected intervals: the alive windows cut at the session's end.
-    fn connected(&self) -> impl Iterator<Item = (Millis, Millis)> + '_ {
-        let end = self.end_ts().unwrap_or(Millis::MAX);
-        self.alive
-            .iter()
-            .take_while(move |(a, _)| *a < end)
-            .map(move |&(a, b)| (a, b.min(end)))
-    }
-
-    fn connect_ts(&self) -> Option<Millis> {
-        self.connected().next().map(|(a, _)| a)
-    }
-
-    /// Adds the alive window `[a, b)`, keeping `alive` sorted and disjoint.
-    fn add_alive(&mut self, a: Millis, b: Millis) {
-        // Windows all have length L, so in-order heartbeats only ever touch the last one.
-        if let Some(last) = self.alive.last_mut()
-            && last.0 <= a
-        {
-            if a <= last.1 {
-                last.1 = last.1.max(b);
-            } else {
-                self.alive.push((a, b));
-            }
-            return;
-        }
-        let i = self.alive.partition_point(|w| w.1 < a);
-        let mut j = i;
-        let (mut lo, mut hi) = (a, b);
-        while j < self.alive.len() && self.alive[j].0 <= hi {
-            lo = lo.min(self.alive[j].0);
-            hi = hi.max(self.alive[j].1);
-            j += 1;
-        }
-        self.alive.splice(i..j, [(lo, hi)]);
-    }
-}
-
-fn earlier_value(slot: &mut Option<Box<(Stamp, Box<str>)>>, at: Stamp, value: Option<&String>) {
-    if let Some(v) = value
-        && slot.as_ref().is_none_or(|s| at < s.0)
-    {
-        *slot = Some(Box::new((at, v.as_str().into())));
-    }
-}
 
 #[derive(Debug)]
 pub(crate) struct StreamAcc {
     first_event: Millis,
     last_event: Millis,
-    sessions: HashMap<Box<str>, SessionAcc, FastHash>,
+    sessions: Sessions,
+    labels: Labels,
     /// `display` samples, `(ts, displayed)`.
     displays: Vec<(Millis, i64)>,
     live_state: Option<Millis>,
@@ -103,7 +30,8 @@ impl StreamAcc {
         StreamAcc {
             first_event: ts,
             last_event: ts,
-            sessions: HashMap::with_hasher(FastHash::new()),
+            sessions: Sessions::new(),
+            labels: Labels::default(),
             displays: Vec::new(),
             live_state: None,
             scheduled: None,
@@ -153,35 +81,28 @@ impl StreamAcc {
         let (Some(session_id), Some(listener)) = (e.session_id.as_deref(), e.listener_key) else {
             return;
         };
-        let s = match self.sessions.get_mut(session_id) {
-            Some(s) => {
-                if at < s.first {
-                    s.first = at;
-                    s.listener = listener;
-                }
-                s
-            }
-            None => self
-                .sessions
-                .entry(session_id.into())
-                .or_insert(SessionAcc {
-                    first: at,
-                    listener,
-                    end: None,
-                    alive: Vec::new(),
-                    heartbeats: 0,
-                    client: None,
-                    region: None,
-                }),
-        };
-        earlier_value(&mut s.client, at, e.client.as_ref());
-        earlier_value(&mut s.region, at, e.region.as_ref());
+        let labels = &mut self.labels;
+        let (s, new) = self.sessions.get_or_insert(session_id, || {
+            (
+                at,
+                listener,
+                labels.id(e.client.as_deref()),
+                labels.id(e.region.as_deref()),
+            )
+        });
+        if !new && at < s.first {
+            // An earlier event arrived late (within the lateness): it names the session's listener.
+            s.first = at;
+            s.listener = listener;
+            s.client = labels.id(e.client.as_deref());
+            s.region = labels.id(e.region.as_deref());
+        }
         match e.kind {
             EventType::Connect | EventType::Heartbeat => {
                 if e.kind == EventType::Heartbeat {
                     s.heartbeats = s.heartbeats.saturating_add(1);
                 }
-                s.add_alive(e.ts, e.ts.saturating_add(settings.liveness_ms));
+                s.alive.add(e.ts, e.ts.saturating_add(settings.liveness_ms));
             }
             EventType::Leave | EventType::Drop if s.end.as_ref().is_none_or(|end| at < end.at) => {
                 let kind = if e.kind == EventType::Leave {
@@ -192,7 +113,7 @@ impl StreamAcc {
                 s.end = Some(Box::new(End {
                     at,
                     kind,
-                    reason: e.reason.as_deref().map(Into::into),
+                    reason: labels.id(e.reason.as_deref()),
                 }));
             }
             _ => {}
@@ -225,10 +146,13 @@ impl StreamAcc {
         let mut ttfa: Vec<i64> = Vec::new();
         let mut earliest_connect: Option<Millis> = None;
 
-        let mut ids: Vec<&Box<str>> = self.sessions.keys().collect();
-        ids.sort();
-        for id in ids {
-            let s = &self.sessions[id];
+        let mut ordered: Vec<(&str, &crate::session::SessionAcc)> = self
+            .sessions
+            .iter()
+            .map(|s| (self.sessions.id(s), s))
+            .collect();
+        ordered.sort_unstable_by_key(|(id, _)| *id);
+        for (id, s) in ordered {
             let join = s.first.0;
             let end = s.end_ts();
             let hash = earshot_sketch::hash_bytes(&s.listener.0);
@@ -280,11 +204,11 @@ impl StreamAcc {
                 end_reason: s
                     .end
                     .as_ref()
-                    .and_then(|e| e.reason.as_deref().map(str::to_owned)),
+                    .and_then(|e| self.labels.name(e.reason).map(str::to_owned)),
                 listened_ms: listened,
                 heartbeats: u64::from(s.heartbeats),
-                client: s.client.as_ref().map(|c| c.1.to_string()),
-                region: s.region.as_ref().map(|c| c.1.to_string()),
+                client: self.labels.name(s.client).map(str::to_owned),
+                region: self.labels.name(s.region).map(str::to_owned),
             });
         }
 
@@ -429,27 +353,6 @@ impl<'a> Sweep<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn alive_windows_merge_in_any_order() {
-        let mut s = SessionAcc {
-            first: (0, 0),
-            listener: ListenerKey([0; 16]),
-            end: None,
-            alive: Vec::new(),
-            heartbeats: 0,
-            client: None,
-            region: None,
-        };
-        for a in [50, 0, 100, 20, 200, 80] {
-            s.add_alive(a, a + 30);
-        }
-        assert_eq!(s.alive, vec![(0, 130), (200, 230)]);
-        s.add_alive(140, 170);
-        assert_eq!(s.alive, vec![(0, 130), (140, 170), (200, 230)]);
-        s.add_alive(125, 205);
-        assert_eq!(s.alive, vec![(0, 230)]);
-    }
 
     #[test]
     fn union_length_counts_overlaps_once() {

@@ -1,0 +1,276 @@
+//! Compact per-session state, and where it is kept.
+//!
+//! Memory per open session is the budget that decides whether an 8-million-listener event fits on
+//! one machine, so the layout is deliberate: an 88-byte [`SessionAcc`] with no heap allocation in the
+//! common case (one connected run, no end yet), stored in fixed-size chunks (no doubling slack),
+//! found through an index keyed by a 128-bit digest of the session id (no string key in the table),
+//! with the id bytes in an append-only arena and client/region/reason strings interned per stream.
+
+use std::collections::HashMap;
+use std::hash::BuildHasherDefault;
+
+use earshot_contract::{ListenerKey, Millis};
+
+use crate::{EndType, FastHash, IdHasher};
+
+/// Order of events inside a session: by `ts`, then by arrival.
+pub(crate) type Stamp = (Millis, u64);
+
+/// "No label".
+pub(crate) const NONE: u32 = u32::MAX;
+
+const CHUNK: usize = 4096;
+const ARENA_CHUNK: usize = 1 << 20;
+
+#[derive(Debug)]
+pub(crate) struct End {
+    pub at: Stamp,
+    pub kind: EndType,
+    pub reason: u32,
+}
+
+/// Union of the alive windows `[a, a + L)`, sorted and disjoint; one run is stored inline.
+#[derive(Debug)]
+pub(crate) enum Alive {
+    None,
+    One((Millis, Millis)),
+    // Boxed so the enum stays 24 bytes (a bare Vec would make it 32): rare stalls pay the extra hop.
+    #[allow(clippy::box_collection)]
+    Many(Box<Vec<(Millis, Millis)>>),
+}
+
+impl Alive {
+    pub fn windows(&self) -> &[(Millis, Millis)] {
+        match self {
+            Alive::None => &[],
+            Alive::One(w) => std::slice::from_ref(w),
+            Alive::Many(v) => v,
+        }
+    }
+
+    /// Adds the window `[a, b)`.
+    pub fn add(&mut self, a: Millis, b: Millis) {
+        match self {
+            Alive::None => *self = Alive::One((a, b)),
+            Alive::One((x, y)) if a <= *y && *x <= b => {
+                *x = (*x).min(a);
+                *y = (*y).max(b);
+            }
+            Alive::One(w) => {
+                let mut v = vec![*w];
+                insert_window(&mut v, a, b);
+                *self = Alive::Many(Box::new(v));
+            }
+            Alive::Many(v) => insert_window(v, a, b),
+        }
+    }
+}
+
+fn insert_window(v: &mut Vec<(Millis, Millis)>, a: Millis, b: Millis) {
+    let i = v.partition_point(|w| w.1 < a);
+    let mut j = i;
+    let (mut lo, mut hi) = (a, b);
+    while j < v.len() && v[j].0 <= hi {
+        lo = lo.min(v[j].0);
+        hi = hi.max(v[j].1);
+        j += 1;
+    }
+    v.splice(i..j, [(lo, hi)]);
+}
+
+#[derive(Debug)]
+pub(crate) struct SessionAcc {
+    /// The earliest event: `join_ts`, and the event that names the listener, client and region.
+    pub first: Stamp,
+    pub listener: ListenerKey,
+    pub end: Option<Box<End>>,
+    pub alive: Alive,
+    /// Where the session id's bytes are in the arena.
+    id: u64,
+    pub heartbeats: u32,
+    pub client: u32,
+    pub region: u32,
+}
+
+impl SessionAcc {
+    pub fn end_ts(&self) -> Option<Millis> {
+        self.end.as_ref().map(|e| e.at.0)
+    }
+
+    /// Connected intervals: the alive windows cut at the session's end.
+    pub fn connected(&self) -> impl Iterator<Item = (Millis, Millis)> + '_ {
+        let end = self.end_ts().unwrap_or(Millis::MAX);
+        self.alive
+            .windows()
+            .iter()
+            .take_while(move |(a, _)| *a < end)
+            .map(move |&(a, b)| (a, b.min(end)))
+    }
+
+    pub fn connect_ts(&self) -> Option<Millis> {
+        self.connected().next().map(|(a, _)| a)
+    }
+}
+
+/// Interned strings of one stream (client, region, drop reason).
+#[derive(Debug, Default)]
+pub(crate) struct Labels {
+    names: Vec<Box<str>>,
+    ids: HashMap<Box<str>, u32, FastHash>,
+}
+
+impl Labels {
+    pub fn id(&mut self, s: Option<&str>) -> u32 {
+        let Some(s) = s else { return NONE };
+        if let Some(&i) = self.ids.get(s) {
+            return i;
+        }
+        let i = self.names.len() as u32;
+        self.names.push(s.into());
+        self.ids.insert(s.into(), i);
+        i
+    }
+
+    pub fn name(&self, id: u32) -> Option<&str> {
+        self.names.get(id as usize).map(|s| &**s)
+    }
+}
+
+/// All sessions of one stream.
+#[derive(Debug)]
+pub(crate) struct Sessions {
+    // Two u64 halves rather than a u128: alignment 8 keeps a table entry at 24 bytes, not 32.
+    index: HashMap<(u64, u64), u32, BuildHasherDefault<IdHasher>>,
+    chunks: Vec<Vec<SessionAcc>>,
+    arena: Vec<String>,
+    seed: u64,
+}
+
+impl Sessions {
+    pub fn new() -> Sessions {
+        Sessions {
+            index: HashMap::default(),
+            chunks: Vec::new(),
+            arena: Vec::new(),
+            seed: FastHash::new().0,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    fn digest(&self, id: &str) -> (u64, u64) {
+        let d = xxhash_rust::xxh3::xxh3_128_with_seed(id.as_bytes(), self.seed);
+        ((d >> 64) as u64, d as u64)
+    }
+
+    fn slot(&mut self, i: u32) -> &mut SessionAcc {
+        let i = i as usize;
+        &mut self.chunks[i / CHUNK][i % CHUNK]
+    }
+
+    /// The session `id`, created by `make` if it is new; the flag says whether it was new.
+    pub fn get_or_insert(
+        &mut self,
+        id: &str,
+        make: impl FnOnce() -> (Stamp, ListenerKey, u32, u32),
+    ) -> (&mut SessionAcc, bool) {
+        let digest = self.digest(id);
+        if let Some(&i) = self.index.get(&digest) {
+            return (self.slot(i), false);
+        }
+        let location = self.store_id(id);
+        let (first, listener, client, region) = make();
+        let i = self.index.len() as u32;
+        self.index.insert(digest, i);
+        if self.chunks.last().is_none_or(|c| c.len() == CHUNK) {
+            self.chunks.push(Vec::with_capacity(CHUNK));
+        }
+        if let Some(chunk) = self.chunks.last_mut() {
+            chunk.push(SessionAcc {
+                first,
+                listener,
+                end: None,
+                alive: Alive::None,
+                id: location,
+                heartbeats: 0,
+                client,
+                region,
+            });
+        }
+        (self.slot(i), true)
+    }
+
+    fn store_id(&mut self, id: &str) -> u64 {
+        if self
+            .arena
+            .last()
+            .is_none_or(|a| a.len() + id.len() > ARENA_CHUNK)
+        {
+            self.arena.push(String::with_capacity(ARENA_CHUNK));
+        }
+        let chunk = self.arena.len() - 1;
+        let a = &mut self.arena[chunk];
+        let offset = a.len();
+        a.push_str(id);
+        ((chunk as u64) << 40) | ((offset as u64) << 8) | id.len() as u64
+    }
+
+    pub fn id(&self, s: &SessionAcc) -> &str {
+        let chunk = (s.id >> 40) as usize;
+        let offset = ((s.id >> 8) & 0xffff_ffff) as usize;
+        let len = (s.id & 0xff) as usize;
+        self.arena
+            .get(chunk)
+            .and_then(|a| a.get(offset..offset + len))
+            .unwrap_or("")
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &SessionAcc> {
+        self.chunks.iter().flatten()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn alive_windows_merge_in_any_order() {
+        let mut s = Alive::None;
+        for a in [50, 0, 100, 20, 200, 80] {
+            s.add(a, a + 30);
+        }
+        assert_eq!(s.windows(), &[(0, 130), (200, 230)]);
+        s.add(140, 170);
+        assert_eq!(s.windows(), &[(0, 130), (140, 170), (200, 230)]);
+        s.add(125, 205);
+        assert_eq!(s.windows(), &[(0, 230)]);
+        let mut t = Alive::None;
+        t.add(10, 40);
+        t.add(40, 70);
+        assert_eq!(t.windows(), &[(10, 70)]);
+        t.add(0, 5);
+        assert_eq!(t.windows(), &[(0, 5), (10, 70)]);
+    }
+
+    #[test]
+    fn the_layout_stays_small() {
+        assert!(std::mem::size_of::<SessionAcc>() <= 88);
+        assert_eq!(std::mem::size_of::<Alive>(), 24);
+    }
+
+    #[test]
+    fn ids_round_trip_through_the_arena() {
+        let mut s = Sessions::new();
+        for i in 0..10_000 {
+            let id = format!("session-{i}-{}", "x".repeat(i % 100));
+            s.get_or_insert(&id, || ((0, 0), ListenerKey([0; 16]), NONE, NONE));
+        }
+        for (i, acc) in s.iter().enumerate() {
+            assert_eq!(s.id(acc), format!("session-{i}-{}", "x".repeat(i % 100)));
+        }
+        assert_eq!(s.len(), 10_000);
+    }
+}
