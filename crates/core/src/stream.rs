@@ -39,6 +39,10 @@ impl StreamAcc {
         }
     }
 
+    pub(crate) fn bucket_span(&self, w: i64) -> i64 {
+        self.last_event.div_euclid(w) - self.first_event.div_euclid(w) + 1
+    }
+
     pub(crate) fn session_count(&self) -> usize {
         self.sessions.len()
     }

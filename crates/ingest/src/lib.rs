@@ -55,7 +55,17 @@ pub enum IngestError {
     },
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A stream's events span so long a time that its buckets would not fit in memory: almost always
+    /// a client or host with a wrong clock. Nothing was written.
+    #[error(
+        "stream {stream:?} spans {buckets} buckets from its first to its last event (the limit is {MAX_BUCKETS_PER_STREAM}); nothing was written\n  hint: look for this stream's events whose ts is far from the others (a wrong clock), fix or remove them, and ingest again"
+    )]
+    SpanTooLong { stream: String, buckets: i64 },
 }
+
+/// Most buckets one stream may have (about 115 days at 10 s): beyond this an ingest refuses rather
+/// than exhaust memory.
+pub const MAX_BUCKETS_PER_STREAM: i64 = 1_000_000;
 
 /// What an ingest did, for the summary line and `manifest.json`.
 #[derive(Debug, Clone, Default)]
@@ -158,6 +168,14 @@ pub fn ingest(
             partition,
             bytes,
             messages: line_no,
+        });
+    }
+    if let Some((stream, buckets)) = engine.bucket_spans().first()
+        && *buckets > MAX_BUCKETS_PER_STREAM
+    {
+        return Err(IngestError::SpanTooLong {
+            stream: (*stream).to_owned(),
+            buckets: *buckets,
         });
     }
     let tally = engine.tally();
