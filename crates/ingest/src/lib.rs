@@ -128,7 +128,8 @@ pub fn ingest(
             let mut consumed = (0u64, 0u64);
             for batch in rx {
                 for l in batch {
-                    consumed = (l.line_no, consumed.1 + l.len as u64);
+                    // Bytes of the line and its newline (the last line may have none: off by one).
+                    consumed = (l.line_no, consumed.1 + l.len as u64 + 1);
                     summary.messages += 1;
                     match l.parsed {
                         Ok(event) => match engine.offer(partition, &event) {
