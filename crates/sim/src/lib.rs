@@ -8,8 +8,8 @@
 //! keeps every ghost). On top, delivery noise: out-of-order arrival, duplicates, a few late events
 //! and malformed lines. Everything comes from one seeded PRNG, so a seed gives the same bytes.
 //!
-//! This crate writes to any `io::Write` and opens no files itself; it knows the wire format only as
-//! text it emits, never importing the parser, so it can exercise it honestly.
+//! This crate writes to any `io::Write` and opens no files itself. It emits the wire format as text
+//! and never calls the parser (only the contract's timestamp formatter), so it exercises it honestly.
 
 use std::io::{self, Write};
 
@@ -303,26 +303,7 @@ fn round_for_display(v: i64) -> i64 {
 }
 
 fn ts_string(ms: i64) -> String {
-    // Simple civil-from-days; the simulator stays independent of the contract crate.
-    let secs = ms.div_euclid(1000);
-    let millis = ms.rem_euclid(1000);
-    let days = secs.div_euclid(86_400);
-    let sod = secs.rem_euclid(86_400);
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{millis:03}Z",
-        sod / 3600,
-        (sod / 60) % 60,
-        sod % 60
-    )
+    earshot_contract::format_rfc3339_ms(ms)
 }
 
 fn render(cfg: &SimConfig, e: &SimEvent, event_id: u64, out: &mut String) {
