@@ -4,6 +4,8 @@
 
 mod demo;
 mod output;
+mod serve;
+mod sql;
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -33,8 +35,10 @@ struct Cli {
 enum Command {
     /// Read NDJSON listener events (files or stdin) and write the tables to a data directory.
     Ingest(IngestArgs),
-    /// Run one read-only SQL query over a data directory.
-    Sql(SqlArgs),
+    /// Run read-only SQL over a data directory: a query, a query file, stdin, or a prompt.
+    Sql(sql::SqlArgs),
+    /// Serve a data directory to SQL clients over the Postgres wire protocol.
+    Serve(serve::ServeArgs),
     /// Write a realistic simulated event stream as NDJSON.
     Simulate(SimulateArgs),
     /// Simulate a late-starting, overloaded town hall, ingest it, and tell its story.
@@ -82,18 +86,6 @@ struct IngestArgs {
     data: PathBuf,
     #[command(flatten)]
     settings: SettingsArgs,
-}
-
-#[derive(Args)]
-struct SqlArgs {
-    /// Data directory written by `earshot ingest`.
-    #[arg(long, short)]
-    data: PathBuf,
-    /// Output format.
-    #[arg(long, value_enum, default_value = "table")]
-    format: output::Format,
-    /// The query (read-only: SELECT, WITH, SHOW, DESCRIBE, EXPLAIN).
-    query: String,
 }
 
 #[derive(Args)]
@@ -319,11 +311,20 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
+        // A reader that went away (`earshot sql … | head`) is not an error worth a message.
+        Err(e) if is_broken_pipe(&e) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -334,16 +335,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let summary = run_ingest(&a.input, &a.data, settings, &p)?;
             print_summary(&summary, &a.data);
         }
-        Command::Sql(a) => {
-            let rt = runtime()?;
-            let batches = rt.block_on(async {
-                let ctx = earshot_sql::context(&a.data).await?;
-                earshot_sql::run(&ctx, &a.query).await
-            })?;
-            let stdout = std::io::stdout();
-            let mut out = std::io::BufWriter::new(stdout.lock());
-            output::write(&mut out, &batches, a.format)?;
-        }
+        Command::Sql(a) => sql::run(a)?,
+        Command::Serve(a) => serve::run(a)?,
         Command::Simulate(a) => {
             let cfg = a.config()?;
             let stats = if a.output == "-" {

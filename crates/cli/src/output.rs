@@ -6,7 +6,7 @@
 use std::io::Write;
 
 use arrow::array::{Array, AsArray};
-use arrow::datatypes::{DataType, Int64Type, TimeUnit, TimestampMillisecondType};
+use arrow::datatypes::{DataType, Int64Type, Schema, TimeUnit, TimestampMillisecondType};
 use arrow::record_batch::RecordBatch;
 use arrow::util::display::{ArrayFormatter, FormatOptions};
 use earshot_contract::format_rfc3339_ms;
@@ -107,17 +107,15 @@ fn csv_field(s: &str) -> String {
 }
 
 /// Writes batches in `format`.
-pub fn write(out: &mut dyn Write, batches: &[RecordBatch], format: Format) -> anyhow::Result<()> {
+/// The column names come from `schema`, so an empty result still has its header.
+pub fn write(
+    out: &mut dyn Write,
+    schema: &Schema,
+    batches: &[RecordBatch],
+    format: Format,
+) -> anyhow::Result<()> {
     let opts = FormatOptions::default().with_null("");
-    let names: Vec<String> = match batches.first() {
-        Some(b) => b
-            .schema()
-            .fields()
-            .iter()
-            .map(|f| f.name().clone())
-            .collect(),
-        None => Vec::new(),
-    };
+    let names: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
     match format {
         Format::Json | Format::Ndjson => {
             // Objects are written by hand so keys keep the query's column order.
@@ -184,11 +182,12 @@ pub fn write(out: &mut dyn Write, batches: &[RecordBatch], format: Format) -> an
         }
         Format::Table => {
             let mut rows: Vec<Vec<String>> = Vec::new();
-            let mut numeric = vec![false; names.len()];
+            let numeric: Vec<bool> = schema
+                .fields()
+                .iter()
+                .map(|f| f.data_type().is_numeric())
+                .collect();
             for batch in batches {
-                for (i, f) in batch.schema().fields().iter().enumerate() {
-                    numeric[i] = f.data_type().is_numeric();
-                }
                 let fmts = formatters(batch, &opts)?;
                 for r in 0..batch.num_rows() {
                     rows.push(

@@ -1,31 +1,81 @@
-//! The one place a DataFusion `SessionContext` is built.
+//! The one place a DataFusion `SessionContext` is built, and the one place a query is let through.
 //!
 //! [`context`] registers the five tables of the current generation of a data directory and the sketch
-//! functions `hll_merge` (aggregate) and `hll_count` (scalar). Every entry point — `earshot sql`, and
-//! later the Postgres endpoint, the HTTP API and the audit report — goes through it, so they cannot
-//! disagree about a figure. [`run`] executes one statement read-only: DDL, DML and session-changing
-//! statements are refused before planning reaches any file. This crate computes no figure itself.
+//! functions `hll_merge` (aggregate) and `hll_count` (scalar), under a bounded memory pool. Every entry
+//! point — `earshot sql`, the Postgres endpoint, the HTTP API and the audit report — goes through it,
+//! so they cannot disagree about a figure.
+//!
+//! [`guard`] decides what may run: queries only. [`run`] plans a statement, refuses anything that is
+//! not read-only, binds named parameters (`$stream`), and executes under the [`Limits`]. [`queries`]
+//! holds the canned analyses of `queries/*.sql`. This crate computes no figure itself.
 
 mod functions;
+pub mod guard;
+pub mod params;
+pub mod queries;
 
-use std::path::Path;
+use std::num::NonZeroUsize;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
+use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
-use datafusion::execution::context::SQLOptions;
+use datafusion::error::DataFusionError;
+use datafusion::execution::memory_pool::{GreedyMemoryPool, TrackConsumersPool};
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::{ParquetReadOptions, SessionConfig};
 use earshot_store::{StoreError, TABLES, current_generation};
 
 pub use datafusion::prelude::SessionContext;
 pub use functions::{hll_count_udf, hll_merge_udaf};
+pub use params::Params;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SqlError {
-    /// The query is wrong or not allowed: the user must change it.
+    /// The query is wrong: the user must change it.
     #[error("query failed: {0}")]
     Query(String),
+    /// The statement is not a query; earshot is read-only.
+    #[error("{0}")]
+    Refused(String),
+    /// The query ran longer than the time limit and was cancelled.
+    #[error(
+        "query cancelled: it ran longer than the time limit of {} (raise it with --query-timeout)",
+        human_duration(*.0)
+    )]
+    TimeLimit(Duration),
+    /// The query needed more memory than the limit allows.
+    #[error(
+        "query cancelled: it needed more memory than the limit of {} (raise it with --memory-limit): {detail}",
+        human_bytes(*limit)
+    )]
+    MemoryLimit { limit: usize, detail: String },
+    /// A parameter is missing, unknown or not of the right type.
+    #[error("{0}")]
+    Param(String),
     /// The data directory is missing or unreadable.
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+/// How long one query may run and how much memory all running queries may hold together.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    pub time: Duration,
+    pub memory: usize,
+}
+
+impl Default for Limits {
+    /// 30 s and 2 GiB: generous for the dashboard and audit queries (milliseconds, megabytes), small
+    /// enough that a runaway query is stopped long before it hurts anyone else.
+    fn default() -> Self {
+        Limits {
+            time: Duration::from_secs(30),
+            memory: 2 << 30,
+        }
+    }
 }
 
 /// The session configuration every entry point shares.
@@ -48,41 +98,138 @@ pub fn register_functions(ctx: &SessionContext) {
     ctx.register_udaf(hll_merge_udaf());
 }
 
-/// A context over the current generation of `data_dir`, with the tables and functions registered.
+/// A context over the current generation of `data_dir` with the default [`Limits`].
 pub async fn context(data_dir: &Path) -> Result<SessionContext, SqlError> {
-    let generation = current_generation(data_dir)?;
-    let ctx = SessionContext::new_with_config(config());
-    register_functions(&ctx);
+    Ok(Tables::open(data_dir, Limits::default()).await?.ctx)
+}
+
+/// A context over a data directory that can follow new generations (a re-ingest, or `earshot run`
+/// publishing fresh tables) while clients keep using the same `SessionContext`.
+pub struct Tables {
+    pub ctx: SessionContext,
+    data_dir: PathBuf,
+    generation: Mutex<PathBuf>,
+}
+
+impl Tables {
+    /// Opens the current generation. The memory pool is shared by every query on this context.
+    pub async fn open(data_dir: &Path, limits: Limits) -> Result<Tables, SqlError> {
+        let generation = current_generation(data_dir)?;
+        let pool = TrackConsumersPool::new(
+            GreedyMemoryPool::new(limits.memory),
+            NonZeroUsize::new(3).unwrap_or(NonZeroUsize::MIN),
+        );
+        let runtime = RuntimeEnvBuilder::new()
+            .with_memory_pool(Arc::new(pool))
+            .build_arc()
+            .map_err(|e| SqlError::Query(e.to_string()))?;
+        let ctx = SessionContext::new_with_config_rt(config(), runtime);
+        register_functions(&ctx);
+        register_tables(&ctx, &generation).await?;
+        Ok(Tables {
+            ctx,
+            data_dir: data_dir.to_path_buf(),
+            generation: Mutex::new(generation),
+        })
+    }
+
+    /// Re-registers the tables if the data directory's `current` generation changed. Returns whether
+    /// it did. Queries already planned keep reading the generation they started on (the store keeps
+    /// the previous generation on disk).
+    pub async fn refresh(&self) -> Result<bool, SqlError> {
+        let now = current_generation(&self.data_dir)?;
+        {
+            let seen = self.generation.lock().unwrap_or_else(|p| p.into_inner());
+            if *seen == now {
+                return Ok(false);
+            }
+        }
+        register_tables(&self.ctx, &now).await?;
+        *self.generation.lock().unwrap_or_else(|p| p.into_inner()) = now;
+        Ok(true)
+    }
+}
+
+async fn register_tables(ctx: &SessionContext, generation: &Path) -> Result<(), SqlError> {
     for table in TABLES {
         let path = generation.join(format!("{table}.parquet"));
         let path = path.to_str().ok_or_else(|| {
             SqlError::Query(format!("data path {} is not valid UTF-8", path.display()))
         })?;
+        let _ = ctx.deregister_table(table);
         ctx.register_parquet(table, path, ParquetReadOptions::default())
             .await
             .map_err(|e| SqlError::Query(format!("cannot open table {table}: {e}")))?;
     }
-    Ok(ctx)
+    Ok(())
 }
 
-/// What a statement may do: read, nothing else.
-pub fn read_only() -> SQLOptions {
-    SQLOptions::new()
-        .with_allow_ddl(false)
-        .with_allow_dml(false)
-        .with_allow_statements(false)
+/// Plans one statement: parse, refuse anything but a query, bind named parameters.
+pub async fn plan(
+    ctx: &SessionContext,
+    sql: &str,
+    params: &Params,
+) -> Result<LogicalPlan, SqlError> {
+    let state = ctx.state();
+    let statement = guard::parse_one(sql)?;
+    let what = guard::first_words(&statement.to_string(), 2);
+    let plan = state.statement_to_plan(statement).await.map_err(|e| {
+        if guard::is_write_keyword(&what) {
+            SqlError::Refused(format!("{what} is refused: {}", guard::READ_ONLY))
+        } else {
+            SqlError::Query(tidy(e))
+        }
+    })?;
+    guard::check_plan(&plan, &what)?;
+    params.bind(plan)
 }
 
-/// Runs one read-only statement and collects its result.
+/// Runs one read-only statement under the time limit and collects its result.
+pub async fn run_with(
+    ctx: &SessionContext,
+    sql: &str,
+    params: &Params,
+    limits: &Limits,
+) -> Result<(SchemaRef, Vec<RecordBatch>), SqlError> {
+    let plan = plan(ctx, sql, params).await?;
+    let schema = Arc::new(plan.schema().as_arrow().clone());
+    let work = async {
+        let df = ctx
+            .execute_logical_plan(plan)
+            .await
+            .map_err(|e| classify(e, limits))?;
+        df.collect().await.map_err(|e| classify(e, limits))
+    };
+    match tokio::time::timeout(limits.time, work).await {
+        Ok(batches) => Ok((schema, batches?)),
+        Err(_) => Err(SqlError::TimeLimit(limits.time)),
+    }
+}
+
+/// Runs one read-only statement without parameters under the default limits.
 pub async fn run(ctx: &SessionContext, sql: &str) -> Result<Vec<RecordBatch>, SqlError> {
-    let df = ctx
-        .sql_with_options(sql, read_only())
-        .await
-        .map_err(|e| SqlError::Query(tidy(e)))?;
-    df.collect().await.map_err(|e| SqlError::Query(tidy(e)))
+    Ok(run_with(ctx, sql, &Params::default(), &Limits::default())
+        .await?
+        .1)
 }
 
-fn tidy(e: datafusion::error::DataFusionError) -> String {
+/// Turns a DataFusion error into the error a user can act on.
+pub fn classify(e: DataFusionError, limits: &Limits) -> SqlError {
+    if is_resources_exhausted(&e) {
+        return SqlError::MemoryLimit {
+            limit: limits.memory,
+            detail: e.find_root().to_string(),
+        };
+    }
+    SqlError::Query(tidy(e))
+}
+
+fn is_resources_exhausted(e: &DataFusionError) -> bool {
+    matches!(e.find_root(), DataFusionError::ResourcesExhausted(_))
+        || e.to_string().contains("Resources exhausted")
+}
+
+fn tidy(e: DataFusionError) -> String {
     let s = e.to_string();
     if s.contains("not supported")
         && (s.contains("DDL") || s.contains("DML") || s.contains("Statement"))
@@ -90,5 +237,74 @@ fn tidy(e: datafusion::error::DataFusionError) -> String {
         format!("{s}\n  hint: earshot's SQL is read-only; only SELECT-style queries run")
     } else {
         s
+    }
+}
+
+/// `1.5 s`, `30 s`, `2 min`.
+pub fn human_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms < 1_000 {
+        format!("{ms} ms")
+    } else if ms % 60_000 == 0 {
+        format!("{} min", ms / 60_000)
+    } else if ms % 1_000 == 0 {
+        format!("{} s", ms / 1_000)
+    } else {
+        format!("{:.1} s", d.as_secs_f64())
+    }
+}
+
+/// `512 MiB`, `2 GiB`.
+pub fn human_bytes(n: usize) -> String {
+    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if v.fract() == 0.0 {
+        format!("{v:.0} {}", UNITS[unit])
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
+}
+
+/// Parses `512MiB`, `2GiB`, `100MB`, `1g` or a bare number of bytes.
+pub fn parse_bytes(s: &str) -> Result<usize, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: usize = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (use e.g. 512MiB, 2GiB)"))?;
+    let scale: usize = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        _ => return Err(format!("unknown unit in {s:?} (use KiB, MiB or GiB)")),
+    };
+    n.checked_mul(scale)
+        .filter(|&v| v > 0)
+        .ok_or_else(|| format!("{s:?} is not a usable size"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_and_durations_read_and_print() {
+        assert_eq!(parse_bytes("512MiB"), Ok(512 << 20));
+        assert_eq!(parse_bytes("2g"), Ok(2 << 30));
+        assert_eq!(parse_bytes("4096"), Ok(4096));
+        assert!(parse_bytes("0").is_err());
+        assert!(parse_bytes("lots").is_err());
+        assert_eq!(human_bytes(2 << 30), "2 GiB");
+        assert_eq!(human_bytes(1536 << 20), "1.5 GiB");
+        assert_eq!(human_duration(Duration::from_secs(30)), "30 s");
+        assert_eq!(human_duration(Duration::from_millis(250)), "250 ms");
+        assert_eq!(human_duration(Duration::from_secs(120)), "2 min");
     }
 }

@@ -1,0 +1,493 @@
+//! The Postgres endpoint: `datafusion-postgres`'s session service behind earshot's guard and limits.
+//!
+//! - Every statement is checked by [`earshot_sql::guard`] before it reaches DataFusion: in the simple
+//!   protocol the whole query string is parsed and each statement checked; in the extended protocol
+//!   the check runs at `Parse`, so a refused statement never gets a portal.
+//! - Every query runs under [`Limits`]: planning and the row stream share one deadline, and a memory
+//!   error from the shared pool is reported as the memory limit, with the flag that raises it.
+//! - [`Auth::Trust`] is only accepted on loopback; otherwise SCRAM-SHA-256 with one user.
+
+use std::fmt::Debug;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use datafusion::logical_expr::LogicalPlan;
+use datafusion::sql::sqlparser::ast::Statement;
+use datafusion_postgres::datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider;
+use datafusion_postgres::datafusion_pg_catalog::setup_pg_catalog;
+use datafusion_postgres::datafusion_pg_catalog::sql::PostgresCompatibilityParser;
+use datafusion_postgres::{DfSessionService, Parser};
+use earshot_sql::{Limits, SqlError, Tables, guard};
+use futures::{Sink, Stream, StreamExt};
+use pgwire::api::auth::noop::NoopStartupHandler;
+use pgwire::api::auth::sasl::SASLAuthStartupHandler;
+use pgwire::api::auth::sasl::scram::{ScramAuth, gen_salted_password};
+use pgwire::api::auth::{
+    AuthSource, DefaultServerParameterProvider, LoginInfo, Password, StartupHandler,
+};
+use pgwire::api::cancel::DefaultCancelHandler;
+use pgwire::api::portal::{Format, Portal};
+use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
+use pgwire::api::results::{FieldInfo, QueryResponse, Response};
+use pgwire::api::stmt::QueryParser;
+use pgwire::api::store::PortalStore;
+use pgwire::api::{
+    ClientInfo, ClientPortalStore, ConnectionManager, ErrorHandler, PgWireServerHandlers, Type,
+};
+use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
+use pgwire::messages::data::DataRow;
+use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
+use tokio::net::TcpListener;
+
+use crate::ServeError;
+
+/// The database name clients connect to.
+pub const DATABASE: &str = "earshot";
+
+/// Who may log in.
+#[derive(Clone)]
+pub enum Auth {
+    /// No password: only allowed when listening on loopback.
+    Trust,
+    /// SCRAM-SHA-256 for one user.
+    Password { user: String, password: String },
+}
+
+impl Debug for Auth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Auth::Trust => write!(f, "Trust"),
+            Auth::Password { user, .. } => write!(f, "Password {{ user: {user:?} }}"),
+        }
+    }
+}
+
+/// A bound Postgres listener, ready to serve.
+pub struct PgServer {
+    listener: TcpListener,
+    handlers: Arc<Handlers>,
+}
+
+impl PgServer {
+    /// Binds `addr` (port 0 picks a free port) after checking that `auth` is allowed there.
+    pub async fn bind(
+        tables: Arc<Tables>,
+        addr: SocketAddr,
+        auth: Auth,
+        limits: Limits,
+    ) -> Result<PgServer, ServeError> {
+        if matches!(auth, Auth::Trust) && !addr.ip().is_loopback() {
+            return Err(ServeError::NoPassword(addr));
+        }
+        setup_pg_catalog(&tables.ctx, DATABASE, EmptyContextProvider)
+            .map_err(|e| ServeError::Catalog(e.to_string()))?;
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| ServeError::Bind { addr, source })?;
+        let ctx = Arc::new(tables.ctx.clone());
+        let service = Arc::new(DfSessionService::new(ctx));
+        let salt = {
+            let mut salt = [0u8; 16];
+            getrandom::fill(&mut salt).map_err(|e| ServeError::Catalog(e.to_string()))?;
+            salt.to_vec()
+        };
+        let connections = Arc::new(ConnectionManager::new());
+        let guarded = Arc::new(Guarded {
+            parser: Arc::new(GuardedParser {
+                inner: service.query_parser(),
+                tables: tables.clone(),
+            }),
+            inner: service,
+            tables,
+            limits,
+        });
+        Ok(PgServer {
+            listener,
+            handlers: Arc::new(Handlers {
+                guarded,
+                auth,
+                salt,
+                cancel: Arc::new(DefaultCancelHandler::new(connections.clone())),
+                connections,
+            }),
+        })
+    }
+
+    /// The address actually bound.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Accepts connections until the task is dropped.
+    pub async fn run(self) {
+        loop {
+            match self.listener.accept().await {
+                Ok((socket, peer)) => {
+                    let handlers = self.handlers.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = pgwire::tokio::process_socket(socket, None, handlers).await
+                        {
+                            tracing::debug!("connection from {peer} ended: {e}");
+                        }
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!("cannot accept a connection: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+}
+
+struct Handlers {
+    guarded: Arc<Guarded>,
+    auth: Auth,
+    salt: Vec<u8>,
+    cancel: Arc<DefaultCancelHandler>,
+    connections: Arc<ConnectionManager>,
+}
+
+impl PgWireServerHandlers for Handlers {
+    fn simple_query_handler(&self) -> Arc<impl SimpleQueryHandler> {
+        self.guarded.clone()
+    }
+
+    fn extended_query_handler(&self) -> Arc<impl ExtendedQueryHandler> {
+        self.guarded.clone()
+    }
+
+    /// One per connection: the SASL handler keeps the exchange's state.
+    fn startup_handler(&self) -> Arc<impl StartupHandler> {
+        let inner = match &self.auth {
+            Auth::Trust => Login::Trust(Trust {
+                connections: self.connections.clone(),
+            }),
+            Auth::Password { user, password } => {
+                let source = Arc::new(OneUser {
+                    user: user.clone(),
+                    salted: gen_salted_password(
+                        password,
+                        &self.salt,
+                        pgwire::api::auth::sasl::scram::SCRAM_ITERATIONS,
+                    ),
+                    salt: self.salt.clone(),
+                });
+                Login::Scram(Box::new(
+                    SASLAuthStartupHandler::new(
+                        Arc::new(DefaultServerParameterProvider::default()),
+                    )
+                    .with_scram(ScramAuth::new(source))
+                    .with_connection_manager(self.connections.clone()),
+                ))
+            }
+        };
+        Arc::new(CheckDatabase { inner })
+    }
+
+    fn error_handler(&self) -> Arc<impl ErrorHandler> {
+        Arc::new(LogErrors)
+    }
+
+    fn cancel_handler(&self) -> Arc<impl pgwire::api::cancel::CancelHandler> {
+        self.cancel.clone()
+    }
+}
+
+struct LogErrors;
+
+impl ErrorHandler for LogErrors {
+    fn on_error<C>(&self, _client: &C, error: &mut PgWireError)
+    where
+        C: ClientInfo,
+    {
+        tracing::debug!("sending error: {error}");
+    }
+}
+
+struct Trust {
+    connections: Arc<ConnectionManager>,
+}
+
+#[async_trait]
+impl NoopStartupHandler for Trust {
+    fn connection_manager(&self) -> Option<Arc<ConnectionManager>> {
+        Some(self.connections.clone())
+    }
+}
+
+enum Login {
+    Trust(Trust),
+    Scram(Box<SASLAuthStartupHandler<DefaultServerParameterProvider>>),
+}
+
+/// Refuses a database other than `earshot` before authenticating, like Postgres does.
+struct CheckDatabase {
+    inner: Login,
+}
+
+#[async_trait]
+impl StartupHandler for CheckDatabase {
+    async fn on_startup<C>(
+        &self,
+        client: &mut C,
+        message: PgWireFrontendMessage,
+    ) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        if let PgWireFrontendMessage::Startup(startup) = &message {
+            let db = startup
+                .parameters
+                .get("database")
+                .or_else(|| startup.parameters.get("user"));
+            if let Some(db) = db
+                && db != DATABASE
+            {
+                return Err(user_error(
+                    "FATAL",
+                    "3D000",
+                    format!(
+                        "database \"{db}\" does not exist: earshot serves one database, \"{DATABASE}\" (e.g. psql -d {DATABASE})"
+                    ),
+                ));
+            }
+        }
+        match &self.inner {
+            Login::Trust(t) => t.on_startup(client, message).await,
+            Login::Scram(s) => s.on_startup(client, message).await,
+        }
+    }
+}
+
+/// The one configured user, with the SCRAM verifier derived from its password at start.
+struct OneUser {
+    user: String,
+    salt: Vec<u8>,
+    salted: Vec<u8>,
+}
+
+impl Debug for OneUser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "OneUser({:?})", self.user)
+    }
+}
+
+#[async_trait]
+impl AuthSource for OneUser {
+    async fn get_password(&self, login: &LoginInfo) -> PgWireResult<Password> {
+        if login.user() == Some(self.user.as_str()) {
+            Ok(Password::new(Some(self.salt.clone()), self.salted.clone()))
+        } else {
+            Err(user_error(
+                "FATAL",
+                "28P01",
+                format!(
+                    "password authentication failed for user \"{}\"",
+                    login.user().unwrap_or("")
+                ),
+            ))
+        }
+    }
+}
+
+fn user_error(severity: &str, code: &str, message: String) -> PgWireError {
+    PgWireError::UserError(Box::new(ErrorInfo::new(
+        severity.to_string(),
+        code.to_string(),
+        message,
+    )))
+}
+
+/// SQLSTATE for each of earshot's SQL errors.
+fn sql_error(e: SqlError) -> PgWireError {
+    let code = match &e {
+        SqlError::Refused(_) => "25006",
+        SqlError::TimeLimit(_) => "57014",
+        SqlError::MemoryLimit { .. } => "53200",
+        SqlError::Param(_) => "22023",
+        SqlError::Query(_) => "42601",
+        SqlError::Store(_) => "58030",
+    };
+    user_error("ERROR", code, e.to_string())
+}
+
+/// The session service behind the guard and the limits.
+struct Guarded {
+    inner: Arc<DfSessionService>,
+    parser: Arc<GuardedParser>,
+    tables: Arc<Tables>,
+    limits: Limits,
+}
+
+impl Guarded {
+    /// Wraps a response's rows so the query stops at the deadline and memory errors name the limit.
+    fn limit(&self, response: Response, deadline: tokio::time::Instant) -> Response {
+        match response {
+            Response::Query(q) => {
+                let QueryResponse {
+                    command_tag,
+                    row_schema,
+                    data_rows,
+                    ..
+                } = q;
+                let rows = bounded(data_rows, deadline, self.limits);
+                let mut limited = QueryResponse::new(row_schema, rows);
+                limited.command_tag = command_tag;
+                Response::Query(limited)
+            }
+            other => other,
+        }
+    }
+
+    fn deadline(&self) -> tokio::time::Instant {
+        tokio::time::Instant::now() + self.limits.time
+    }
+}
+
+/// Ends `rows` with the time-limit error at `deadline`; rewrites a memory error into the limit's.
+fn bounded(
+    rows: std::pin::Pin<Box<dyn Stream<Item = PgWireResult<DataRow>> + Send>>,
+    deadline: tokio::time::Instant,
+    limits: Limits,
+) -> impl Stream<Item = PgWireResult<DataRow>> + Send {
+    let sleep = Box::pin(tokio::time::sleep_until(deadline));
+    futures::stream::unfold(Some((rows, sleep)), move |state| async move {
+        let (mut rows, mut sleep) = state?;
+        tokio::select! {
+            biased;
+            _ = &mut sleep => Some((Err(sql_error(SqlError::TimeLimit(limits.time))), None)),
+            item = rows.next() => match item {
+                None => None,
+                Some(Err(e)) => Some((Err(memory_or(e, &limits)), None)),
+                Some(Ok(row)) => Some((Ok(row), Some((rows, sleep)))),
+            },
+        }
+    })
+}
+
+fn memory_or(e: PgWireError, limits: &Limits) -> PgWireError {
+    let text = e.to_string();
+    if text.contains("Resources exhausted") {
+        sql_error(SqlError::MemoryLimit {
+            limit: limits.memory,
+            detail: text,
+        })
+    } else {
+        e
+    }
+}
+
+#[async_trait]
+impl SimpleQueryHandler for Guarded {
+    async fn do_query<C>(&self, client: &mut C, query: &str) -> PgWireResult<Vec<Response>>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let statements = PostgresCompatibilityParser::new()
+            .parse(query)
+            .map_err(|e| sql_error(SqlError::Query(e.to_string())))?;
+        let state = self.tables.ctx.state();
+        for statement in &statements {
+            guard::check_statement(&state, statement)
+                .await
+                .map_err(sql_error)?;
+        }
+        let deadline = self.deadline();
+        let responses = tokio::time::timeout_at(
+            deadline,
+            SimpleQueryHandler::do_query(&*self.inner, client, query),
+        )
+        .await
+        .map_err(|_| sql_error(SqlError::TimeLimit(self.limits.time)))?
+        .map_err(|e| memory_or(e, &self.limits))?;
+        Ok(responses
+            .into_iter()
+            .map(|r| self.limit(r, deadline))
+            .collect())
+    }
+}
+
+type DfStatement = (String, Option<(Statement, LogicalPlan)>);
+
+#[async_trait]
+impl ExtendedQueryHandler for Guarded {
+    type Statement = DfStatement;
+    type QueryParser = GuardedParser;
+
+    fn query_parser(&self) -> Arc<Self::QueryParser> {
+        self.parser.clone()
+    }
+
+    async fn do_query<C>(
+        &self,
+        client: &mut C,
+        portal: &Portal<Self::Statement>,
+        max_rows: usize,
+    ) -> PgWireResult<Response>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Self::Statement>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let deadline = self.deadline();
+        let response = tokio::time::timeout_at(
+            deadline,
+            ExtendedQueryHandler::do_query(&*self.inner, client, portal, max_rows),
+        )
+        .await
+        .map_err(|_| sql_error(SqlError::TimeLimit(self.limits.time)))?
+        .map_err(|e| memory_or(e, &self.limits))?;
+        Ok(self.limit(response, deadline))
+    }
+}
+
+/// The session service's parser, with the guard run on each parsed statement.
+pub struct GuardedParser {
+    inner: Arc<Parser>,
+    tables: Arc<Tables>,
+}
+
+#[async_trait]
+impl QueryParser for GuardedParser {
+    type Statement = DfStatement;
+
+    async fn parse_sql<C>(
+        &self,
+        client: &C,
+        sql: &str,
+        types: &[Option<Type>],
+    ) -> PgWireResult<Option<Self::Statement>>
+    where
+        C: ClientInfo + Unpin + Send + Sync,
+    {
+        let parsed = self.inner.parse_sql(client, sql, types).await?;
+        if let Some((_, Some((statement, _)))) = &parsed {
+            let state = self.tables.ctx.state();
+            guard::check_statement(&state, statement)
+                .await
+                .map_err(sql_error)?;
+        }
+        Ok(parsed)
+    }
+
+    fn get_parameter_types(&self, stmt: &Self::Statement) -> PgWireResult<Vec<Type>> {
+        self.inner.get_parameter_types(stmt)
+    }
+
+    fn get_result_schema(
+        &self,
+        stmt: &Self::Statement,
+        column_format: Option<&Format>,
+    ) -> PgWireResult<Vec<FieldInfo>> {
+        self.inner.get_result_schema(stmt, column_format)
+    }
+}

@@ -1,0 +1,174 @@
+//! What may run: queries, and nothing that reaches files or changes the session for others.
+//!
+//! The rule is checked on the *plan*, not on the text: every statement is planned (planning executes
+//! nothing) and the plan is refused if any node is DDL, DML, `COPY` or a session statement. This is
+//! default-deny: a statement kind nobody thought of is refused unless it plans to a pure query.
+//! The Postgres endpoint also answers a few statements itself (client-local `SET`, `SHOW`,
+//! `BEGIN`/`COMMIT`, cursors); [`check_statement`] is the rule for those.
+
+use datafusion::execution::context::{SQLOptions, SessionState};
+use datafusion::logical_expr::LogicalPlan;
+use datafusion::sql::parser::{DFParser, Statement as DfStatement};
+use datafusion::sql::sqlparser::ast::{Set, Statement};
+use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
+
+use crate::SqlError;
+
+/// What the refusal says after naming the statement.
+pub const READ_ONLY: &str = "earshot is read-only: only queries run (SELECT, WITH, VALUES, \
+EXPLAIN, SHOW, DESCRIBE); the tables change only by ingesting events";
+
+/// `SET` variables that only change how this one client sees results.
+pub const CLIENT_SETTINGS: &[&str] = &[
+    "statement_timeout",
+    "datestyle",
+    "bytea_output",
+    "intervalstyle",
+    "application_name",
+    "extra_float_digits",
+    "search_path",
+    "client_encoding",
+    "client_min_messages",
+    "standard_conforming_strings",
+];
+
+/// The options every plan is verified against.
+pub fn read_only() -> SQLOptions {
+    SQLOptions::new()
+        .with_allow_ddl(false)
+        .with_allow_dml(false)
+        .with_allow_statements(false)
+}
+
+/// Parses exactly one statement (a trailing `;` is fine).
+pub fn parse_one(sql: &str) -> Result<DfStatement, SqlError> {
+    let mut statements = DFParser::parse_sql_with_dialect(sql, &PostgreSqlDialect {})
+        .map_err(|e| SqlError::Query(e.to_string()))?;
+    match statements.len() {
+        0 => Err(SqlError::Query("the query is empty".into())),
+        1 => Ok(statements.pop_front().expect("one statement")),
+        n => Err(SqlError::Query(format!(
+            "{n} statements given; run one statement at a time"
+        ))),
+    }
+}
+
+/// Refuses a plan that is anything but a query; `what` names the statement in the refusal.
+pub fn check_plan(plan: &LogicalPlan, what: &str) -> Result<(), SqlError> {
+    read_only()
+        .verify_plan(plan)
+        .map_err(|_| SqlError::Refused(format!("{what} is refused: {READ_ONLY}")))
+}
+
+/// The check for a statement the Postgres endpoint may answer without DataFusion. Plans anything it
+/// does not know and verifies the plan.
+pub async fn check_statement(state: &SessionState, statement: &Statement) -> Result<(), SqlError> {
+    match statement {
+        Statement::Set(set) => check_set(set),
+        Statement::ShowVariable { .. }
+        | Statement::ShowStatus { .. }
+        | Statement::ShowCatalogs { .. }
+        | Statement::StartTransaction { .. }
+        | Statement::Commit { .. }
+        | Statement::Rollback { .. }
+        | Statement::Fetch { .. }
+        | Statement::Close { .. } => Ok(()),
+        Statement::Declare { stmts } => {
+            for declare in stmts {
+                if let Some(query) = &declare.for_query {
+                    let plan = state
+                        .statement_to_plan(DfStatement::Statement(Box::new(Statement::Query(
+                            query.clone(),
+                        ))))
+                        .await
+                        .map_err(|e| SqlError::Query(e.to_string()))?;
+                    check_plan(&plan, &kind_of_statement(statement))?;
+                }
+            }
+            Ok(())
+        }
+        other => {
+            let plan = state
+                .statement_to_plan(DfStatement::Statement(Box::new(other.clone())))
+                .await
+                .map_err(|e| match kind_of_statement(other) {
+                    k if is_write_keyword(&k) => {
+                        SqlError::Refused(format!("{k} is refused: {READ_ONLY}"))
+                    }
+                    _ => SqlError::Query(e.to_string()),
+                })?;
+            check_plan(&plan, &kind_of_statement(other))
+        }
+    }
+}
+
+fn check_set(set: &Set) -> Result<(), SqlError> {
+    match set {
+        Set::SingleAssignment {
+            scope: None,
+            hivevar: false,
+            variable,
+            ..
+        } => {
+            let name = variable.to_string().to_ascii_lowercase();
+            if CLIENT_SETTINGS.contains(&name.as_str()) {
+                Ok(())
+            } else {
+                Err(SqlError::Refused(format!(
+                    "SET {name} is refused: it would change the server for every user. Settings a \
+client may change: {}, and TIME ZONE",
+                    CLIENT_SETTINGS.join(", ")
+                )))
+            }
+        }
+        Set::SetTimeZone { local: false, .. } => Ok(()),
+        other => Err(SqlError::Refused(format!(
+            "{} is refused: only client-local settings may be changed ({})",
+            first_words(&other.to_string(), 2),
+            CLIENT_SETTINGS.join(", ")
+        ))),
+    }
+}
+
+/// `CREATE TABLE`, `INSERT INTO`, `COPY`… — how a refusal names what it refused.
+pub fn kind_of_statement(statement: &Statement) -> String {
+    first_words(&statement.to_string(), 2)
+}
+
+pub fn is_write_keyword(kind: &str) -> bool {
+    let first = kind.split_whitespace().next().unwrap_or("");
+    matches!(
+        first,
+        "CREATE"
+            | "DROP"
+            | "ALTER"
+            | "INSERT"
+            | "UPDATE"
+            | "DELETE"
+            | "MERGE"
+            | "TRUNCATE"
+            | "COPY"
+            | "GRANT"
+            | "REVOKE"
+            | "VACUUM"
+            | "ANALYZE"
+            | "SET"
+            | "RESET"
+            | "PREPARE"
+            | "EXECUTE"
+            | "DEALLOCATE"
+            | "ATTACH"
+            | "DETACH"
+            | "INSTALL"
+            | "LOAD"
+    )
+}
+
+/// The first `n` words of a statement, upper-cased: how a refusal names what it refused.
+pub fn first_words(s: &str, n: usize) -> String {
+    s.split_whitespace()
+        .take(n)
+        .collect::<Vec<_>>()
+        .join(" ")
+        .to_ascii_uppercase()
+}
