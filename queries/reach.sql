@@ -1,6 +1,6 @@
 -- reach: how many distinct listeners joined, ever heard audio, and listened at least a minute.
 -- The exact counts (from every session) sit beside the sketch estimates (HyperLogLog, standard error
--- about 0.81 %), so a reader can see that the sketches, which merge across buckets and days, agree.
+-- about 0.81 per cent), so a reader can see that the sketches, which merge across buckets and days, agree.
 -- param stream: the stream_id
 SELECT stream_id,
        listeners_joined,

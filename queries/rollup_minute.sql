@@ -1,6 +1,6 @@
 -- rollup_minute: the timeline rolled up to minutes, with distinct listeners from merged sketches.
 -- present_listeners were on the roster at some instant of the minute, connected_listeners received
--- audio at some instant of it (HyperLogLog estimates, standard error about 0.81 %).
+-- audio at some instant of it (HyperLogLog estimates, standard error about 0.81 per cent).
 -- param stream: the stream_id
 SELECT date_trunc('minute', bucket_start)    AS minute,
        max(displayed_start)                  AS displayed_max,

@@ -1,0 +1,275 @@
+//! `earshot serve --pg` against real clients: Debian's `psql` and Python's psycopg 3
+//! (`tests/pg_clients.py`), on 127.0.0.1 ports the server picks.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const STREAM: &str = "town-hall-main";
+
+fn earshot() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_earshot"));
+    c.env("EARSHOT_PSEUDONYM_KEY", "serve-test-secret")
+        .env_remove("EARSHOT_PG_PASSWORD");
+    c
+}
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn ok(out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "command failed: {}\nstdout: {}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// A simulated event of `listeners` accounts, ingested into `data`.
+fn make_data(data: &Path, listeners: u32, seed: u32) {
+    let input = data.with_extension("ndjson");
+    ok(earshot()
+        .args(["simulate", "--listeners", &listeners.to_string()])
+        .args(["--seed", &seed.to_string(), "--output"])
+        .arg(&input)
+        .output()
+        .unwrap());
+    ok(earshot()
+        .args(["ingest", "--input"])
+        .arg(&input)
+        .arg("--data")
+        .arg(data)
+        .output()
+        .unwrap());
+}
+
+/// A running `earshot serve`, killed on drop.
+struct Server {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn serve(data: &Path, extra: &[&str], password: Option<&str>) -> Server {
+    let mut cmd = earshot();
+    cmd.args(["serve", "--pg", "127.0.0.1:0", "--data"])
+        .arg(data)
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    if let Some(p) = password {
+        cmd.env("EARSHOT_PG_PASSWORD", p);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let mut first = String::new();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    out.read_line(&mut first).unwrap();
+    // Keep reading, so the server never writes into a closed pipe.
+    std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
+    let port = first
+        .split("127.0.0.1:")
+        .nth(1)
+        .and_then(|s| s.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no port in {first:?}"));
+    Server { child, port }
+}
+
+fn psql(port: u16, db: &str, password: Option<&str>, args: &[&str]) -> Output {
+    let mut c = Command::new("psql");
+    c.args([
+        "-X",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &port.to_string(),
+        "-U",
+        "earshot",
+        "-d",
+        db,
+    ])
+    .args(["-v", "ON_ERROR_STOP=1"])
+    .args(args)
+    .env("PGCONNECT_TIMEOUT", "10")
+    .env_remove("PGPASSWORD");
+    if let Some(p) = password {
+        c.env("PGPASSWORD", p);
+    }
+    c.output()
+        .expect("psql must be installed (scripts/setup installs postgresql-client)")
+}
+
+fn python_clients(server: &Server, data: &Path, extra: &[&str], password: Option<&str>) {
+    let mut c = Command::new("python3");
+    c.arg(repo().join("tests/pg_clients.py"))
+        .args(["--port", &server.port.to_string()])
+        .args(["--earshot", env!("CARGO_BIN_EXE_earshot"), "--data"])
+        .arg(data)
+        .args(["--stream", STREAM])
+        .args(extra)
+        .env("EARSHOT_PSEUDONYM_KEY", "serve-test-secret");
+    if let Some(p) = password {
+        c.args(["--password", p]);
+    }
+    let out = c.output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "pg_clients.py failed:\n{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!text.contains("FAIL"), "{text}");
+}
+
+fn cli_scalar(data: &Path, sql: &str) -> String {
+    ok(earshot()
+        .args(["sql", "--format", "csv", "--data"])
+        .arg(data)
+        .arg(sql)
+        .output()
+        .unwrap())
+    .lines()
+    .nth(1)
+    .unwrap_or("")
+    .to_string()
+}
+
+#[test]
+fn psql_and_psycopg_read_the_tables_and_cannot_change_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    make_data(&data, 1500, 7);
+    let server = serve(&data, &[], None);
+
+    let tables = ok(psql(server.port, "earshot", None, &["-c", "\\dt"]));
+    for t in ["buckets", "events", "rejects", "sessions", "streams"] {
+        assert!(tables.contains(&format!("public | {t} ")), "{tables}");
+    }
+    let described = ok(psql(server.port, "earshot", None, &["-c", "\\d streams"]));
+    assert!(described.contains("listeners_connected_60s"), "{described}");
+    assert!(described.contains("joined_hll"), "{described}");
+
+    let sql = "SELECT peak_connected FROM streams";
+    let got = ok(psql(server.port, "earshot", None, &["-A", "-t", "-c", sql]));
+    assert_eq!(got.trim(), cli_scalar(&data, sql));
+
+    let refused = psql(server.port, "earshot", None, &["-c", "DROP TABLE sessions"]);
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("read-only"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    let wrong_db = psql(server.port, "postgres", None, &["-c", "SELECT 1"]);
+    assert!(!wrong_db.status.success());
+    assert!(
+        String::from_utf8_lossy(&wrong_db.stderr).contains("database \"postgres\" does not exist")
+    );
+
+    python_clients(&server, &data, &[], None);
+
+    let after = ok(psql(
+        server.port,
+        "earshot",
+        None,
+        &["-A", "-t", "-c", "SELECT count(*) FROM sessions"],
+    ));
+    assert_eq!(
+        after.trim(),
+        cli_scalar(&data, "SELECT count(*) FROM sessions")
+    );
+}
+
+#[test]
+fn runaway_queries_hit_the_limits_and_the_server_keeps_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    make_data(&data, 3000, 8);
+    let server = serve(
+        &data,
+        &["--query-timeout", "1s", "--memory-limit", "4MiB"],
+        None,
+    );
+    python_clients(&server, &data, &["--limits"], None);
+}
+
+#[test]
+fn off_loopback_needs_a_password_and_logins_are_checked_with_scram() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    make_data(&data, 300, 9);
+
+    // Refused before binding anything.
+    let out = earshot()
+        .args(["serve", "--pg", "0.0.0.0:0", "--data"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("without a password") && err.contains("EARSHOT_PG_PASSWORD"),
+        "{err}"
+    );
+
+    let server = serve(&data, &[], Some("s3cret-pw"));
+    let good = ok(psql(
+        server.port,
+        "earshot",
+        Some("s3cret-pw"),
+        &["-A", "-t", "-c", "SELECT count(*) FROM streams"],
+    ));
+    assert_eq!(good.trim(), "1");
+    let bad = psql(server.port, "earshot", Some("wrong"), &["-c", "SELECT 1"]);
+    assert!(!bad.status.success());
+    let none = psql(server.port, "earshot", None, &["-w", "-c", "SELECT 1"]);
+    assert!(!none.status.success(), "a login without a password got in");
+    python_clients(&server, &data, &[], Some("s3cret-pw"));
+
+    // The password can also come from a file.
+    let file = dir.path().join("pw");
+    std::fs::write(&file, "from-a-file\n").unwrap();
+    let server = serve(&data, &["--pg-password-file", file.to_str().unwrap()], None);
+    let good = ok(psql(
+        server.port,
+        "earshot",
+        Some("from-a-file"),
+        &["-A", "-t", "-c", "SELECT 1"],
+    ));
+    assert_eq!(good.trim(), "1");
+}
+
+#[test]
+fn a_new_generation_is_served_without_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    make_data(&data, 300, 10);
+    let server = serve(&data, &[], None);
+    let query = ["-A", "-t", "-c", "SELECT listeners_joined FROM streams"];
+    let before = ok(psql(server.port, "earshot", None, &query));
+    assert_eq!(before.trim(), "300");
+
+    make_data(&data, 700, 11);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = ok(psql(server.port, "earshot", None, &query));
+        if now.trim() == "700" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still serving {now:?} after the re-ingest"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
