@@ -87,7 +87,7 @@ pub fn run(a: SqlArgs) -> anyhow::Result<()> {
             return one(ctx, &sql, &params, &limits, a.format).await;
         }
         if std::io::stdin().is_terminal() && std::io::stdout().is_terminal() {
-            return prompt(ctx, &params, &limits, &a.data).await;
+            return prompt(ctx, &params.allowing_unused(), &limits, &a.data).await;
         }
         let mut script = String::new();
         std::io::stdin()

@@ -245,9 +245,9 @@ pub fn human_duration(d: Duration) -> String {
     let ms = d.as_millis();
     if ms < 1_000 {
         format!("{ms} ms")
-    } else if ms % 60_000 == 0 {
+    } else if ms.is_multiple_of(60_000) {
         format!("{} min", ms / 60_000)
-    } else if ms % 1_000 == 0 {
+    } else if ms.is_multiple_of(1_000) {
         format!("{} s", ms / 1_000)
     } else {
         format!("{:.1} s", d.as_secs_f64())

@@ -14,7 +14,11 @@ use crate::SqlError;
 
 /// Parameter values by name (without the `$`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Params(pub BTreeMap<String, String>);
+pub struct Params {
+    values: BTreeMap<String, String>,
+    /// At the interactive prompt, values given at start apply to the queries that use them only.
+    allow_unused: bool,
+}
 
 impl Params {
     /// Reads `name=value` pairs, as given to `--param`.
@@ -41,11 +45,20 @@ impl Params {
                 return Err(SqlError::Param(format!("parameter {name} is given twice")));
             }
         }
-        Ok(Params(map))
+        Ok(Params {
+            values: map,
+            allow_unused: false,
+        })
+    }
+
+    /// The same values, but a query that does not use one of them is not an error.
+    pub fn allowing_unused(mut self) -> Params {
+        self.allow_unused = true;
+        self
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.values.is_empty()
     }
 
     /// Binds the values into `plan`. Every placeholder needs a value and every value a placeholder.
@@ -53,7 +66,7 @@ impl Params {
         let types = plan
             .get_parameter_types()
             .map_err(|e| SqlError::Query(e.to_string()))?;
-        if types.is_empty() && self.0.is_empty() {
+        if types.is_empty() && (self.values.is_empty() || self.allow_unused) {
             return Ok(plan);
         }
         let mut wanted: Vec<&String> = types.keys().collect();
@@ -68,7 +81,7 @@ impl Params {
         }
         let missing: Vec<String> = wanted
             .iter()
-            .filter(|id| !self.0.contains_key(&id[1..]))
+            .filter(|id| !self.values.contains_key(&id[1..]))
             .map(|id| format!("--param {}=…", &id[1..]))
             .collect();
         if !missing.is_empty() {
@@ -78,9 +91,12 @@ impl Params {
             )));
         }
         let mut values = HashMap::new();
-        for (name, value) in &self.0 {
+        for (name, value) in &self.values {
             let id = format!("${name}");
             let Some(ty) = types.get(&id) else {
+                if self.allow_unused {
+                    continue;
+                }
                 let takes: Vec<&str> = wanted.iter().map(|id| &id[1..]).collect();
                 return Err(SqlError::Param(format!(
                     "unknown parameter {name}; the query takes {}",
