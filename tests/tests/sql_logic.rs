@@ -108,10 +108,10 @@ impl sqllogictest::AsyncDB for Earshot {
 
 fn ingest_text(dir: &Path, text: String) {
     let p = Pseudonymizer::new(b"slt-fixed-key");
-    let input = Input {
-        source: "file:fixture.ndjson".into(),
-        reader: Box::new(std::io::Cursor::new(text.into_bytes())),
-    };
+    let input = Input::from_reader(
+        "file:fixture.ndjson",
+        std::io::Cursor::new(text.into_bytes()),
+    );
     ingest(vec![input], dir, Settings::default(), &p, &mut |_| {}).expect("ingest");
 }
 

@@ -80,10 +80,10 @@ fn ingested_tables_equal_the_reference() {
             one_partition.push((0u32, l.clone()));
         }
         let dir = tempfile::tempdir().unwrap();
-        let input = Input {
-            source: "file:scenario.ndjson".into(),
-            reader: Box::new(std::io::Cursor::new(text.into_bytes())),
-        };
+        let input = Input::from_reader(
+            "file:scenario.ndjson",
+            std::io::Cursor::new(text.into_bytes()),
+        );
         ingest(vec![input], dir.path(), settings, &p, &mut |_| {}).unwrap();
         let (want, _) = reference(&parse_all(&one_partition, &p), &settings);
         let ctx = rt.block_on(earshot_sql::context(dir.path())).unwrap();

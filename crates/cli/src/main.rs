@@ -2,6 +2,7 @@
 //! what people read (progress, summaries, the demo's story). Figures come only from the tables,
 //! through `earshot-sql`; this binary never computes one itself.
 
+mod audit;
 mod demo;
 mod output;
 mod serve;
@@ -39,6 +40,8 @@ enum Command {
     Sql(sql::SqlArgs),
     /// Serve a data directory to SQL clients over the Postgres wire protocol.
     Serve(serve::ServeArgs),
+    /// A reach audit of one stream: what the data supports about a claim, and how it was obtained.
+    Audit(audit::AuditArgs),
     /// Write a realistic simulated event stream as NDJSON.
     Simulate(SimulateArgs),
     /// Simulate a late-starting, overloaded town hall, ingest it, and tell its story.
@@ -337,6 +340,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Sql(a) => sql::run(a)?,
         Command::Serve(a) => serve::run(a)?,
+        Command::Audit(a) => audit::run(a)?,
         Command::Simulate(a) => {
             let cfg = a.config()?;
             let stats = if a.output == "-" {

@@ -10,6 +10,9 @@
 use std::collections::BTreeMap;
 use std::io::{self, BufRead};
 use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use sha2::{Digest, Sha256};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use earshot_contract::{MAX_MESSAGE_BYTES, Pseudonymizer, RejectCode, parse_event};
@@ -21,25 +24,57 @@ pub struct Input {
     /// How rows name it: `file:PATH` or `stdin`.
     pub source: String,
     pub reader: Box<dyn BufRead + Send>,
+    /// SHA-256 of every byte read, for the manifest (provenance an auditor can re-check).
+    digest: Arc<Mutex<Sha256>>,
+}
+
+/// Hashes what passes through it.
+struct Hashing<R> {
+    inner: R,
+    digest: Arc<Mutex<Sha256>>,
+}
+
+impl<R: io::Read> io::Read for Hashing<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.digest
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .update(&buf[..n]);
+        Ok(n)
+    }
 }
 
 impl Input {
+    /// Any reader, named `source` in the tables.
+    pub fn from_reader<R: io::Read + Send + 'static>(
+        source: impl Into<String>,
+        reader: R,
+    ) -> Input {
+        let digest = Arc::new(Mutex::new(Sha256::new()));
+        Input {
+            source: source.into(),
+            reader: Box::new(io::BufReader::with_capacity(
+                1 << 20,
+                Hashing {
+                    inner: reader,
+                    digest: digest.clone(),
+                },
+            )),
+            digest,
+        }
+    }
+
     pub fn file(path: &Path) -> Result<Input, IngestError> {
         let f = std::fs::File::open(path).map_err(|e| IngestError::Input {
             source_name: path.display().to_string(),
             error: e,
         })?;
-        Ok(Input {
-            source: format!("file:{}", path.display()),
-            reader: Box::new(io::BufReader::with_capacity(1 << 20, f)),
-        })
+        Ok(Input::from_reader(format!("file:{}", path.display()), f))
     }
 
     pub fn stdin() -> Input {
-        Input {
-            source: "stdin".into(),
-            reader: Box::new(io::BufReader::with_capacity(1 << 20, io::stdin())),
-        }
+        Input::from_reader("stdin", io::stdin())
     }
 }
 
@@ -117,7 +152,11 @@ pub fn ingest(
     };
     for (partition, input) in inputs.into_iter().enumerate() {
         let partition = partition as u32;
-        let Input { source, reader } = input;
+        let Input {
+            source,
+            reader,
+            digest,
+        } = input;
         // Two stages on two cores: this thread's helper reads and parses (the contract check and
         // the pseudonym hash), while this thread counts and writes, strictly in arrival order.
         let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Line>>(8);
@@ -164,11 +203,17 @@ pub fn ingest(
         })?;
         progress(bytes);
         summary.bytes += bytes;
+        let sha256 = std::mem::take(&mut *digest.lock().unwrap_or_else(|p| p.into_inner()))
+            .finalize()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
         manifest.inputs.push(ManifestInput {
             source,
             partition,
             bytes,
             messages: line_no,
+            sha256,
         });
     }
     if let Some((stream, buckets)) = engine.bucket_spans().first()

@@ -35,6 +35,9 @@ pub const EMBEDDED: &[(&str, &str)] = embedded!(
     "breakdown",
     "rollup_minute",
     "rollup_hour",
+    "audit_figures",
+    "event_counts",
+    "rejects_by_reason",
 );
 
 impl NamedQuery {

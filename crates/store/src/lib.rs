@@ -11,11 +11,13 @@
 //! This crate writes and locates files; it computes no figure (those come from `earshot-core`) and
 //! runs no query (that is `earshot-sql`).
 
+mod reader;
 mod schema;
 mod writer;
 
 use std::path::{Path, PathBuf};
 
+pub use reader::counted_events;
 pub use schema::{TABLES, table_schema};
 pub use writer::{Generation, Manifest, ManifestInput, ManifestSettings, REJECT_PAYLOAD_BYTES};
 

@@ -69,6 +69,8 @@ pub struct ManifestInput {
     pub partition: u32,
     pub bytes: u64,
     pub messages: u64,
+    /// SHA-256 (hex) of the bytes read from the input.
+    pub sha256: String,
 }
 
 fn encode_err(table: &'static str) -> impl Fn(String) -> StoreError {

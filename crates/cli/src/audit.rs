@@ -1,0 +1,126 @@
+//! `earshot audit`: the reach audit report.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use clap::{Args, ValueEnum};
+use earshot_audit::{Claim, ClaimKind, Format};
+
+#[derive(Clone, Copy, ValueEnum)]
+enum KindArg {
+    Concurrent,
+    Unique,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum FormatArg {
+    Md,
+    Html,
+    Json,
+}
+
+#[derive(Args)]
+pub struct AuditArgs {
+    /// Data directory written by `earshot ingest`.
+    #[arg(long, short)]
+    data: PathBuf,
+    /// The stream to audit.
+    #[arg(long)]
+    stream: String,
+    /// A claimed number of listeners to check against every measure (e.g. 1000000 or 1.3M).
+    #[arg(long)]
+    claim: Option<String>,
+    /// What the claim counts: people at the same time, or distinct people over the stream.
+    #[arg(long, value_enum, default_value = "concurrent")]
+    claim_kind: KindArg,
+    #[arg(long, value_enum, default_value = "md")]
+    format: FormatArg,
+    /// Write the report here (Markdown also writes the chart beside it as FILE-stem.svg).
+    #[arg(long, short)]
+    output: Option<PathBuf>,
+    /// Add the time the report was made (otherwise re-running gives byte-identical output).
+    #[arg(long)]
+    stamp: bool,
+}
+
+/// `1000000`, `1,000,000`, `1.3M`, `640k`.
+fn parse_claim(s: &str) -> anyhow::Result<i64> {
+    let t = s.trim().replace([',', '_', ' '], "");
+    let (num, scale) = match t.chars().last() {
+        Some('k' | 'K') => (&t[..t.len() - 1], 1e3),
+        Some('m' | 'M') => (&t[..t.len() - 1], 1e6),
+        Some('b' | 'B') => (&t[..t.len() - 1], 1e9),
+        _ => (t.as_str(), 1.0),
+    };
+    match num.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 && v * scale < 9e15 => Ok((v * scale).round() as i64),
+        _ => bail!("--claim {s:?} is not a number of listeners (e.g. 1000000, 1.3M, 640k)"),
+    }
+}
+
+pub fn run(a: AuditArgs) -> anyhow::Result<()> {
+    let claim = match &a.claim {
+        Some(c) => Some(Claim {
+            value: parse_claim(c)?,
+            kind: match a.claim_kind {
+                KindArg::Concurrent => ClaimKind::Concurrent,
+                KindArg::Unique => ClaimKind::Unique,
+            },
+        }),
+        None => None,
+    };
+    let format = match a.format {
+        FormatArg::Md => Format::Md,
+        FormatArg::Html => Format::Html,
+        FormatArg::Json => Format::Json,
+    };
+    let stamp = a
+        .stamp
+        .then(|| chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+    let rt = crate::runtime()?;
+    let report = rt.block_on(earshot_audit::build(&a.data, &a.stream, claim, stamp))?;
+    let svg_path = a.output.as_ref().map(|o| o.with_extension("svg"));
+    let svg_name = svg_path
+        .as_ref()
+        .and_then(|p| p.file_name())
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "timeline.svg".to_string());
+    let rendered = earshot_audit::render(&report, format, &svg_name);
+    match &a.output {
+        Some(path) => {
+            std::fs::write(path, &rendered.text)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            if let (Some(svg), Some(svg_path)) = (&rendered.svg, &svg_path) {
+                std::fs::write(svg_path, svg)
+                    .with_context(|| format!("cannot write {}", svg_path.display()))?;
+                eprintln!("wrote {} and {}", path.display(), svg_path.display());
+            } else {
+                eprintln!("wrote {}", path.display());
+            }
+        }
+        None => {
+            use std::io::Write;
+            std::io::stdout().write_all(rendered.text.as_bytes())?;
+            if rendered.svg.is_some() {
+                eprintln!("note: the chart is written beside the report with -o FILE.md");
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_claim;
+
+    #[test]
+    fn claims_read_like_people_write_them() {
+        assert_eq!(parse_claim("1000000").unwrap(), 1_000_000);
+        assert_eq!(parse_claim("1,300,000").unwrap(), 1_300_000);
+        assert_eq!(parse_claim("1.3M").unwrap(), 1_300_000);
+        assert_eq!(parse_claim("640k").unwrap(), 640_000);
+        assert!(parse_claim("a lot").is_err());
+        assert!(parse_claim("-5").is_err());
+        assert!(parse_claim("NaN").is_err());
+    }
+}

@@ -1,0 +1,125 @@
+//! Reading events back, in the order they were written (arrival order), for recomputation under
+//! other definitions (the audit's sensitivity analysis).
+
+use std::fs::File;
+use std::path::Path;
+
+use arrow::array::{
+    Array, AsArray, BooleanArray, Int64Array, StringArray, TimestampMillisecondArray,
+};
+use arrow::datatypes::{Int64Type, TimestampMillisecondType};
+use earshot_contract::{Event, EventType, ListenerKey, StreamState};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+use crate::StoreError;
+
+fn bad(message: String) -> StoreError {
+    StoreError::Encode {
+        table: "events",
+        message,
+    }
+}
+
+fn text<'a>(
+    batch: &'a arrow::record_batch::RecordBatch,
+    name: &str,
+) -> Result<&'a StringArray, StoreError> {
+    batch
+        .column_by_name(name)
+        .and_then(|c| c.as_string_opt::<i32>())
+        .ok_or_else(|| bad(format!("column {name} missing or not text")))
+}
+
+fn opt(a: &StringArray, i: usize) -> Option<String> {
+    (!a.is_null(i)).then(|| a.value(i).to_string())
+}
+
+fn key(hex: &str) -> Option<ListenerKey> {
+    if hex.len() != 32 {
+        return None;
+    }
+    let mut out = [0u8; 16];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(ListenerKey(out))
+}
+
+/// The counted (not late) events of `stream_id` in `generation`, in arrival order.
+pub fn counted_events(generation: &Path, stream_id: &str) -> Result<Vec<Event>, StoreError> {
+    let path = generation.join("events.parquet");
+    let file = File::open(&path).map_err(|source| StoreError::Io {
+        action: "open",
+        path: path.display().to_string(),
+        source,
+    })?;
+    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+        .and_then(|b| b.with_batch_size(64 * 1024).build())
+        .map_err(|e| bad(e.to_string()))?;
+    let mut out = Vec::new();
+    for batch in reader {
+        let batch = batch.map_err(|e| bad(e.to_string()))?;
+        let stream = text(&batch, "stream_id")?;
+        let late: &BooleanArray = batch
+            .column_by_name("late")
+            .and_then(|c| c.as_boolean_opt())
+            .ok_or_else(|| bad("column late missing".into()))?;
+        let ts: &TimestampMillisecondArray = batch
+            .column_by_name("ts")
+            .and_then(|c| c.as_primitive_opt::<TimestampMillisecondType>())
+            .ok_or_else(|| bad("column ts missing".into()))?;
+        let sched: &TimestampMillisecondArray = batch
+            .column_by_name("scheduled_start")
+            .and_then(|c| c.as_primitive_opt::<TimestampMillisecondType>())
+            .ok_or_else(|| bad("column scheduled_start missing".into()))?;
+        let int = |name: &str| -> Result<&Int64Array, StoreError> {
+            batch
+                .column_by_name(name)
+                .and_then(|c| c.as_primitive_opt::<Int64Type>())
+                .ok_or_else(|| bad(format!("column {name} missing")))
+        };
+        let (displayed, audio) = (int("displayed")?, int("audio_ms")?);
+        let (id, kind, listener, session, reason, state, client, region) = (
+            text(&batch, "event_id")?,
+            text(&batch, "type")?,
+            text(&batch, "listener_key")?,
+            text(&batch, "session_id")?,
+            text(&batch, "reason")?,
+            text(&batch, "state")?,
+            text(&batch, "client")?,
+            text(&batch, "region")?,
+        );
+        for i in 0..batch.num_rows() {
+            if late.value(i) || stream.value(i) != stream_id {
+                continue;
+            }
+            let kind = EventType::ALL
+                .into_iter()
+                .find(|k| k.as_str() == kind.value(i))
+                .ok_or_else(|| bad(format!("unknown type {}", kind.value(i))))?;
+            let state = match opt(state, i).as_deref() {
+                None => None,
+                Some("scheduled") => Some(StreamState::Scheduled),
+                Some("live") => Some(StreamState::Live),
+                Some("ended") => Some(StreamState::Ended),
+                Some(other) => return Err(bad(format!("unknown state {other}"))),
+            };
+            out.push(Event {
+                event_id: id.value(i).to_string(),
+                kind,
+                ts: ts.value(i),
+                stream_id: stream_id.to_string(),
+                listener_key: opt(listener, i).as_deref().and_then(key),
+                session_id: opt(session, i),
+                reason: opt(reason, i),
+                displayed: (!displayed.is_null(i)).then(|| displayed.value(i)),
+                state,
+                scheduled_start: (!sched.is_null(i)).then(|| sched.value(i)),
+                client: opt(client, i),
+                region: opt(region, i),
+                audio_ms: (!audio.is_null(i)).then(|| audio.value(i)),
+            });
+        }
+    }
+    Ok(out)
+}
