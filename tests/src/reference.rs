@@ -268,7 +268,9 @@ pub fn reference(events: &[(u32, Event)], settings: &Settings) -> (Snapshot, Tal
             .filter(|s| s.connect_ts().is_some())
             .map(|s| s.listener)
             .collect();
-        let long_listeners = listeners
+        // Of the listeners ever connected (so the count never exceeds listeners_connected, even when
+        // M = 0): those whose connected time, over all their sessions, reaches M.
+        let long_listeners = ever_connected
             .iter()
             .filter(|lk| {
                 let mine: Vec<&Session> = sessions.iter().filter(|s| s.listener == **lk).collect();
