@@ -21,10 +21,10 @@ fn hhmm(ms: i64) -> String {
 pub fn chart(r: &Report) -> String {
     let pts = &r.timeline;
     let mut out = String::new();
-    let _ = write!(
+    let _ = writeln!(
         out,
         "<svg xmlns=\"http://www.w3.org/2000/svg\" viewBox=\"0 0 {W} {H}\" width=\"{W}\" height=\"{H}\" \
-font-family=\"sans-serif\" font-size=\"12\" role=\"img\" aria-label=\"Timeline of stream {}\">\n",
+font-family=\"sans-serif\" font-size=\"12\" role=\"img\" aria-label=\"Timeline of stream {}\">",
         escape(&r.stream_id)
     );
     out.push_str("<rect width=\"100%\" height=\"100%\" fill=\"#ffffff\"/>\n");
