@@ -4,7 +4,6 @@
 
 mod audit;
 mod demo;
-mod output;
 mod serve;
 mod sql;
 

@@ -1,4 +1,5 @@
-//! `earshot serve`: the data directory to SQL clients over the Postgres wire protocol.
+//! `earshot serve`: the data directory to SQL clients over the Postgres wire protocol, and to
+//! dashboards over HTTP.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -7,12 +8,14 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Args;
-use earshot_serve::{Auth, PgServer};
+use earshot_serve::{Auth, HttpOptions, HttpServer, PgServer};
 
 use crate::sql::LimitArgs;
 
 /// The environment variable holding the Postgres password.
 pub const PASSWORD_ENV: &str = "EARSHOT_PG_PASSWORD";
+/// The environment variable holding the HTTP bearer token.
+pub const TOKEN_ENV: &str = "EARSHOT_HTTP_TOKEN";
 
 #[derive(Args)]
 pub struct ServeArgs {
@@ -20,8 +23,18 @@ pub struct ServeArgs {
     #[arg(long, short)]
     data: PathBuf,
     /// Address for the Postgres wire protocol, e.g. 127.0.0.1:5433 (port 0 picks a free port).
+    #[arg(long, value_name = "ADDR", required_unless_present = "http")]
+    pg: Option<SocketAddr>,
+    /// Address for HTTP: the /v1 JSON API, the live page at /, /healthz and /metrics.
     #[arg(long, value_name = "ADDR")]
-    pg: SocketAddr,
+    http: Option<SocketAddr>,
+    /// A file holding the HTTP bearer token (first line). Or set EARSHOT_HTTP_TOKEN. Required to
+    /// serve HTTP on anything but loopback.
+    #[arg(long, value_name = "FILE")]
+    http_token_file: Option<PathBuf>,
+    /// Allow this origin to read the API from a browser (CORS). Off by default.
+    #[arg(long, value_name = "ORIGIN")]
+    cors_origin: Option<String>,
     /// The user clients log in as when a password is set.
     #[arg(long, default_value = "earshot")]
     pg_user: String,
@@ -33,17 +46,18 @@ pub struct ServeArgs {
     limits: LimitArgs,
 }
 
-fn password(a: &ServeArgs) -> anyhow::Result<Option<String>> {
-    if let Some(file) = &a.pg_password_file {
+/// A secret from a file's first line, or else from an environment variable.
+fn secret(file: Option<&PathBuf>, env: &str, what: &str) -> anyhow::Result<Option<String>> {
+    if let Some(file) = file {
         let text = std::fs::read_to_string(file)
-            .with_context(|| format!("cannot read the password file {}", file.display()))?;
+            .with_context(|| format!("cannot read the {what} file {}", file.display()))?;
         let line = text.lines().next().unwrap_or("").trim_end_matches('\r');
         if line.is_empty() {
-            bail!("the password file {} is empty", file.display());
+            bail!("the {what} file {} is empty", file.display());
         }
         return Ok(Some(line.to_string()));
     }
-    match std::env::var(PASSWORD_ENV) {
+    match std::env::var(env) {
         Ok(p) if !p.is_empty() => Ok(Some(p)),
         _ => Ok(None),
     }
@@ -51,7 +65,7 @@ fn password(a: &ServeArgs) -> anyhow::Result<Option<String>> {
 
 pub fn run(a: ServeArgs) -> anyhow::Result<()> {
     let limits = a.limits.limits()?;
-    let auth = match password(&a)? {
+    let auth = match secret(a.pg_password_file.as_ref(), PASSWORD_ENV, "password")? {
         Some(password) => Auth::Password {
             user: a.pg_user.clone(),
             password,
@@ -59,22 +73,46 @@ pub fn run(a: ServeArgs) -> anyhow::Result<()> {
         None => Auth::Trust,
     };
     let rt = crate::runtime()?;
+    let http_options = HttpOptions {
+        token: secret(a.http_token_file.as_ref(), TOKEN_ENV, "token")?,
+        cors_origin: a.cors_origin.clone(),
+    };
     rt.block_on(async {
         let tables = Arc::new(earshot_sql::Tables::open(&a.data, limits).await?);
-        let server = PgServer::bind(tables.clone(), a.pg, auth.clone(), limits).await?;
-        let addr = server.local_addr()?;
-        let _follow = earshot_serve::follow_generations(tables, Duration::from_millis(500));
-        let login = match &auth {
-            Auth::Trust => "no password (loopback only)".to_string(),
-            Auth::Password { user, .. } => format!("user {user}, SCRAM-SHA-256"),
+        let pg = match a.pg {
+            Some(addr) => Some(PgServer::bind(tables.clone(), addr, auth.clone(), limits).await?),
+            None => None,
         };
-        println!("postgres: listening on {addr} ({login}); database earshot");
-        println!(
-            "  psql -h {} -p {} -U {} earshot",
-            addr.ip(),
-            addr.port(),
-            a.pg_user
-        );
+        let http = match a.http {
+            Some(addr) => {
+                Some(HttpServer::bind(tables.clone(), addr, http_options.clone(), limits).await?)
+            }
+            None => None,
+        };
+        let _follow = earshot_serve::follow_generations(tables, Duration::from_millis(500));
+        if let Some(server) = &pg {
+            let addr = server.local_addr()?;
+            let login = match &auth {
+                Auth::Trust => "no password (loopback only)".to_string(),
+                Auth::Password { user, .. } => format!("user {user}, SCRAM-SHA-256"),
+            };
+            println!("postgres: listening on {addr} ({login}); database earshot");
+            println!(
+                "  psql -h {} -p {} -U {} earshot",
+                addr.ip(),
+                addr.port(),
+                a.pg_user
+            );
+        }
+        if let Some(server) = &http {
+            let addr = server.local_addr()?;
+            let access = if http_options.token.is_some() {
+                "bearer token required on /v1 and /metrics"
+            } else {
+                "no token (loopback only)"
+            };
+            println!("http: listening on {addr} ({access}); live page at http://{addr}/");
+        }
         println!(
             "  limits: {} per query, {} of query memory",
             earshot_sql::human_duration(limits.time),
@@ -82,8 +120,21 @@ pub fn run(a: ServeArgs) -> anyhow::Result<()> {
         );
         use std::io::Write;
         std::io::stdout().flush()?;
+        let pg_task = async {
+            match pg {
+                Some(s) => s.run().await,
+                None => std::future::pending().await,
+            }
+        };
+        let http_task = async {
+            match http {
+                Some(s) => s.run().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
-            _ = server.run() => {}
+            _ = pg_task => {}
+            r = http_task => r.context("the HTTP server stopped")?,
             _ = shutdown() => eprintln!("stopping"),
         }
         Ok(())

@@ -9,7 +9,7 @@ use clap::Args;
 use earshot_sql::queries::NamedQuery;
 use earshot_sql::{Limits, Params, SessionContext};
 
-use crate::output::{self, Format};
+use earshot_sql::output::{self, Format};
 
 #[derive(Args)]
 pub struct SqlArgs {

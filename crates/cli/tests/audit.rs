@@ -257,7 +257,9 @@ fn chromium_draws_the_html_chart() {
             html.to_str().unwrap(),
         ],
     ));
+    // Kept as a CI artifact; a fresh clone built with CARGO_TARGET_DIR elsewhere has no target/ yet.
     let shot = repo().join("target/audit-report.png");
+    std::fs::create_dir_all(shot.parent().unwrap()).unwrap();
     let profile = dir.path().join("chromium-profile");
     let out = Command::new("chromium")
         .args([

@@ -1,10 +1,12 @@
-//! Serving a data directory to clients: the Postgres wire protocol (psql, DBeaver, Grafana, drivers).
+//! Serving a data directory to clients: the Postgres wire protocol (psql, DBeaver, Grafana, drivers),
+//! and HTTP (the `/v1` JSON API, the live page, `/metrics`).
 //!
 //! Everything served goes through the one `SessionContext` of [`earshot_sql::Tables`], with the same
 //! read-only guard and the same limits as `earshot sql`. [`pg`] wraps `datafusion-postgres`'s session
 //! service: every statement is checked before it reaches DataFusion, every query runs under the time
 //! limit, and logins are checked by [`Auth`].
 
+pub mod http;
 pub mod pg;
 
 use std::net::SocketAddr;
@@ -13,6 +15,7 @@ use std::time::Duration;
 
 use earshot_sql::Tables;
 
+pub use http::{HttpOptions, HttpServer};
 pub use pg::{Auth, PgServer};
 
 #[derive(Debug, thiserror::Error)]
@@ -22,6 +25,11 @@ pub enum ServeError {
 may be served without one. Set EARSHOT_PG_PASSWORD or --pg-password-file, or bind to 127.0.0.1"
     )]
     NoPassword(SocketAddr),
+    #[error(
+        "refusing to serve HTTP on {0} without a token: only a loopback address may be served without \
+one. Set EARSHOT_HTTP_TOKEN or --http-token-file, or bind to 127.0.0.1"
+    )]
+    NoToken(SocketAddr),
     #[error("cannot listen on {addr}: {source} (is another server using the port?)")]
     Bind {
         addr: SocketAddr,

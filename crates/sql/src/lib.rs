@@ -11,6 +11,7 @@
 
 mod functions;
 pub mod guard;
+pub mod output;
 pub mod params;
 pub mod queries;
 
@@ -131,6 +132,19 @@ impl Tables {
             data_dir: data_dir.to_path_buf(),
             generation: Mutex::new(generation),
         })
+    }
+
+    /// The generation being served (its directory), e.g. `DATA/gen-000003`.
+    pub fn generation(&self) -> PathBuf {
+        self.generation
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
     }
 
     /// Re-registers the tables if the data directory's `current` generation changed. Returns whether

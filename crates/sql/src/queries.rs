@@ -38,6 +38,7 @@ pub const EMBEDDED: &[(&str, &str)] = embedded!(
     "audit_figures",
     "event_counts",
     "rejects_by_reason",
+    "timeline_step",
 );
 
 impl NamedQuery {

@@ -1,0 +1,581 @@
+//! `earshot serve --http` against a real running server on 127.0.0.1: status codes, shapes,
+//! ETag/304, 404/400 cases, the three `POST /v1/query` formats, tokens and CORS, `/metrics`, and the
+//! live page loaded in headless Chromium with its plotted figures checked against the API.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use serde_json::Value;
+
+fn earshot() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_earshot"));
+    c.env("EARSHOT_PSEUDONYM_KEY", "http-test-secret")
+        .env_remove("EARSHOT_HTTP_TOKEN")
+        .env_remove("EARSHOT_PG_PASSWORD");
+    c
+}
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn data(dir: &Path, listeners: u32) -> PathBuf {
+    let input = dir.join("events.ndjson");
+    let data = dir.join("data");
+    assert!(
+        earshot()
+            .args([
+                "simulate",
+                "--listeners",
+                &listeners.to_string(),
+                "--stream-id",
+                "hall",
+                "--output"
+            ])
+            .arg(&input)
+            .output()
+            .unwrap()
+            .status
+            .success()
+    );
+    assert!(
+        earshot()
+            .args(["ingest", "--input"])
+            .arg(&input)
+            .arg("--data")
+            .arg(&data)
+            .output()
+            .unwrap()
+            .status
+            .success()
+    );
+    data
+}
+
+struct Server {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn serve(data: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
+    let mut cmd = earshot();
+    cmd.args(["serve", "--http", "127.0.0.1:0", "--data"])
+        .arg(data)
+        .args(extra)
+        .envs(env.iter().copied())
+        .stdout(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut port = None;
+    let mut line = String::new();
+    while port.is_none() {
+        line.clear();
+        assert!(out.read_line(&mut line).unwrap() > 0, "server exited");
+        if let Some(rest) = line.strip_prefix("http: listening on 127.0.0.1:") {
+            port = rest
+                .split(|c: char| !c.is_ascii_digit())
+                .next()
+                .and_then(|p| p.parse().ok());
+        }
+    }
+    std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
+    Server {
+        child,
+        port: port.unwrap(),
+    }
+}
+
+struct Reply {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Reply {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&self.body)))
+    }
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// A plain HTTP/1.1 exchange over a fresh connection.
+fn http(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Reply {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    s.write_all(body).unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("no header end");
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect();
+    let mut body = raw[split + 4..].to_vec();
+    if headers
+        .iter()
+        .any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"))
+    {
+        let mut out = Vec::new();
+        let mut rest = &body[..];
+        loop {
+            let nl = rest.windows(2).position(|w| w == b"\r\n").unwrap();
+            let n = usize::from_str_radix(std::str::from_utf8(&rest[..nl]).unwrap().trim(), 16)
+                .unwrap();
+            if n == 0 {
+                break;
+            }
+            out.extend_from_slice(&rest[nl + 2..nl + 2 + n]);
+            rest = &rest[nl + 2 + n + 2..];
+        }
+        body = out;
+    }
+    Reply {
+        status,
+        headers,
+        body,
+    }
+}
+
+fn get(port: u16, path: &str) -> Reply {
+    http(port, "GET", path, &[], b"")
+}
+
+fn cli_json(data: &Path, sql: &str) -> Value {
+    let out = earshot()
+        .args(["sql", "--format", "json", "--data"])
+        .arg(data)
+        .arg(sql)
+        .output()
+        .unwrap();
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn the_api_answers_with_the_tables_figures_and_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = data(dir.path(), 800);
+    let s = serve(&data, &[], &[]);
+
+    let r = get(s.port, "/healthz");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["status"], "ok");
+
+    let r = get(s.port, "/v1/streams");
+    assert_eq!(r.status, 200);
+    let all = r.json();
+    assert_eq!(all["streams"][0]["stream_id"], "hall");
+    assert!(all["ingest"]["rejected"].as_u64().unwrap() > 0);
+
+    let one = get(s.port, "/v1/streams/hall").json();
+    let row = &cli_json(&data, "SELECT * FROM streams")[0];
+    for col in [
+        "peak_connected",
+        "peak_roster",
+        "peak_displayed",
+        "listeners_joined",
+        "failed_joins",
+        "start_delay_ms",
+    ] {
+        assert_eq!(one[col], row[col], "{col}");
+    }
+    assert!(
+        one["joined_hll"].is_number(),
+        "sketches are estimates, not bytes: {one}"
+    );
+
+    // The timeline at the bucket width equals the buckets table.
+    let tl = get(s.port, "/v1/streams/hall/timeline").json();
+    assert_eq!(tl["step_ms"], 10_000);
+    let buckets = cli_json(
+        &data,
+        "SELECT roster_start, roster_peak, connected_start, connected_peak, displayed_start FROM buckets ORDER BY bucket_start",
+    );
+    let points = tl["points"].as_array().unwrap();
+    assert_eq!(points.len(), buckets.as_array().unwrap().len());
+    for (p, b) in points.iter().zip(buckets.as_array().unwrap()) {
+        assert_eq!(p["roster"], b["roster_start"]);
+        assert_eq!(p["connected_peak"], b["connected_peak"]);
+        assert_eq!(p["displayed"], b["displayed_start"]);
+    }
+    let keys: Vec<&str> = points[0]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(|k| k.as_str())
+        .collect();
+    for k in [
+        "start",
+        "displayed",
+        "roster",
+        "roster_peak",
+        "connected",
+        "connected_peak",
+        "ghosts",
+        "joins",
+        "drops",
+        "present_listeners",
+        "connected_listeners",
+        "final",
+    ] {
+        assert!(keys.contains(&k), "{k} missing from {keys:?}");
+    }
+    // At 5 minutes: peaks are the maxima of the buckets within, values at the start the first bucket's.
+    let tl5 = get(s.port, "/v1/streams/hall/timeline?step=5m").json();
+    assert_eq!(tl5["step_ms"], 300_000);
+    let max_peak = points
+        .iter()
+        .map(|p| p["connected_peak"].as_i64().unwrap())
+        .max()
+        .unwrap();
+    let max_peak5 = tl5["points"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["connected_peak"].as_i64().unwrap())
+        .max()
+        .unwrap();
+    assert_eq!(max_peak, max_peak5);
+    assert_eq!(max_peak, row["peak_connected"].as_i64().unwrap());
+    let first = &tl5["points"][1];
+    let t = first["start"].as_str().unwrap();
+    let inner: Vec<&Value> = points
+        .iter()
+        .filter(|p| {
+            let s = p["start"].as_str().unwrap();
+            s >= t && s < tl5["points"][2]["start"].as_str().unwrap()
+        })
+        .collect();
+    assert_eq!(inner.len(), 30);
+    assert_eq!(first["roster"], inner[0]["roster"]);
+    assert_eq!(
+        first["joins"].as_i64().unwrap(),
+        inner
+            .iter()
+            .map(|p| p["joins"].as_i64().unwrap())
+            .sum::<i64>()
+    );
+    // from/to select a window.
+    let w = get(
+        s.port,
+        &format!(
+            "/v1/streams/hall/timeline?step=60s&from={t}&to={}",
+            tl5["points"][2]["start"].as_str().unwrap()
+        ),
+    )
+    .json();
+    assert_eq!(w["points"].as_array().unwrap().len(), 5);
+
+    // Errors: 404 and 400 with messages, never 500.
+    let r = get(s.port, "/v1/streams/nope");
+    assert_eq!(r.status, 404);
+    assert!(r.json()["error"].as_str().unwrap().contains("no stream"));
+    assert_eq!(get(s.port, "/v1/streams/nope/timeline").status, 404);
+    for (q, msg) in [
+        ("step=7s", "not a multiple of the bucket width"),
+        ("step=fast", "not a duration"),
+        ("from=yesterday", "not an RFC 3339 time"),
+        (
+            "from=2024-08-13T01:00:00Z&to=2024-08-13T00:00:00Z",
+            "from must be before to",
+        ),
+        ("colour=red", "unknown parameter"),
+        ("step=1ms", "not a multiple"),
+    ] {
+        let r = get(s.port, &format!("/v1/streams/hall/timeline?{q}"));
+        assert_eq!(r.status, 400, "{q}: {}", r.text());
+        assert!(
+            r.json()["error"].as_str().unwrap().contains(msg),
+            "{q}: {}",
+            r.text()
+        );
+    }
+    assert_eq!(get(s.port, "/v2/anything").status, 404);
+}
+
+#[test]
+fn pollers_get_304_and_identical_requests_do_not_rerun_the_query() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = data(dir.path(), 300);
+    let s = serve(&data, &[], &[]);
+    let path = "/v1/streams/hall/timeline?step=60s";
+    let first = get(s.port, path);
+    assert_eq!(first.status, 200);
+    let etag = first.header("etag").unwrap().to_string();
+    assert_eq!(first.header("cache-control"), Some("no-cache"));
+    let again = http(s.port, "GET", path, &[("If-None-Match", &etag)], b"");
+    assert_eq!(again.status, 304);
+    assert!(again.body.is_empty());
+    assert_eq!(again.header("etag"), Some(etag.as_str()));
+    let same = get(s.port, path);
+    assert_eq!(same.body, first.body);
+    let metrics = get(s.port, "/metrics").text();
+    let value = |name: &str| -> u64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().last())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    assert!(value("earshot_http_cache_hits_total") >= 2, "{metrics}");
+    assert!(value("earshot_http_not_modified_total") >= 1, "{metrics}");
+    // A stale tag gets the full response.
+    assert_eq!(
+        http(s.port, "GET", path, &[("If-None-Match", "\"old\"")], b"").status,
+        200
+    );
+}
+
+#[test]
+fn post_query_returns_json_csv_or_arrow_and_refuses_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = data(dir.path(), 300);
+    let s = serve(&data, &[], &[]);
+    let sql = b"SELECT stream_id, peak_connected FROM streams";
+    let j = http(
+        s.port,
+        "POST",
+        "/v1/query",
+        &[("Accept", "application/json")],
+        sql,
+    );
+    assert_eq!(j.status, 200);
+    assert_eq!(j.json()[0]["stream_id"], "hall");
+    let c = http(s.port, "POST", "/v1/query", &[("Accept", "text/csv")], sql);
+    assert!(
+        c.text().starts_with("stream_id,peak_connected\nhall,"),
+        "{}",
+        c.text()
+    );
+    let a = http(
+        s.port,
+        "POST",
+        "/v1/query",
+        &[("Accept", "application/vnd.apache.arrow.stream")],
+        sql,
+    );
+    assert_eq!(
+        a.header("content-type"),
+        Some("application/vnd.apache.arrow.stream")
+    );
+    let reader =
+        arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(a.body.clone()), None)
+            .unwrap();
+    let batches: Vec<_> = reader.map(|b| b.unwrap()).collect();
+    assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 1);
+    assert_eq!(
+        j.json()[0]["peak_connected"],
+        cli_json(&data, "SELECT peak_connected FROM streams")[0]["peak_connected"]
+    );
+
+    let r = http(s.port, "POST", "/v1/query", &[], b"DROP TABLE sessions");
+    assert_eq!(r.status, 403);
+    assert!(r.json()["error"].as_str().unwrap().contains("read-only"));
+    let r = http(
+        s.port,
+        "POST",
+        "/v1/query",
+        &[],
+        b"SELECT nope FROM streams",
+    );
+    assert_eq!(r.status, 400);
+    assert_eq!(http(s.port, "POST", "/v1/query", &[], b"").status, 400);
+    assert_eq!(
+        http(s.port, "POST", "/v1/query", &[("Accept", "image/png")], sql).status,
+        406
+    );
+    assert_eq!(
+        http(s.port, "POST", "/v1/query", &[], &[0xff, 0xfe]).status,
+        400
+    );
+    let r = http(s.port, "GET", "/metrics", &[], b"");
+    let m = r.text();
+    for name in [
+        "earshot_events_total",
+        "earshot_rejects_total{reason=",
+        "earshot_late_events_total",
+        "earshot_buckets_finalized",
+        "earshot_generation_age_seconds",
+        "earshot_query_duration_seconds_bucket{le=\"+Inf\"}",
+        "earshot_http_requests_total{route=\"/v1/query\",status=\"403\"} 1",
+    ] {
+        assert!(m.contains(name), "{name} missing:\n{m}");
+    }
+}
+
+#[test]
+fn tokens_and_cors() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = data(dir.path(), 200);
+    let out = earshot()
+        .args(["serve", "--http", "0.0.0.0:0", "--data"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("without a token"));
+
+    let s = serve(
+        &data,
+        &["--cors-origin", "https://newsroom.example"],
+        &[("EARSHOT_HTTP_TOKEN", "t0ken")],
+    );
+    let r = get(s.port, "/v1/streams");
+    assert_eq!(r.status, 401);
+    assert_eq!(r.header("www-authenticate"), Some("Bearer"));
+    assert_eq!(
+        http(
+            s.port,
+            "GET",
+            "/v1/streams",
+            &[("Authorization", "Bearer wrong")],
+            b""
+        )
+        .status,
+        401
+    );
+    let ok = http(
+        s.port,
+        "GET",
+        "/v1/streams",
+        &[("Authorization", "Bearer t0ken")],
+        b"",
+    );
+    assert_eq!(ok.status, 200);
+    assert_eq!(
+        ok.header("access-control-allow-origin"),
+        Some("https://newsroom.example")
+    );
+    assert_eq!(get(s.port, "/metrics").status, 401);
+    assert_eq!(get(s.port, "/healthz").status, 200);
+    assert_eq!(get(s.port, "/").status, 200);
+    let pre = http(
+        s.port,
+        "OPTIONS",
+        "/v1/streams",
+        &[("Origin", "https://newsroom.example")],
+        b"",
+    );
+    assert_eq!(pre.status, 204);
+
+    let plain = serve(&data, &[], &[]);
+    let r = get(plain.port, "/v1/streams");
+    assert_eq!(r.status, 200);
+    assert!(
+        r.header("access-control-allow-origin").is_none(),
+        "CORS is off unless configured"
+    );
+}
+
+#[test]
+fn chromium_plots_the_api_figures_on_the_live_page() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = data(dir.path(), 600);
+    let s = serve(&data, &[], &[]);
+    let url = format!("http://127.0.0.1:{}/", s.port);
+    let chromium = |extra: &[String]| {
+        let profile = tempfile::tempdir().unwrap();
+        Command::new("chromium")
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--hide-scrollbars",
+                "--window-size=1100,900",
+                "--virtual-time-budget=8000",
+            ])
+            .arg(format!("--user-data-dir={}", profile.path().display()))
+            .args(extra)
+            .arg(&url)
+            .output()
+            .expect("chromium must be installed (scripts/setup installs it)")
+    };
+    let dom = chromium(&["--dump-dom".to_string()]);
+    let dom = String::from_utf8_lossy(&dom.stdout).into_owned();
+    assert!(
+        dom.contains("data-ready=\"1\""),
+        "the page never finished loading:\n{dom}"
+    );
+    let api = get(s.port, "/v1/streams/hall").json();
+    let attr = |name: &str| -> String {
+        let key = format!("{name}=\"");
+        let at = dom
+            .find(&key)
+            .unwrap_or_else(|| panic!("{name} not in the page"));
+        dom[at + key.len()..].split('"').next().unwrap().to_string()
+    };
+    assert_eq!(
+        attr("data-peak-connected"),
+        api["peak_connected"].to_string()
+    );
+    assert_eq!(
+        attr("data-max-connected-peak"),
+        api["peak_connected"].to_string(),
+        "the plotted line reaches the peak"
+    );
+    assert!(attr("data-points").parse::<u32>().unwrap() > 50);
+    let figure = |key: &str| -> String {
+        let tag = format!("data-figure=\"{key}\">");
+        let at = dom.find(&tag).unwrap_or_else(|| panic!("{key} not shown"));
+        dom[at + tag.len()..]
+            .split('<')
+            .next()
+            .unwrap()
+            .replace(',', "")
+    };
+    assert_eq!(figure("peak_connected"), api["peak_connected"].to_string());
+    assert_eq!(
+        figure("listeners_joined"),
+        api["listeners_joined"].to_string()
+    );
+    assert_eq!(figure("failed_joins"), api["failed_joins"].to_string());
+
+    let shot = repo().join("target/live-page.png");
+    std::fs::create_dir_all(shot.parent().unwrap()).unwrap();
+    let out = chromium(&[format!("--screenshot={}", shot.display())]);
+    assert!(out.status.success() && shot.exists());
+}

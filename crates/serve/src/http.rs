@@ -1,0 +1,732 @@
+//! The HTTP API (`/v1`), the live page (`/`), `/healthz` and `/metrics`.
+//!
+//! Every figure is read through `earshot_sql` (canned queries of `queries/`, the same guard and
+//! limits as every other entry point). A generation's tables never change, so a response is cached
+//! in memory under (generation, request) and carries a strong `ETag` of its bytes: a poller that sends
+//! `If-None-Match` gets `304 Not Modified` without any query running, and an identical request is
+//! answered from memory. A new generation empties the cache.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime};
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{MatchedPath, Path, Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::record_batch::RecordBatch;
+use earshot_sql::output::{self, Format};
+use earshot_sql::queries::NamedQuery;
+use earshot_sql::{Limits, Params, SqlError, Tables};
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+
+use crate::ServeError;
+
+const PAGE: &str = include_str!("page.html");
+
+/// Who may call the API and from where.
+#[derive(Clone, Debug, Default)]
+pub struct HttpOptions {
+    /// Bearer token required on `/v1/*` and `/metrics`; required off loopback.
+    pub token: Option<String>,
+    /// The one origin allowed to read responses cross-origin (CORS); none when unset.
+    pub cors_origin: Option<String>,
+}
+
+struct Cached {
+    etag: String,
+    content_type: &'static str,
+    body: Bytes,
+}
+
+#[derive(Default)]
+struct Cache {
+    generation: String,
+    entries: HashMap<String, Arc<Cached>>,
+}
+
+const CACHE_ENTRIES: usize = 4096;
+const LATENCY_BUCKETS: [f64; 12] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+];
+
+#[derive(Default)]
+struct Metrics {
+    requests: Mutex<BTreeMap<(String, u16), u64>>,
+    cache_hits: AtomicU64,
+    not_modified: AtomicU64,
+    /// Counts per latency bucket, then +Inf, with the sum in microseconds.
+    query_latency: Mutex<([u64; 13], u64, u64)>,
+}
+
+struct App {
+    tables: Arc<Tables>,
+    limits: Limits,
+    options: HttpOptions,
+    cache: Mutex<Cache>,
+    metrics: Metrics,
+}
+
+/// An API error: a status and a message a caller can act on. Never a 500 for bad input.
+struct ApiError(StatusCode, String);
+
+impl From<SqlError> for ApiError {
+    fn from(e: SqlError) -> Self {
+        let status = match &e {
+            SqlError::Refused(_) => StatusCode::FORBIDDEN,
+            SqlError::Query(_) | SqlError::Param(_) => StatusCode::BAD_REQUEST,
+            SqlError::TimeLimit(_) | SqlError::MemoryLimit { .. } => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
+            SqlError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        ApiError(status, e.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({ "error": self.1, "status": self.0.as_u16() }).to_string();
+        (
+            self.0,
+            [(header::CONTENT_TYPE, "application/json")],
+            format!("{body}\n"),
+        )
+            .into_response()
+    }
+}
+
+fn bad(msg: impl Into<String>) -> ApiError {
+    ApiError(StatusCode::BAD_REQUEST, msg.into())
+}
+
+/// A bound HTTP listener, ready to serve.
+pub struct HttpServer {
+    listener: TcpListener,
+    router: Router,
+}
+
+impl HttpServer {
+    pub async fn bind(
+        tables: Arc<Tables>,
+        addr: SocketAddr,
+        options: HttpOptions,
+        limits: Limits,
+    ) -> Result<HttpServer, ServeError> {
+        if options.token.is_none() && !addr.ip().is_loopback() {
+            return Err(ServeError::NoToken(addr));
+        }
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| ServeError::Bind { addr, source })?;
+        let app = Arc::new(App {
+            tables,
+            limits,
+            options,
+            cache: Mutex::new(Cache::default()),
+            metrics: Metrics::default(),
+        });
+        let router = Router::new()
+            .route("/", get(page))
+            .route("/healthz", get(healthz))
+            .route("/metrics", get(metrics))
+            .route("/v1/streams", get(streams))
+            .route("/v1/streams/{id}", get(stream))
+            .route("/v1/streams/{id}/timeline", get(timeline))
+            .route("/v1/query", post(query))
+            .fallback(not_found)
+            .layer(middleware::from_fn_with_state(app.clone(), guard))
+            .with_state(app);
+        Ok(HttpServer { listener, router })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    pub async fn run(self) -> std::io::Result<()> {
+        axum::serve(self.listener, self.router).await
+    }
+}
+
+/// Token check, CORS, and the request counter, around every route.
+async fn guard(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".to_string());
+    let protected = req.uri().path().starts_with("/v1/") || req.uri().path() == "/metrics";
+    let mut response = if req.method() == Method::OPTIONS && app.options.cors_origin.is_some() {
+        StatusCode::NO_CONTENT.into_response()
+    } else if protected && !authorized(&app, req.headers()) {
+        let mut r = ApiError(
+            StatusCode::UNAUTHORIZED,
+            "a bearer token is required: send Authorization: Bearer <token> (the token set with EARSHOT_HTTP_TOKEN)".into(),
+        )
+        .into_response();
+        r.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        r
+    } else {
+        next.run(req).await
+    };
+    if let Some(origin) = &app.options.cors_origin
+        && let Ok(v) = HeaderValue::from_str(origin)
+    {
+        let h = response.headers_mut();
+        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, v);
+        h.insert(header::VARY, HeaderValue::from_static("Origin"));
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_HEADERS,
+            HeaderValue::from_static("authorization, content-type, if-none-match"),
+        );
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_METHODS,
+            HeaderValue::from_static("GET, POST, OPTIONS"),
+        );
+        h.insert(
+            header::ACCESS_CONTROL_EXPOSE_HEADERS,
+            HeaderValue::from_static("etag"),
+        );
+    }
+    let status = response.status().as_u16();
+    *app.metrics
+        .requests
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .entry((route, status))
+        .or_default() += 1;
+    response
+}
+
+fn authorized(app: &App, headers: &HeaderMap) -> bool {
+    let Some(token) = &app.options.token else {
+        return true;
+    };
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|given| {
+            given.len() == token.len()
+                && given
+                    .bytes()
+                    .zip(token.bytes())
+                    .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                    == 0
+        })
+}
+
+async fn not_found() -> ApiError {
+    ApiError(
+        StatusCode::NOT_FOUND,
+        "no such endpoint: see /v1/streams, /v1/streams/{id}, /v1/streams/{id}/timeline, POST /v1/query, /healthz, /metrics".into(),
+    )
+}
+
+async fn page() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        PAGE,
+    )
+        .into_response()
+}
+
+impl App {
+    fn generation(&self) -> String {
+        self.tables
+            .generation()
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    }
+
+    async fn run(
+        &self,
+        sql: &str,
+        params: &Params,
+    ) -> Result<(SchemaRef, Vec<RecordBatch>), ApiError> {
+        let started = Instant::now();
+        let out = earshot_sql::run_with(&self.tables.ctx, sql, params, &self.limits).await;
+        let secs = started.elapsed().as_secs_f64();
+        let mut h = self
+            .metrics
+            .query_latency
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let i = LATENCY_BUCKETS
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(LATENCY_BUCKETS.len());
+        h.0[i] += 1;
+        h.1 += (secs * 1e6) as u64;
+        h.2 += 1;
+        Ok(out?)
+    }
+
+    async fn canned(&self, name: &str, params: &[String]) -> Result<Vec<Value>, ApiError> {
+        let q = NamedQuery::embedded(name).ok_or_else(|| {
+            ApiError(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("query {name} missing"),
+            )
+        })?;
+        let (schema, batches) = self.run(&q.sql, &Params::from_pairs(params)?).await?;
+        json_rows(&schema, &batches)
+    }
+
+    async fn stream_exists(&self, id: &str) -> Result<bool, ApiError> {
+        let rows = self
+            .run(
+                "SELECT count(*) AS n FROM streams WHERE stream_id = $stream",
+                &Params::from_pairs([format!("stream={id}")])?,
+            )
+            .await?;
+        Ok(json_rows(&rows.0, &rows.1)?
+            .first()
+            .and_then(|r| r["n"].as_i64())
+            .unwrap_or(0)
+            > 0)
+    }
+}
+
+fn json_rows(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<Vec<Value>, ApiError> {
+    let mut buf = Vec::new();
+    output::write(&mut buf, schema, batches, Format::Json)
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    match serde_json::from_slice::<Value>(&buf) {
+        Ok(Value::Array(rows)) => Ok(rows),
+        _ => Ok(Vec::new()),
+    }
+}
+
+/// Serves `key` from the cache, or computes it once per generation. Honours `If-None-Match`.
+async fn cached<F, Fut>(app: &App, headers: &HeaderMap, key: String, make: F) -> Response
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = Result<(&'static str, Vec<u8>), ApiError>>,
+{
+    let generation = app.generation();
+    let hit = {
+        let mut cache = app.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.generation != generation {
+            cache.entries.clear();
+            cache.generation = generation.clone();
+        }
+        cache.entries.get(&key).cloned()
+    };
+    let entry = match hit {
+        Some(e) => {
+            app.metrics.cache_hits.fetch_add(1, Ordering::Relaxed);
+            e
+        }
+        None => match make().await {
+            Ok((content_type, body)) => {
+                let etag = format!(
+                    "\"{}-{:016x}\"",
+                    generation,
+                    xxhash_rust::xxh3::xxh3_64(&body)
+                );
+                let e = Arc::new(Cached {
+                    etag,
+                    content_type,
+                    body: Bytes::from(body),
+                });
+                let mut cache = app.cache.lock().unwrap_or_else(|p| p.into_inner());
+                if cache.generation == generation {
+                    if cache.entries.len() >= CACHE_ENTRIES {
+                        cache.entries.clear();
+                    }
+                    cache.entries.insert(key, e.clone());
+                }
+                e
+            }
+            Err(e) => return e.into_response(),
+        },
+    };
+    let matches = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(',')
+                .any(|t| t.trim() == entry.etag || t.trim() == "*")
+        });
+    let etag = HeaderValue::from_str(&entry.etag).unwrap_or(HeaderValue::from_static("\"\""));
+    if matches {
+        app.metrics.not_modified.fetch_add(1, Ordering::Relaxed);
+        return (
+            StatusCode::NOT_MODIFIED,
+            [
+                (header::ETAG, etag),
+                (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
+            ],
+        )
+            .into_response();
+    }
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, entry.content_type)
+        .header(header::ETAG, etag)
+        // Revalidate every time (a new generation may replace the tables); a match costs no query.
+        .header(header::CACHE_CONTROL, "no-cache")
+        .body(Body::from(entry.body.clone()))
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+fn json_body(v: &Value) -> Result<(&'static str, Vec<u8>), ApiError> {
+    let mut body = serde_json::to_vec(v)
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    body.push(b'\n');
+    Ok(("application/json", body))
+}
+
+fn manifest(app: &App) -> Value {
+    std::fs::read_to_string(app.tables.generation().join("manifest.json"))
+        .ok()
+        .and_then(|s| serde_json::from_str(&s).ok())
+        .unwrap_or(Value::Null)
+}
+
+async fn streams(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
+    let a = app.clone();
+    cached(&app, &headers, "streams".into(), || async move {
+        let rows = a.canned("streams", &[]).await?;
+        let m = manifest(&a);
+        json_body(&json!({
+            "generation": a.generation(),
+            "ingest": {
+                "events": m["events"], "counted": m["counted"], "late": m["late"],
+                "duplicates": m["duplicates"], "rejected": m["rejected"],
+                "rejected_by_reason": m["rejected_by_reason"],
+            },
+            "streams": rows,
+        }))
+    })
+    .await
+}
+
+async fn stream(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let a = app.clone();
+    cached(&app, &headers, format!("stream/{id}"), || async move {
+        let rows = a.canned("audit_figures", &[format!("stream={id}")]).await?;
+        match rows.into_iter().next() {
+            Some(row) => json_body(&row),
+            None => Err(ApiError(
+                StatusCode::NOT_FOUND,
+                format!("no stream {id:?}: GET /v1/streams lists them"),
+            )),
+        }
+    })
+    .await
+}
+
+/// `10s`, `60s`, `5m`, `1h`, `250ms`, or milliseconds.
+fn parse_step(s: &str) -> Option<i64> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let n: i64 = s[..split].parse().ok()?;
+    let scale = match &s[split..] {
+        "" | "ms" => 1,
+        "s" => 1_000,
+        "m" | "min" => 60_000,
+        "h" => 3_600_000,
+        _ => return None,
+    };
+    n.checked_mul(scale).filter(|v| *v > 0)
+}
+
+async fn timeline(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    for k in q.keys() {
+        if !matches!(k.as_str(), "from" | "to" | "step") {
+            return bad(format!(
+                "unknown parameter {k:?}: the timeline takes from, to and step"
+            ))
+            .into_response();
+        }
+    }
+    let mut keys: Vec<_> = q.iter().collect();
+    keys.sort();
+    let key = format!("timeline/{id}?{keys:?}");
+    let a = app.clone();
+    cached(&app, &headers, key, || async move {
+        if !a.stream_exists(&id).await? {
+            return Err(ApiError(
+                StatusCode::NOT_FOUND,
+                format!("no stream {id:?}: GET /v1/streams lists them"),
+            ));
+        }
+        let span = a
+            .run(
+                "SELECT min(width_ms) AS w, CAST(min(bucket_start) AS BIGINT) AS lo, \
+                 CAST(max(bucket_start) AS BIGINT) AS hi FROM buckets WHERE stream_id = $stream",
+                &Params::from_pairs([format!("stream={id}")])?,
+            )
+            .await
+            .and_then(|(s, b)| json_rows(&s, &b))?;
+        let span = span.first().cloned().unwrap_or(Value::Null);
+        let width = span["w"].as_i64().unwrap_or(10_000);
+        let (lo, hi) = (
+            span["lo"].as_i64().unwrap_or(0),
+            span["hi"].as_i64().unwrap_or(0) + width,
+        );
+        let step = match q.get("step") {
+            None => width,
+            Some(s) => parse_step(s).ok_or_else(|| {
+                bad(format!(
+                    "step {s:?} is not a duration (use e.g. 10s, 60s, 5m, 1h)"
+                ))
+            })?,
+        };
+        if step % width != 0 {
+            return Err(bad(format!(
+                "step {step} ms is not a multiple of the bucket width ({width} ms)"
+            )));
+        }
+        let time = |name: &str, default: i64| -> Result<i64, ApiError> {
+            match q.get(name) {
+                None => Ok(default),
+                Some(v) => earshot_contract::parse_rfc3339_ms(v).ok_or_else(|| {
+                    bad(format!(
+                        "{name} {v:?} is not an RFC 3339 time such as 2024-08-13T00:00:00Z"
+                    ))
+                }),
+            }
+        };
+        let from = time("from", lo)?;
+        let to = time("to", hi)?;
+        if from >= to {
+            return Err(bad("from must be before to"));
+        }
+        let from = from.div_euclid(step) * step;
+        if (to.min(hi) - from.max(lo)) / step > 100_000 {
+            return Err(bad(
+                "more than 100,000 points: narrow from/to or raise step",
+            ));
+        }
+        let rows = a
+            .canned(
+                "timeline_step",
+                &[
+                    format!("stream={id}"),
+                    format!("step_ms={step}"),
+                    format!("from={}", earshot_contract::format_rfc3339_ms(from)),
+                    format!("to={}", earshot_contract::format_rfc3339_ms(to)),
+                ],
+            )
+            .await?;
+        let points: Vec<Value> = rows
+            .into_iter()
+            .map(|mut r| {
+                let start = r["start_ms"].as_i64().unwrap_or(0);
+                if let Some(o) = r.as_object_mut() {
+                    o.remove("start_ms");
+                    let mut with_start = serde_json::Map::new();
+                    with_start.insert(
+                        "start".into(),
+                        json!(earshot_contract::format_rfc3339_ms(start)),
+                    );
+                    with_start.extend(std::mem::take(o));
+                    return Value::Object(with_start);
+                }
+                r
+            })
+            .collect();
+        json_body(&json!({ "stream_id": id, "step_ms": step, "points": points }))
+    })
+    .await
+}
+
+async fn query(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Response {
+    let sql = match std::str::from_utf8(&body) {
+        Ok(s) if !s.trim().is_empty() => s.to_string(),
+        Ok(_) => return bad("the request body must be one SQL query").into_response(),
+        Err(_) => return bad("the request body is not UTF-8").into_response(),
+    };
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/json")
+        .to_ascii_lowercase();
+    let kind = if accept.contains("text/csv") {
+        "csv"
+    } else if accept.contains("application/vnd.apache.arrow.stream") {
+        "arrow"
+    } else if accept.contains("application/json") || accept.contains("*/*") || accept.is_empty() {
+        "json"
+    } else {
+        return ApiError(
+            StatusCode::NOT_ACCEPTABLE,
+            "Accept must be application/json, text/csv or application/vnd.apache.arrow.stream"
+                .into(),
+        )
+        .into_response();
+    };
+    let key = format!("query/{kind}/{sql}");
+    let a = app.clone();
+    cached(&app, &headers, key, || async move {
+        let (schema, batches) = a.run(&sql, &Params::default()).await?;
+        let internal = |e: String| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e);
+        match kind {
+            "csv" => {
+                let mut buf = Vec::new();
+                output::write(&mut buf, &schema, &batches, Format::Csv)
+                    .map_err(|e| internal(e.to_string()))?;
+                Ok(("text/csv; charset=utf-8", buf))
+            }
+            "arrow" => {
+                let mut buf = Vec::new();
+                {
+                    let mut w =
+                        datafusion::arrow::ipc::writer::StreamWriter::try_new(&mut buf, &schema)
+                            .map_err(|e| internal(e.to_string()))?;
+                    for b in &batches {
+                        w.write(b).map_err(|e| internal(e.to_string()))?;
+                    }
+                    w.finish().map_err(|e| internal(e.to_string()))?;
+                }
+                Ok(("application/vnd.apache.arrow.stream", buf))
+            }
+            _ => {
+                let mut buf = Vec::new();
+                output::write(&mut buf, &schema, &batches, Format::Json)
+                    .map_err(|e| internal(e.to_string()))?;
+                Ok(("application/json", buf))
+            }
+        }
+    })
+    .await
+}
+
+async fn healthz(State(app): State<Arc<App>>) -> Response {
+    let body = json!({ "status": "ok", "generation": app.generation() }).to_string();
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        format!("{body}\n"),
+    )
+        .into_response()
+}
+
+async fn metrics(State(app): State<Arc<App>>) -> Response {
+    let mut o = String::new();
+    let m = manifest(&app);
+    let counter = |o: &mut String, name: &str, help: &str, v: &Value| {
+        o.push_str(&format!(
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}\n",
+            v.as_u64().unwrap_or(0)
+        ));
+    };
+    counter(
+        &mut o,
+        "earshot_events_total",
+        "Valid events in the served generation.",
+        &m["events"],
+    );
+    counter(
+        &mut o,
+        "earshot_late_events_total",
+        "Events that arrived behind their partition's watermark.",
+        &m["late"],
+    );
+    counter(
+        &mut o,
+        "earshot_duplicate_events_total",
+        "Events ignored as duplicates.",
+        &m["duplicates"],
+    );
+    o.push_str("# HELP earshot_rejects_total Lines that were not valid events, by reason.\n# TYPE earshot_rejects_total counter\n");
+    if let Some(by) = m["rejected_by_reason"].as_object() {
+        for (reason, n) in by {
+            o.push_str(&format!(
+                "earshot_rejects_total{{reason=\"{reason}\"}} {}\n",
+                n.as_u64().unwrap_or(0)
+            ));
+        }
+    }
+    if let Ok((s, b)) = app
+        .run(
+            "SELECT sum(CASE WHEN \"final\" THEN 1 ELSE 0 END) AS n FROM buckets",
+            &Params::default(),
+        )
+        .await
+        && let Ok(rows) = json_rows(&s, &b)
+    {
+        counter(
+            &mut o,
+            "earshot_buckets_finalized",
+            "Buckets that are final in the served generation.",
+            &rows.first().map(|r| r["n"].clone()).unwrap_or(Value::Null),
+        );
+    }
+    let age = std::fs::metadata(app.tables.generation())
+        .and_then(|md| md.modified())
+        .ok()
+        .and_then(|t| SystemTime::now().duration_since(t).ok())
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0);
+    o.push_str(&format!(
+        "# HELP earshot_generation_age_seconds Seconds since the served tables were committed (checkpoint age).\n# TYPE earshot_generation_age_seconds gauge\nearshot_generation_age_seconds {age:.3}\n"
+    ));
+    o.push_str("# HELP earshot_http_requests_total HTTP requests by route and status.\n# TYPE earshot_http_requests_total counter\n");
+    for ((route, status), n) in app
+        .metrics
+        .requests
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+    {
+        o.push_str(&format!(
+            "earshot_http_requests_total{{route=\"{route}\",status=\"{status}\"}} {n}\n"
+        ));
+    }
+    counter(
+        &mut o,
+        "earshot_http_cache_hits_total",
+        "Responses served from the cache without a query.",
+        &json!(app.metrics.cache_hits.load(Ordering::Relaxed)),
+    );
+    counter(
+        &mut o,
+        "earshot_http_not_modified_total",
+        "304 Not Modified responses.",
+        &json!(app.metrics.not_modified.load(Ordering::Relaxed)),
+    );
+    let (counts, sum_us, count) = *app
+        .metrics
+        .query_latency
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    o.push_str("# HELP earshot_query_duration_seconds Time to run a query (cache misses only).\n# TYPE earshot_query_duration_seconds histogram\n");
+    let mut cumulative = 0;
+    for (i, b) in LATENCY_BUCKETS.iter().enumerate() {
+        cumulative += counts[i];
+        o.push_str(&format!(
+            "earshot_query_duration_seconds_bucket{{le=\"{b}\"}} {cumulative}\n"
+        ));
+    }
+    cumulative += counts[LATENCY_BUCKETS.len()];
+    o.push_str(&format!(
+        "earshot_query_duration_seconds_bucket{{le=\"+Inf\"}} {cumulative}\nearshot_query_duration_seconds_sum {:.6}\nearshot_query_duration_seconds_count {count}\n",
+        sum_us as f64 / 1e6
+    ));
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], o).into_response()
+}
