@@ -4,6 +4,7 @@
 
 mod audit;
 mod demo;
+mod kafka;
 mod serve;
 mod sql;
 
@@ -33,8 +34,13 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Read NDJSON listener events (files or stdin) and write the tables to a data directory.
+    /// Read listener events (NDJSON files, stdin, or a Kafka topic) and write the tables to a data
+    /// directory.
     Ingest(IngestArgs),
+    /// Consume a Kafka topic into a data directory and serve it (Postgres wire, HTTP) while it runs.
+    Run(kafka::RunArgs),
+    /// Send NDJSON lines to a Kafka topic, keyed by session_id.
+    Produce(kafka::ProduceArgs),
     /// Run read-only SQL over a data directory: a query, a query file, stdin, or a prompt.
     Sql(sql::SqlArgs),
     /// Serve a data directory to SQL clients over the Postgres wire protocol.
@@ -81,13 +87,23 @@ impl SettingsArgs {
 #[derive(Args)]
 struct IngestArgs {
     /// NDJSON input file, or `-` for standard input. Repeat for several files: each is one partition.
-    #[arg(long, short, required = true)]
+    #[arg(
+        long,
+        short,
+        required_unless_present = "brokers",
+        conflicts_with = "brokers"
+    )]
     input: Vec<String>,
-    /// Data directory to write the tables into (created if missing).
+    /// Data directory to write the tables into (created if missing). With --kafka it is also the
+    /// checkpoint: a restart continues from it.
     #[arg(long, short)]
     data: PathBuf,
     #[command(flatten)]
     settings: SettingsArgs,
+    #[command(flatten)]
+    cluster: kafka::ClusterArgs,
+    #[command(flatten)]
+    consume: kafka::ConsumeArgs,
 }
 
 #[derive(Args)]
@@ -102,8 +118,20 @@ struct SimulateArgs {
     #[arg(long, default_value = "town-hall-main")]
     stream_id: String,
     /// Where to write the NDJSON (`-` for standard output).
-    #[arg(long, short, default_value = "-")]
+    #[arg(long, short, default_value = "-", conflicts_with = "brokers")]
     output: String,
+    /// Send the simulated event to a Kafka topic instead (with --topic).
+    #[command(flatten)]
+    cluster: kafka::ClusterArgs,
+    /// With --kafka: at most this many messages per second.
+    #[arg(long, requires = "brokers", conflicts_with = "realtime")]
+    rate: Option<f64>,
+    /// With --kafka: send each event when its time comes round, for live demos.
+    #[arg(long, requires = "brokers")]
+    realtime: bool,
+    /// With --realtime: how many times faster than real time.
+    #[arg(long, default_value_t = 1.0)]
+    speed: f64,
     /// How late the stream starts after its announced time.
     #[arg(long, default_value = "42m", value_parser = parse_duration_ms)]
     start_delay: i64,
@@ -279,11 +307,17 @@ fn run_ingest(
 fn print_summary(s: &Summary, data: &Path) {
     println!(
         "ingested {} lines ({:.1} MB) in {:.2} s — {:.0} lines/s",
-        s.messages,
+        s.messages - s.resumed_messages,
         s.bytes as f64 / 1e6,
         s.elapsed.as_secs_f64(),
         s.messages_per_second()
     );
+    if s.resumed_messages > 0 {
+        println!(
+            "  resumed:    after {} messages already in the checkpoint ({} in all)",
+            s.resumed_messages, s.messages
+        );
+    }
     println!(
         "  events:     {} valid ({} counted, {} late), {} duplicates ignored",
         s.events, s.counted, s.late, s.duplicates
@@ -311,6 +345,15 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    // Diagnostics (rebalances, retries) on stderr; EARSHOT_LOG=info shows more.
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("EARSHOT_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("earshot_ingest=warn")),
+        )
+        .init();
     match run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         // A reader that went away (`earshot sql … | head`) is not an error worth a message.
@@ -331,6 +374,12 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Ingest(a) if a.cluster.brokers.is_some() => {
+            let settings = a.settings.settings()?;
+            kafka::ingest(&a.cluster, &a.consume, &a.data, settings)?;
+        }
+        Command::Run(a) => kafka::run(a)?,
+        Command::Produce(a) => kafka::produce(&a)?,
         Command::Ingest(a) => {
             let settings = a.settings.settings()?;
             let p = pseudonyms();
@@ -342,7 +391,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Audit(a) => audit::run(a)?,
         Command::Simulate(a) => {
             let cfg = a.config()?;
-            let stats = if a.output == "-" {
+            let stats = if a.cluster.brokers.is_some() {
+                let mut buf = Vec::new();
+                let stats = earshot_sim::simulate(&cfg, &mut buf)?;
+                let pace = kafka::pace(a.rate, a.realtime, a.speed)?;
+                kafka::produce_from(&a.cluster, pace, &mut buf.as_slice())?;
+                stats
+            } else if a.output == "-" {
                 let stdout = std::io::stdout();
                 earshot_sim::simulate(&cfg, &mut stdout.lock())?
             } else {

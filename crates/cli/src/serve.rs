@@ -21,7 +21,7 @@ pub const TOKEN_ENV: &str = "EARSHOT_HTTP_TOKEN";
 pub struct ServeArgs {
     /// Data directory written by `earshot ingest`; a newer generation is picked up while serving.
     #[arg(long, short)]
-    data: PathBuf,
+    pub data: PathBuf,
     /// Address for the Postgres wire protocol, e.g. 127.0.0.1:5433 (port 0 picks a free port).
     #[arg(long, value_name = "ADDR", required_unless_present = "http")]
     pg: Option<SocketAddr>,
@@ -64,6 +64,11 @@ fn secret(file: Option<&PathBuf>, env: &str, what: &str) -> anyhow::Result<Optio
 }
 
 pub fn run(a: ServeArgs) -> anyhow::Result<()> {
+    serve(a, std::future::pending())
+}
+
+/// Serves until a signal arrives or `until` completes.
+pub fn serve(a: ServeArgs, until: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
     let limits = a.limits.limits()?;
     let auth = match secret(a.pg_password_file.as_ref(), PASSWORD_ENV, "password")? {
         Some(password) => Auth::Password {
@@ -136,12 +141,13 @@ pub fn run(a: ServeArgs) -> anyhow::Result<()> {
             _ = pg_task => {}
             r = http_task => r.context("the HTTP server stopped")?,
             _ = shutdown() => eprintln!("stopping"),
+            _ = until => {}
         }
         Ok(())
     })
 }
 
-async fn shutdown() {
+pub async fn shutdown() {
     #[cfg(unix)]
     {
         let mut term =

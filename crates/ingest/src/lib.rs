@@ -19,6 +19,8 @@ use earshot_contract::{MAX_MESSAGE_BYTES, Pseudonymizer, RejectCode, parse_event
 use earshot_core::{Engine, Outcome, Settings};
 use earshot_store::{Generation, Manifest, ManifestInput, StoreError};
 
+pub mod kafka;
+
 /// One NDJSON source.
 pub struct Input {
     /// How rows name it: `file:PATH` or `stdin`.
@@ -90,6 +92,8 @@ pub enum IngestError {
     },
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Kafka(#[from] kafka::KafkaProblem),
     /// A stream's events span so long a time that its buckets would not fit in memory: almost always
     /// a client or host with a wrong clock. Nothing was written.
     #[error(
@@ -106,6 +110,8 @@ pub const MAX_BUCKETS_PER_STREAM: i64 = 1_000_000;
 #[derive(Debug, Clone, Default)]
 pub struct Summary {
     pub messages: u64,
+    /// Of `messages`, those already in the checkpoint a Kafka ingest resumed from.
+    pub resumed_messages: u64,
     pub bytes: u64,
     /// Valid, de-duplicated events (the `events` table's rows).
     pub events: u64,
@@ -121,7 +127,7 @@ pub struct Summary {
 
 impl Summary {
     pub fn messages_per_second(&self) -> f64 {
-        self.messages as f64 / self.elapsed.as_secs_f64().max(1e-9)
+        (self.messages - self.resumed_messages) as f64 / self.elapsed.as_secs_f64().max(1e-9)
     }
 }
 
@@ -135,21 +141,8 @@ pub fn ingest(
     progress: &mut dyn FnMut(u64),
 ) -> Result<Summary, IngestError> {
     let started = Instant::now();
-    let mut engine = Engine::new(settings);
-    let mut generation = Generation::begin(data_dir)?;
-    let mut summary = Summary::default();
-    let mut manifest = Manifest {
-        earshot_version: env!("CARGO_PKG_VERSION").into(),
-        contract_version: 1,
-        settings: (&settings).into(),
-        pseudonym_key: if pseudonyms.is_development() {
-            "development"
-        } else {
-            "operator"
-        }
-        .into(),
-        ..Manifest::default()
-    };
+    let mut pipe = Pipeline::new(Engine::new(settings), Generation::begin(data_dir)?);
+    let mut manifest = new_manifest(&settings, pseudonyms);
     for (partition, input) in inputs.into_iter().enumerate() {
         let partition = partition as u32;
         let Input {
@@ -157,6 +150,7 @@ pub fn ingest(
             reader,
             digest,
         } = input;
+        let row_source = format!("{source}:");
         // Two stages on two cores: this thread's helper reads and parses (the contract check and
         // the pseudonym hash), while this thread counts and writes, strictly in arrival order.
         let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Line>>(8);
@@ -169,29 +163,13 @@ pub fn ingest(
                 for l in batch {
                     // Bytes of the line and its newline (the last line may have none: off by one).
                     consumed = (l.line_no, consumed.1 + l.len as u64 + 1);
-                    summary.messages += 1;
-                    match l.parsed {
-                        Ok(event) => match engine.offer(partition, &event) {
-                            Outcome::Duplicate => summary.duplicates += 1,
-                            outcome => generation.push_event(
-                                &event,
-                                outcome == Outcome::Late,
-                                &source,
-                                l.line_no,
-                            )?,
-                        },
-                        Err((reject, payload)) => {
-                            summary.rejected += 1;
-                            *summary.rejected_by_reason.entry(reject.code).or_default() += 1;
-                            generation.push_reject(
-                                &format!("{source}:{}", l.line_no),
-                                now_ms(),
-                                reject.code.as_str(),
-                                &reject.reason(),
-                                &payload,
-                            )?;
-                        }
-                    }
+                    let (parsed, payload) = match l.parsed {
+                        Ok(event) => (Ok(event), Vec::new()),
+                        Err((reject, payload)) => (Err(reject), payload),
+                    };
+                    pipe.take(partition, parsed, &payload, &row_source, l.line_no, || {
+                        format!("{source}:{}", l.line_no)
+                    })?;
                 }
                 progress(consumed.1);
             }
@@ -202,7 +180,7 @@ pub fn ingest(
             Ok(consumed)
         })?;
         progress(bytes);
-        summary.bytes += bytes;
+        pipe.summary.bytes += bytes;
         let sha256 = std::mem::take(&mut *digest.lock().unwrap_or_else(|p| p.into_inner()))
             .finalize()
             .iter()
@@ -216,35 +194,147 @@ pub fn ingest(
             sha256,
         });
     }
-    if let Some((stream, buckets)) = engine.bucket_spans().first()
-        && *buckets > MAX_BUCKETS_PER_STREAM
-    {
-        return Err(IngestError::SpanTooLong {
-            stream: (*stream).to_owned(),
-            buckets: *buckets,
-        });
-    }
-    let tally = engine.tally();
-    summary.counted = tally.counted;
-    summary.late = tally.late;
-    summary.events = tally.counted + tally.late;
-    summary.sessions = engine.session_count();
-    let snapshot = engine.snapshot(None);
-    summary.streams = snapshot.streams.len();
-    manifest.messages = summary.messages;
-    manifest.events = summary.events;
-    manifest.counted = summary.counted;
-    manifest.late = summary.late;
-    manifest.duplicates = summary.duplicates;
-    manifest.rejected = summary.rejected;
-    manifest.rejected_by_reason = summary
-        .rejected_by_reason
-        .iter()
-        .map(|(k, v)| (k.as_str().to_owned(), *v))
-        .collect();
+    pipe.check_spans()?;
+    let snapshot = pipe.engine.snapshot(None);
+    pipe.fill(&mut manifest, &snapshot);
+    let Pipeline {
+        generation,
+        mut summary,
+        ..
+    } = pipe;
     generation.commit(&snapshot, &manifest)?;
     summary.elapsed = started.elapsed();
     Ok(summary)
+}
+
+/// A manifest with what every ingest records: versions, settings, and which pseudonym key.
+fn new_manifest(settings: &Settings, pseudonyms: &Pseudonymizer) -> Manifest {
+    Manifest {
+        earshot_version: env!("CARGO_PKG_VERSION").into(),
+        contract_version: 1,
+        settings: settings.into(),
+        pseudonym_key: if pseudonyms.is_development() {
+            "development"
+        } else {
+            "operator"
+        }
+        .into(),
+        key_check: key_check(pseudonyms),
+        ..Manifest::default()
+    }
+}
+
+/// The pseudonym of a fixed, made-up id: tells whether two runs used the same key without
+/// revealing anything about real listeners.
+fn key_check(pseudonyms: &Pseudonymizer) -> String {
+    pseudonyms.pseudonym("earshot key check").to_hex()
+}
+
+/// What happened to one message.
+enum Taken {
+    Event,
+    Duplicate,
+    Rejected(earshot_contract::Reject),
+}
+
+/// The counting side every ingest shares: each message becomes exactly one of an event row, a
+/// duplicate, or a reject row.
+struct Pipeline {
+    engine: Engine,
+    generation: Generation,
+    summary: Summary,
+}
+
+impl Pipeline {
+    fn new(engine: Engine, generation: Generation) -> Pipeline {
+        Pipeline {
+            engine,
+            generation,
+            summary: Summary::default(),
+        }
+    }
+
+    /// Counts one message of `partition`. An event row's source is `event_source` followed by
+    /// `position`; a reject's is `reject_source()`.
+    fn take(
+        &mut self,
+        partition: u32,
+        parsed: Result<earshot_contract::Event, earshot_contract::Reject>,
+        payload: &[u8],
+        event_source: &str,
+        position: u64,
+        reject_source: impl FnOnce() -> String,
+    ) -> Result<Taken, StoreError> {
+        self.summary.messages += 1;
+        match parsed {
+            Ok(event) => match self.engine.offer(partition, &event) {
+                Outcome::Duplicate => {
+                    self.summary.duplicates += 1;
+                    Ok(Taken::Duplicate)
+                }
+                outcome => {
+                    self.generation.push_event(
+                        &event,
+                        outcome == Outcome::Late,
+                        event_source,
+                        position,
+                    )?;
+                    Ok(Taken::Event)
+                }
+            },
+            Err(reject) => {
+                self.summary.rejected += 1;
+                *self
+                    .summary
+                    .rejected_by_reason
+                    .entry(reject.code)
+                    .or_default() += 1;
+                self.generation.push_reject(
+                    &reject_source(),
+                    now_ms(),
+                    reject.code.as_str(),
+                    &reject.reason(),
+                    payload,
+                )?;
+                Ok(Taken::Rejected(reject))
+            }
+        }
+    }
+
+    /// Refuses a stream whose buckets would not fit in memory (a wrong clock, not a livestream).
+    fn check_spans(&self) -> Result<(), IngestError> {
+        if let Some((stream, buckets)) = self.engine.bucket_spans().first()
+            && *buckets > MAX_BUCKETS_PER_STREAM
+        {
+            return Err(IngestError::SpanTooLong {
+                stream: (*stream).to_owned(),
+                buckets: *buckets,
+            });
+        }
+        Ok(())
+    }
+
+    /// Brings the summary's engine-side counts up to date and copies the counts into `manifest`.
+    fn fill(&mut self, manifest: &mut Manifest, snapshot: &earshot_core::Snapshot) {
+        let tally = self.engine.tally();
+        let summary = &mut self.summary;
+        summary.counted = tally.counted;
+        summary.late = tally.late;
+        summary.events = tally.counted + tally.late;
+        summary.sessions = self.engine.session_count();
+        summary.streams = snapshot.streams.len();
+        manifest.messages = summary.messages;
+        manifest.events = summary.events;
+        manifest.counted = summary.counted;
+        manifest.late = summary.late;
+        manifest.duplicates = summary.duplicates;
+        manifest.rejected = summary.rejected;
+        manifest.rejected_by_reason = summary
+            .rejected_by_reason
+            .iter()
+            .map(|(k, v)| (k.as_str().to_owned(), *v))
+            .collect();
+    }
 }
 
 /// One line, read and judged.

@@ -166,12 +166,24 @@ impl Tables {
 
 async fn register_tables(ctx: &SessionContext, generation: &Path) -> Result<(), SqlError> {
     for table in TABLES {
-        let path = generation.join(format!("{table}.parquet"));
-        let path = path.to_str().ok_or_else(|| {
-            SqlError::Query(format!("data path {} is not valid UTF-8", path.display()))
-        })?;
+        let location = earshot_store::table_location(generation, table);
+        let mut path = location
+            .to_str()
+            .ok_or_else(|| {
+                SqlError::Query(format!(
+                    "data path {} is not valid UTF-8",
+                    location.display()
+                ))
+            })?
+            .to_owned();
+        if location.is_dir() {
+            // A directory of parts: DataFusion lists it when the URL ends with a slash.
+            path.push('/');
+        }
+        let schema = earshot_store::table_schema(table)
+            .ok_or_else(|| SqlError::Query(format!("no schema for table {table}")))?;
         let _ = ctx.deregister_table(table);
-        ctx.register_parquet(table, path, ParquetReadOptions::default())
+        ctx.register_parquet(table, &path, ParquetReadOptions::default().schema(&schema))
             .await
             .map_err(|e| SqlError::Query(format!("cannot open table {table}: {e}")))?;
     }

@@ -1,7 +1,8 @@
 //! Arrow batches and Parquet files: how earshot's five tables sit on disk.
 //!
-//! A data directory holds generations: `gen-000042/` with one Parquet file per table
-//! (`streams`, `buckets`, `sessions`, `events`, `rejects`) and a `manifest.json`, and a symlink
+//! A data directory holds generations: `gen-000042/` with one Parquet file for each derived table
+//! (`streams.parquet`, `buckets.parquet`, `sessions.parquet`), a directory of Parquet parts for each
+//! append-only table (`events/part-00000001.parquet`, …; `rejects/…`), a `manifest.json`, and a symlink
 //! `current` naming the newest complete one. A generation is written under a temporary name, synced,
 //! renamed into place, and only then does `current` move (a symlink replaced by `rename`, which is
 //! atomic). A crash at any instant leaves `current` on a whole, older generation; a reader that
@@ -17,9 +18,12 @@ mod writer;
 
 use std::path::{Path, PathBuf};
 
-pub use reader::counted_events;
+pub use reader::{StoredEvent, counted_events, read_manifest, stored_events};
 pub use schema::{TABLES, table_schema};
-pub use writer::{Generation, Manifest, ManifestInput, ManifestSettings, REJECT_PAYLOAD_BYTES};
+pub use writer::{
+    Generation, KafkaPosition, Manifest, ManifestInput, ManifestSettings, PART_TABLES,
+    REJECT_PAYLOAD_BYTES, part_files,
+};
 
 /// Name of the symlink to the newest complete generation.
 pub const CURRENT: &str = "current";
@@ -32,6 +36,11 @@ pub enum StoreError {
         "{path} holds no earshot data\n  hint: run `earshot ingest --input FILE --data {path}` first"
     )]
     NoData { path: String },
+    /// Another process is writing to the same data directory.
+    #[error(
+        "another earshot process is writing to {path}\n  hint: stop it first, or give this one its own --data directory"
+    )]
+    Busy { path: String },
     /// The disk or file system refused (permissions, space). Retrying helps once that is fixed.
     #[error(
         "cannot {action} {path}: {source}\n  hint: check that the directory exists, is writable and has free space"
@@ -72,7 +81,12 @@ pub fn current_generation(data_dir: &Path) -> Result<PathBuf, StoreError> {
     }
 }
 
-/// The Parquet file of `table` in the current generation.
-pub fn table_path(data_dir: &Path, table: &str) -> Result<PathBuf, StoreError> {
-    Ok(current_generation(data_dir)?.join(format!("{table}.parquet")))
+/// Where `table` lives in a generation: a Parquet file, or for `events` and `rejects` a directory
+/// of Parquet parts.
+pub fn table_location(generation: &Path, table: &str) -> PathBuf {
+    if PART_TABLES.contains(&table) {
+        generation.join(table)
+    } else {
+        generation.join(format!("{table}.parquet"))
+    }
 }

@@ -11,7 +11,7 @@ use arrow::datatypes::{Int64Type, TimestampMillisecondType};
 use earshot_contract::{Event, EventType, ListenerKey, StreamState};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
-use crate::StoreError;
+use crate::{Manifest, StoreError, part_files};
 
 fn bad(message: String) -> StoreError {
     StoreError::Encode {
@@ -45,71 +45,101 @@ fn key(hex: &str) -> Option<ListenerKey> {
     Some(ListenerKey(out))
 }
 
-/// The counted (not late) events of `stream_id` in `generation`, in arrival order.
-pub fn counted_events(generation: &Path, stream_id: &str) -> Result<Vec<Event>, StoreError> {
-    let path = generation.join("events.parquet");
-    let file = File::open(&path).map_err(|source| StoreError::Io {
-        action: "open",
-        path: path.display().to_string(),
-        source,
-    })?;
-    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
-        .and_then(|b| b.with_batch_size(64 * 1024).build())
-        .map_err(|e| bad(e.to_string()))?;
-    let mut out = Vec::new();
-    for batch in reader {
-        let batch = batch.map_err(|e| bad(e.to_string()))?;
-        let stream = text(&batch, "stream_id")?;
-        let late: &BooleanArray = batch
-            .column_by_name("late")
-            .and_then(|c| c.as_boolean_opt())
-            .ok_or_else(|| bad("column late missing".into()))?;
-        let ts: &TimestampMillisecondArray = batch
-            .column_by_name("ts")
+/// One row of the `events` table, as read back.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredEvent {
+    pub event: Event,
+    pub late: bool,
+    /// Where it came from: `file:PATH:LINE` or `kafka:TOPIC/PARTITION@OFFSET`.
+    pub source: String,
+}
+
+/// The manifest of a generation.
+pub fn read_manifest(generation: &Path) -> Result<Manifest, StoreError> {
+    let path = generation.join("manifest.json");
+    let bytes = std::fs::read(&path).map_err(|e| StoreError::io("read", &path, e))?;
+    serde_json::from_slice(&bytes).map_err(|e| StoreError::Encode {
+        table: "manifest",
+        message: format!("{}: {e}", path.display()),
+    })
+}
+
+/// Calls `each` with every stored event of `generation` in arrival order (part by part, row by
+/// row), stopping at the first error it returns. Memory stays at one batch.
+pub fn stored_events(
+    generation: &Path,
+    mut each: impl FnMut(StoredEvent) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
+    for path in part_files(generation, "events")? {
+        let file = File::open(&path).map_err(|e| StoreError::io("open", &path, e))?;
+        let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+            .and_then(|b| b.with_batch_size(64 * 1024).build())
+            .map_err(|e| bad(e.to_string()))?;
+        for batch in reader {
+            let batch = batch.map_err(|e| bad(e.to_string()))?;
+            read_batch(&batch, &mut each)?;
+        }
+    }
+    Ok(())
+}
+
+fn read_batch(
+    batch: &arrow::record_batch::RecordBatch,
+    each: &mut impl FnMut(StoredEvent) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
+    let late: &BooleanArray = batch
+        .column_by_name("late")
+        .and_then(|c| c.as_boolean_opt())
+        .ok_or_else(|| bad("column late missing".into()))?;
+    let time = |name: &str| -> Result<&TimestampMillisecondArray, StoreError> {
+        batch
+            .column_by_name(name)
             .and_then(|c| c.as_primitive_opt::<TimestampMillisecondType>())
-            .ok_or_else(|| bad("column ts missing".into()))?;
-        let sched: &TimestampMillisecondArray = batch
-            .column_by_name("scheduled_start")
-            .and_then(|c| c.as_primitive_opt::<TimestampMillisecondType>())
-            .ok_or_else(|| bad("column scheduled_start missing".into()))?;
-        let int = |name: &str| -> Result<&Int64Array, StoreError> {
-            batch
-                .column_by_name(name)
-                .and_then(|c| c.as_primitive_opt::<Int64Type>())
-                .ok_or_else(|| bad(format!("column {name} missing")))
+            .ok_or_else(|| bad(format!("column {name} missing")))
+    };
+    let int = |name: &str| -> Result<&Int64Array, StoreError> {
+        batch
+            .column_by_name(name)
+            .and_then(|c| c.as_primitive_opt::<Int64Type>())
+            .ok_or_else(|| bad(format!("column {name} missing")))
+    };
+    let (ts, sched) = (time("ts")?, time("scheduled_start")?);
+    let (displayed, audio) = (int("displayed")?, int("audio_ms")?);
+    let (id, kind, stream, listener, session, reason, state, client, region, source) = (
+        text(batch, "event_id")?,
+        text(batch, "type")?,
+        text(batch, "stream_id")?,
+        text(batch, "listener_key")?,
+        text(batch, "session_id")?,
+        text(batch, "reason")?,
+        text(batch, "state")?,
+        text(batch, "client")?,
+        text(batch, "region")?,
+        text(batch, "source")?,
+    );
+    for i in 0..batch.num_rows() {
+        let kind = EventType::ALL
+            .into_iter()
+            .find(|k| k.as_str() == kind.value(i))
+            .ok_or_else(|| bad(format!("unknown type {}", kind.value(i))))?;
+        let state = match opt(state, i).as_deref() {
+            None => None,
+            Some("scheduled") => Some(StreamState::Scheduled),
+            Some("live") => Some(StreamState::Live),
+            Some("ended") => Some(StreamState::Ended),
+            Some(other) => return Err(bad(format!("unknown state {other}"))),
         };
-        let (displayed, audio) = (int("displayed")?, int("audio_ms")?);
-        let (id, kind, listener, session, reason, state, client, region) = (
-            text(&batch, "event_id")?,
-            text(&batch, "type")?,
-            text(&batch, "listener_key")?,
-            text(&batch, "session_id")?,
-            text(&batch, "reason")?,
-            text(&batch, "state")?,
-            text(&batch, "client")?,
-            text(&batch, "region")?,
-        );
-        for i in 0..batch.num_rows() {
-            if late.value(i) || stream.value(i) != stream_id {
-                continue;
-            }
-            let kind = EventType::ALL
-                .into_iter()
-                .find(|k| k.as_str() == kind.value(i))
-                .ok_or_else(|| bad(format!("unknown type {}", kind.value(i))))?;
-            let state = match opt(state, i).as_deref() {
-                None => None,
-                Some("scheduled") => Some(StreamState::Scheduled),
-                Some("live") => Some(StreamState::Live),
-                Some("ended") => Some(StreamState::Ended),
-                Some(other) => return Err(bad(format!("unknown state {other}"))),
-            };
-            out.push(Event {
+        let listener_key = match opt(listener, i) {
+            None => None,
+            Some(hex) => Some(key(&hex).ok_or_else(|| bad(format!("bad listener_key {hex}")))?),
+        };
+        each(StoredEvent {
+            event: Event {
                 event_id: id.value(i).to_string(),
                 kind,
                 ts: ts.value(i),
-                stream_id: stream_id.to_string(),
-                listener_key: opt(listener, i).as_deref().and_then(key),
+                stream_id: stream.value(i).to_string(),
+                listener_key,
                 session_id: opt(session, i),
                 reason: opt(reason, i),
                 displayed: (!displayed.is_null(i)).then(|| displayed.value(i)),
@@ -118,8 +148,22 @@ pub fn counted_events(generation: &Path, stream_id: &str) -> Result<Vec<Event>, 
                 client: opt(client, i),
                 region: opt(region, i),
                 audio_ms: (!audio.is_null(i)).then(|| audio.value(i)),
-            });
-        }
+            },
+            late: late.value(i),
+            source: source.value(i).to_string(),
+        })?;
     }
+    Ok(())
+}
+
+/// The counted (not late) events of `stream_id` in `generation`, in arrival order.
+pub fn counted_events(generation: &Path, stream_id: &str) -> Result<Vec<Event>, StoreError> {
+    let mut out = Vec::new();
+    stored_events(generation, |row| {
+        if !row.late && row.event.stream_id == stream_id {
+            out.push(row.event);
+        }
+        Ok(())
+    })?;
     Ok(out)
 }

@@ -16,7 +16,7 @@ use earshot_core::{Settings, Snapshot};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::{CURRENT, StoreError, table_schema};
 
@@ -25,13 +25,16 @@ const BATCH_ROWS: usize = 64 * 1024;
 pub const REJECT_PAYLOAD_BYTES: usize = 4 * 1024;
 
 /// What produced a generation: written as `manifest.json` beside the tables.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Manifest {
     pub earshot_version: String,
     pub contract_version: u32,
     pub settings: ManifestSettings,
     /// `development` when the built-in pseudonym key was used, `operator` otherwise.
     pub pseudonym_key: String,
+    /// The pseudonym of a fixed, made-up id under the key used: equal across runs iff the key is.
+    pub key_check: String,
     pub inputs: Vec<ManifestInput>,
     pub messages: u64,
     pub events: u64,
@@ -40,9 +43,31 @@ pub struct Manifest {
     pub duplicates: u64,
     pub rejected: u64,
     pub rejected_by_reason: BTreeMap<String, u64>,
+    /// For a Kafka ingest: where each partition was read up to (the checkpoint's offsets).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kafka: Option<KafkaPosition>,
 }
 
-#[derive(Debug, Clone, Default, Serialize)]
+/// The consumed position of a Kafka ingest, stored with the tables it produced.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct KafkaPosition {
+    pub topic: String,
+    pub group: String,
+    /// Per partition: the next offset to read (every message before it is in these tables).
+    pub next_offsets: BTreeMap<i32, i64>,
+    /// Per partition: messages read (each exactly once).
+    pub messages: BTreeMap<i32, u64>,
+    /// Payload bytes read.
+    pub bytes: u64,
+    /// Rejected messages sent to the dead-letter topic (at least once; see the README).
+    pub dead_lettered: u64,
+    /// Number of checkpoints written so far.
+    pub checkpoints: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct ManifestSettings {
     pub liveness_ms: i64,
     pub bucket_ms: i64,
@@ -61,7 +86,8 @@ impl From<&Settings> for ManifestSettings {
     }
 }
 
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct ManifestInput {
     /// `file:PATH` or `stdin`.
     pub source: String,
@@ -80,13 +106,15 @@ fn encode_err(table: &'static str) -> impl Fn(String) -> StoreError {
 /// A Parquet file being written under the temporary generation directory.
 struct TableFile {
     table: &'static str,
+    /// The file's name in its directory.
+    name: String,
     schema: SchemaRef,
     writer: ArrowWriter<File>,
 }
 
 impl TableFile {
-    fn create(dir: &Path, table: &'static str) -> Result<TableFile, StoreError> {
-        let path = dir.join(format!("{table}.parquet"));
+    fn create(dir: &Path, table: &'static str, name: String) -> Result<TableFile, StoreError> {
+        let path = dir.join(&name);
         let file = File::create(&path).map_err(|e| StoreError::io("create", &path, e))?;
         let schema = table_schema(table).ok_or_else(|| StoreError::Encode {
             table,
@@ -100,6 +128,7 @@ impl TableFile {
             .map_err(|e| encode_err(table)(e.to_string()))?;
         Ok(TableFile {
             table,
+            name,
             schema,
             writer,
         })
@@ -173,7 +202,7 @@ impl EventColumns {
         self.region.append_option(e.region.as_deref());
         self.audio_ms.append_option(e.audio_ms);
         self.late.append_value(late);
-        let _ = write!(self.source, "{source}:{position}");
+        let _ = write!(self.source, "{source}{position}");
         self.source.append_value("");
     }
 
@@ -224,10 +253,48 @@ impl RejectColumns {
     }
 }
 
-/// A generation being written. Nothing is visible to readers until [`Generation::commit`].
+/// Where a generation's events and rejects live: one directory per table, holding Parquet parts
+/// named `part-NNNNNNNN.parquet` in the order they were written (arrival order across parts).
+pub const PART_TABLES: [&str; 2] = ["events", "rejects"];
+
+fn part_name(n: u64) -> String {
+    format!("part-{n:08}.parquet")
+}
+
+/// The part files of `table` in `generation`, in the order they were written.
+pub fn part_files(generation: &Path, table: &str) -> Result<Vec<PathBuf>, StoreError> {
+    let dir = generation.join(table);
+    let mut out = Vec::new();
+    for entry in fs::read_dir(&dir).map_err(|e| StoreError::io("read", &dir, e))? {
+        let entry = entry.map_err(|e| StoreError::io("read", &dir, e))?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("part-") && name.ends_with(".parquet") {
+            out.push(entry.path());
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Events and rejects being appended to a data directory, with the derived tables rewritten at
+/// every [`Generation::checkpoint`]. Rows pushed since the last checkpoint are invisible to readers.
+///
+/// Events and rejects only ever grow, so a checkpoint does not rewrite them: it closes the part
+/// written since the previous checkpoint and hard-links the earlier parts into the new generation.
 pub struct Generation {
+    /// Held (locked) for as long as this writer lives.
+    _lock: File,
     data_dir: PathBuf,
-    tmp_dir: PathBuf,
+    /// Where open parts are written before a checkpoint moves them into a generation.
+    staging: PathBuf,
+    /// The generation the committed parts are linked from (none before the first checkpoint).
+    previous: Option<PathBuf>,
+    /// File names of the committed parts, per table (same order as [`PART_TABLES`]).
+    committed: [Vec<String>; 2],
+    /// Parts closed since the last checkpoint (in `staging/<table>/`), per table.
+    closed: [Vec<String>; 2],
+    next_part: u64,
     events: Option<TableFile>,
     event_rows: EventColumns,
     rejects: Option<TableFile>,
@@ -235,16 +302,67 @@ pub struct Generation {
 }
 
 impl Generation {
-    /// Starts a new generation in `data_dir` (created if missing).
+    /// Starts a fresh data set in `data_dir` (created if missing); its first checkpoint replaces
+    /// whatever was current.
     pub fn begin(data_dir: &Path) -> Result<Generation, StoreError> {
+        let mut g = Generation::open(data_dir, None)?;
+        // Every generation has at least one part per table, so that any tool can read it.
+        g.events = Some(g.new_part(0)?);
+        g.rejects = Some(g.new_part(1)?);
+        Ok(g)
+    }
+
+    /// Continues the current generation of `data_dir`: its events and rejects are kept and new rows
+    /// are appended after them.
+    pub fn resume(data_dir: &Path) -> Result<Generation, StoreError> {
+        let current = crate::current_generation(data_dir)?;
+        let mut g = Generation::open(data_dir, Some(current.clone()))?;
+        for (i, table) in PART_TABLES.iter().enumerate() {
+            for path in part_files(&current, table)? {
+                let name = path
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                if let Some(n) = name
+                    .strip_prefix("part-")
+                    .and_then(|s| s.strip_suffix(".parquet"))
+                    .and_then(|s| s.parse::<u64>().ok())
+                {
+                    g.next_part = g.next_part.max(n + 1);
+                }
+                g.committed[i].push(name);
+            }
+        }
+        Ok(g)
+    }
+
+    fn open(data_dir: &Path, previous: Option<PathBuf>) -> Result<Generation, StoreError> {
         fs::create_dir_all(data_dir).map_err(|e| StoreError::io("create", data_dir, e))?;
-        // Debris of an ingest that was killed: never visible to readers, safe to remove. (One
+        // One writer per data directory: an advisory lock that the kernel releases when the
+        // process ends, however it ends.
+        let lock_path = data_dir.join(".writer.lock");
+        let lock = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| StoreError::io("create", &lock_path, e))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                return Err(StoreError::Busy {
+                    path: data_dir.display().to_string(),
+                });
+            }
+            Err(fs::TryLockError::Error(e)) => return Err(StoreError::io("lock", &lock_path, e)),
+        }
+        // Debris of a writer that was killed: never visible to readers, safe to remove. (One
         // writer per data directory at a time.)
         for entry in fs::read_dir(data_dir).map_err(|e| StoreError::io("read", data_dir, e))? {
             let entry = entry.map_err(|e| StoreError::io("read", data_dir, e))?;
             let name = entry.file_name();
             let name = name.to_string_lossy();
-            if name.starts_with(".gen-tmp-") {
+            if name.starts_with(".gen-tmp-") || name.starts_with(".staging-") {
                 fs::remove_dir_all(entry.path())
                     .map_err(|e| StoreError::io("clear", &entry.path(), e))?;
             } else if name.starts_with(".current-tmp-") {
@@ -252,28 +370,61 @@ impl Generation {
                     .map_err(|e| StoreError::io("clear", &entry.path(), e))?;
             }
         }
-        let tmp_dir = data_dir.join(format!(".gen-tmp-{}", std::process::id()));
-        fs::create_dir(&tmp_dir).map_err(|e| StoreError::io("create", &tmp_dir, e))?;
+        let staging = data_dir.join(format!(".staging-{}", std::process::id()));
+        for table in PART_TABLES {
+            let dir = staging.join(table);
+            fs::create_dir_all(&dir).map_err(|e| StoreError::io("create", &dir, e))?;
+        }
         Ok(Generation {
+            _lock: lock,
             data_dir: data_dir.to_owned(),
-            events: Some(TableFile::create(&tmp_dir, "events")?),
-            rejects: Some(TableFile::create(&tmp_dir, "rejects")?),
-            tmp_dir,
+            staging,
+            previous,
+            committed: Default::default(),
+            closed: Default::default(),
+            next_part: 1,
+            events: None,
             event_rows: EventColumns::default(),
+            rejects: None,
             reject_rows: RejectColumns::default(),
         })
     }
 
-    fn events(&mut self) -> Result<&mut TableFile, StoreError> {
-        self.events.as_mut().ok_or_else(|| closed("events"))
+    fn new_part(&mut self, table: usize) -> Result<TableFile, StoreError> {
+        let name = part_name(self.next_part);
+        self.next_part += 1;
+        TableFile::create(
+            &self.staging.join(PART_TABLES[table]),
+            PART_TABLES[table],
+            name,
+        )
     }
 
-    fn rejects(&mut self) -> Result<&mut TableFile, StoreError> {
-        self.rejects.as_mut().ok_or_else(|| closed("rejects"))
+    fn write_events(&mut self) -> Result<(), StoreError> {
+        if self.events.is_none() {
+            self.events = Some(self.new_part(0)?);
+        }
+        let cols = self.event_rows.finish();
+        self.events
+            .as_mut()
+            .ok_or_else(|| closed("events"))?
+            .write(cols)
+    }
+
+    fn write_rejects(&mut self) -> Result<(), StoreError> {
+        if self.rejects.is_none() {
+            self.rejects = Some(self.new_part(1)?);
+        }
+        let cols = self.reject_rows.finish();
+        self.rejects
+            .as_mut()
+            .ok_or_else(|| closed("rejects"))?
+            .write(cols)
     }
 
     /// Appends one valid, de-duplicated event (late or not) to the `events` table; its `source` is
-    /// written as `SOURCE:POSITION` (a line number, or a Kafka offset).
+    /// written as `SOURCE:POSITION` (a line number) or `SOURCE@POSITION` (a Kafka offset): the
+    /// caller passes the separator as the end of `source`.
     pub fn push_event(
         &mut self,
         e: &Event,
@@ -283,8 +434,7 @@ impl Generation {
     ) -> Result<(), StoreError> {
         self.event_rows.push(e, late, source, position);
         if self.event_rows.rows >= BATCH_ROWS {
-            let cols = self.event_rows.finish();
-            self.events()?.write(cols)?;
+            self.write_events()?;
         }
         Ok(())
     }
@@ -308,41 +458,70 @@ impl Generation {
         r.payload.append_value(kept);
         r.payload_text.append_value(String::from_utf8_lossy(kept));
         if r.rows >= BATCH_ROWS {
-            let cols = r.finish();
-            self.rejects()?.write(cols)?;
+            self.write_rejects()?;
         }
         Ok(())
     }
 
-    /// Writes the derived tables and the manifest, then makes the generation current.
-    pub fn commit(
-        mut self,
+    /// Publishes everything pushed so far with the derived tables of `snapshot` and `manifest` as a
+    /// new generation, atomically; the writer stays open for more rows. Returns the generation's
+    /// directory.
+    pub fn checkpoint(
+        &mut self,
         snapshot: &Snapshot,
         manifest: &Manifest,
     ) -> Result<PathBuf, StoreError> {
-        let cols = self.event_rows.finish();
-        let mut events = self.events.take().ok_or_else(|| closed("events"))?;
-        events.write(cols)?;
-        events.finish()?;
-        let cols = self.reject_rows.finish();
-        let mut rejects = self.rejects.take().ok_or_else(|| closed("rejects"))?;
-        rejects.write(cols)?;
-        rejects.finish()?;
-        write_derived(&self.tmp_dir, snapshot)?;
+        // Close the open parts: a part is immutable once a generation names it.
+        if self.event_rows.rows > 0 {
+            self.write_events()?;
+        }
+        if self.reject_rows.rows > 0 {
+            self.write_rejects()?;
+        }
+        for (i, part) in [self.events.take(), self.rejects.take()]
+            .into_iter()
+            .enumerate()
+        {
+            if let Some(part) = part {
+                self.closed[i].push(part.name.clone());
+                part.finish()?;
+            }
+        }
 
-        let manifest_path = self.tmp_dir.join("manifest.json");
+        let number = next_generation_number(&self.data_dir)?;
+        let tmp_dir = self
+            .data_dir
+            .join(format!(".gen-tmp-{}-{number}", std::process::id()));
+        fs::create_dir(&tmp_dir).map_err(|e| StoreError::io("create", &tmp_dir, e))?;
+        for (i, table) in PART_TABLES.iter().enumerate() {
+            let dir = tmp_dir.join(table);
+            fs::create_dir(&dir).map_err(|e| StoreError::io("create", &dir, e))?;
+            if let Some(prev) = &self.previous {
+                for name in &self.committed[i] {
+                    let to = dir.join(name);
+                    fs::hard_link(prev.join(table).join(name), &to)
+                        .map_err(|e| StoreError::io("link", &to, e))?;
+                }
+            }
+            for name in &self.closed[i] {
+                let to = dir.join(name);
+                fs::rename(self.staging.join(table).join(name), &to)
+                    .map_err(|e| StoreError::io("move", &to, e))?;
+            }
+            sync_dir(&dir)?;
+        }
+        write_derived(&tmp_dir, snapshot)?;
+        let manifest_path = tmp_dir.join("manifest.json");
         let json = serde_json::to_vec_pretty(manifest).map_err(|e| StoreError::Encode {
             table: "manifest",
             message: e.to_string(),
         })?;
         fs::write(&manifest_path, json).map_err(|e| StoreError::io("write", &manifest_path, e))?;
-        sync_dir(&self.tmp_dir)?;
+        sync_dir(&tmp_dir)?;
 
-        let number = next_generation_number(&self.data_dir)?;
         let name = format!("gen-{number:06}");
         let final_dir = self.data_dir.join(&name);
-        fs::rename(&self.tmp_dir, &final_dir)
-            .map_err(|e| StoreError::io("rename", &final_dir, e))?;
+        fs::rename(&tmp_dir, &final_dir).map_err(|e| StoreError::io("rename", &final_dir, e))?;
         let tmp_link = self
             .data_dir
             .join(format!(".current-tmp-{}", std::process::id()));
@@ -353,14 +532,29 @@ impl Generation {
         fs::rename(&tmp_link, &current).map_err(|e| StoreError::io("rename", &current, e))?;
         sync_dir(&self.data_dir)?;
         remove_old_generations(&self.data_dir, number)?;
+
+        for i in 0..PART_TABLES.len() {
+            let moved = std::mem::take(&mut self.closed[i]);
+            self.committed[i].extend(moved);
+        }
+        self.previous = Some(final_dir.clone());
         Ok(final_dir)
+    }
+
+    /// Publishes everything (see [`Generation::checkpoint`]) and closes the writer.
+    pub fn commit(
+        mut self,
+        snapshot: &Snapshot,
+        manifest: &Manifest,
+    ) -> Result<PathBuf, StoreError> {
+        self.checkpoint(snapshot, manifest)
     }
 }
 
 impl Drop for Generation {
     fn drop(&mut self) {
-        // An abandoned generation leaves nothing behind (after commit the directory is renamed).
-        let _ = fs::remove_dir_all(&self.tmp_dir);
+        // Rows not yet checkpointed leave nothing behind.
+        let _ = fs::remove_dir_all(&self.staging);
     }
 }
 
@@ -409,7 +603,7 @@ fn remove_old_generations(data_dir: &Path, newest: u64) -> Result<(), StoreError
 }
 
 fn write_derived(dir: &Path, snap: &Snapshot) -> Result<(), StoreError> {
-    let mut t = TableFile::create(dir, "streams")?;
+    let mut t = TableFile::create(dir, "streams", "streams.parquet".into())?;
     for chunk in snap.streams.chunks(BATCH_ROWS) {
         let mut id = StringBuilder::new();
         let mut ts_cols: [TimestampMillisecondBuilder; 4] = Default::default();
@@ -460,7 +654,7 @@ fn write_derived(dir: &Path, snap: &Snapshot) -> Result<(), StoreError> {
     }
     t.finish()?;
 
-    let mut t = TableFile::create(dir, "buckets")?;
+    let mut t = TableFile::create(dir, "buckets", "buckets.parquet".into())?;
     for chunk in snap.buckets.chunks(BATCH_ROWS) {
         let mut id = StringBuilder::new();
         let mut start = TimestampMillisecondBuilder::new();
@@ -498,7 +692,7 @@ fn write_derived(dir: &Path, snap: &Snapshot) -> Result<(), StoreError> {
     }
     t.finish()?;
 
-    let mut t = TableFile::create(dir, "sessions")?;
+    let mut t = TableFile::create(dir, "sessions", "sessions.parquet".into())?;
     for chunk in snap.sessions.chunks(BATCH_ROWS) {
         let mut strs: [StringBuilder; 3] = Default::default();
         let mut times: [TimestampMillisecondBuilder; 3] = Default::default();

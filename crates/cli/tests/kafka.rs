@@ -1,0 +1,674 @@
+//! `earshot ingest --kafka` against a real Kafka-protocol broker (tansu, started here on a port of
+//! 127.0.0.1 the test picks), with an independent client (`tests/kafka_tool.py`, confluent-kafka)
+//! reading partitions back, producing poison, joining the group and resetting its offsets.
+//!
+//! The reference for "the same tables" is a file ingest of each partition's messages in offset
+//! order (partition N as the N-th input): the contract says results depend only on the events and
+//! their order within each partition.
+
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const TOPIC: &str = "events";
+
+fn earshot() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_earshot"));
+    c.env("EARSHOT_PSEUDONYM_KEY", "kafka-test-secret");
+    c
+}
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn ok(out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "command failed ({}): {}\nstdout: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A tansu broker on 127.0.0.1, stopped on drop. With `sqlite`, its data survives a restart.
+struct Broker {
+    child: Option<Child>,
+    port: u16,
+    dir: PathBuf,
+    sqlite: bool,
+}
+
+impl Broker {
+    fn start(dir: &Path, sqlite: bool) -> Broker {
+        let mut b = Broker {
+            child: None,
+            port: free_port(),
+            dir: dir.to_owned(),
+            sqlite,
+        };
+        b.spawn();
+        b
+    }
+
+    fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn spawn(&mut self) {
+        let url = format!("tcp://127.0.0.1:{}", self.port);
+        let storage = if self.sqlite {
+            "sqlite://broker.db".to_string()
+        } else {
+            "memory://tansu/".to_string()
+        };
+        let log = std::fs::File::create(self.dir.join("broker.log")).unwrap();
+        let child = Command::new("tansu")
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            .args(["--storage-engine", &storage])
+            .current_dir(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("tansu is not on PATH: run scripts/setup (it installs the broker the Kafka tests use)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "tansu did not start listening");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    fn create_topic(&self, name: &str, partitions: u32) {
+        ok(Command::new("tansu")
+            .args(["topic", "create", "--broker"])
+            .arg(format!("tcp://127.0.0.1:{}", self.port))
+            .args(["--partitions", &partitions.to_string(), name])
+            .output()
+            .unwrap());
+    }
+
+    fn tool(&self, args: &[&str]) -> String {
+        let mut c = Command::new("python3");
+        c.arg(repo().join("tests/kafka_tool.py"))
+            .arg(args[0])
+            .arg(self.addr())
+            .args(&args[1..]);
+        ok(c.output().unwrap())
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A simulated event with duplicates, late and malformed lines, written to `dir/input.ndjson`.
+fn simulate(dir: &Path, listeners: u32, seed: u32) -> PathBuf {
+    let input = dir.join("input.ndjson");
+    ok(earshot()
+        .args(["simulate", "--listeners", &listeners.to_string()])
+        .args(["--seed", &seed.to_string()])
+        .args([
+            "--duplicates",
+            "0.03",
+            "--malformed",
+            "0.005",
+            "--late",
+            "0.002",
+        ])
+        .arg("--output")
+        .arg(&input)
+        .output()
+        .unwrap());
+    input
+}
+
+fn produce(b: &Broker, input: &Path) {
+    ok(earshot()
+        .args(["produce", "--kafka", &b.addr(), "--topic", TOPIC, "--input"])
+        .arg(input)
+        .output()
+        .unwrap());
+}
+
+fn kafka_ingest(b: &Broker, data: &Path, extra: &[&str]) -> Command {
+    let mut c = earshot();
+    c.args(["ingest", "--kafka", &b.addr(), "--topic", TOPIC, "--data"])
+        .arg(data)
+        .args(extra);
+    c
+}
+
+/// The file ingest of every partition's messages (the reference), into `dir/file-data`.
+fn file_reference(b: &Broker, dir: &Path, partitions: u32) -> PathBuf {
+    let parts = dir.join("parts");
+    std::fs::create_dir_all(&parts).unwrap();
+    b.tool(&["dump", TOPIC, parts.to_str().unwrap()]);
+    let data = dir.join("file-data");
+    let mut c = earshot();
+    c.arg("ingest").arg("--data").arg(&data);
+    for p in 0..partitions {
+        c.arg("--input").arg(parts.join(format!("p{p}.ndjson")));
+    }
+    ok(c.output().unwrap());
+    data
+}
+
+/// Every table of `data` as sorted CSV lines, leaving out where rows came from (`source`) and
+/// when rejects were received (a wall clock).
+fn tables(data: &Path, with_source: bool) -> Vec<(String, Vec<String>)> {
+    ["streams", "buckets", "sessions", "events", "rejects"]
+        .iter()
+        .map(|name| {
+            let left_out: &[&str] = match (*name, with_source) {
+                ("events", false) => &["source"],
+                ("rejects", false) => &["source", "received_at"],
+                ("rejects", true) => &["received_at"],
+                _ => &[],
+            };
+            let columns: Vec<String> = earshot_store::table_schema(name)
+                .unwrap()
+                .fields()
+                .iter()
+                .map(|f| f.name().clone())
+                .filter(|c| !left_out.contains(&c.as_str()))
+                .collect();
+            let out = ok(earshot()
+                .args(["sql", "--format", "csv", "--data"])
+                .arg(data)
+                .arg(format!("SELECT {} FROM {name}", columns.join(", ")))
+                .output()
+                .unwrap());
+            let mut lines: Vec<String> = out.lines().map(str::to_owned).collect();
+            lines.sort();
+            (name.to_string(), lines)
+        })
+        .collect()
+}
+
+fn assert_same_tables(a: &Path, b: &Path, with_source: bool) {
+    let (ta, tb) = (tables(a, with_source), tables(b, with_source));
+    for ((name, la), (_, lb)) in ta.iter().zip(&tb) {
+        assert!(la.len() > 1 || name == "rejects", "{name} is empty");
+        if la != lb {
+            let short = |l: &&String| l.chars().take(240).collect::<String>();
+            let only_a: Vec<_> = la
+                .iter()
+                .filter(|l| !lb.contains(l))
+                .take(3)
+                .map(|l| short(&l))
+                .collect();
+            let only_b: Vec<_> = lb
+                .iter()
+                .filter(|l| !la.contains(l))
+                .take(3)
+                .map(|l| short(&l))
+                .collect();
+            panic!(
+                "table {name} differs ({} vs {} rows)\nonly in {}: {only_a:#?}\nonly in {}: {only_b:#?}",
+                la.len(),
+                lb.len(),
+                a.display(),
+                b.display()
+            );
+        }
+    }
+}
+
+fn manifest(data: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(data.join("current/manifest.json")).unwrap()).unwrap()
+}
+
+#[test]
+fn same_tables_from_kafka_as_from_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Broker::start(dir.path(), false);
+    b.create_topic(TOPIC, 4);
+    let input = simulate(dir.path(), 1500, 7);
+    produce(&b, &input);
+    let reference = file_reference(&b, dir.path(), 4);
+    let data = dir.path().join("kafka-data");
+    let out = ok(kafka_ingest(&b, &data, &["--exit-when-idle", "2s"])
+        .output()
+        .unwrap());
+    assert!(out.contains("duplicates ignored"), "{out}");
+    assert_same_tables(&reference, &data, false);
+    // The source of each row names its partition and offset.
+    let one = ok(earshot()
+        .args(["sql", "--format", "csv", "--data"])
+        .arg(&data)
+        .arg("SELECT source FROM events LIMIT 1")
+        .output()
+        .unwrap());
+    assert!(one.contains("kafka:events/"), "{one}");
+    // Every message was read, and the figures add up to what was produced.
+    let m = manifest(&data);
+    let lines = std::fs::read_to_string(&input).unwrap().lines().count() as u64;
+    assert_eq!(m["messages"].as_u64(), Some(lines));
+    let f = manifest(&reference);
+    for k in ["events", "counted", "late", "duplicates", "rejected"] {
+        assert_eq!(m[k], f[k], "{k}");
+    }
+}
+
+#[test]
+fn kill_9_at_random_points_then_restart_gives_identical_tables() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Broker::start(dir.path(), false);
+    b.create_topic(TOPIC, 3);
+    let input = simulate(dir.path(), 6000, 11);
+    produce(&b, &input);
+    // An uninterrupted Kafka ingest: the expected tables, sources and all.
+    let clean = dir.path().join("clean");
+    ok(
+        kafka_ingest(&b, &clean, &["--exit-when-idle", "2s", "--group", "clean"])
+            .output()
+            .unwrap(),
+    );
+    // The same, killed with SIGKILL at pseudo-random instants once it is consuming, checkpointing
+    // often so that kills land before, during and after checkpoints. Each restart joins the same
+    // group, which first has to drop the killed member (a session timeout, shortened here).
+    let data = dir.path().join("killed");
+    let args = [
+        "--checkpoint-interval",
+        "60ms",
+        "--group",
+        "killed",
+        "--exit-when-idle",
+        "3s",
+        "-X",
+        "session.timeout.ms=6000",
+    ];
+    let messages = |d: &Path| -> u64 {
+        std::fs::read(d.join("current/manifest.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .and_then(|m| m["messages"].as_u64())
+            .unwrap_or(0)
+    };
+    let mut rng = 0x2545_f491_4f6c_dd1du64;
+    let mut kills = 0;
+    let mut progressed = Vec::new();
+    for _ in 0..5 {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        let before = messages(&data);
+        let mut child = kafka_ingest(&b, &data, &args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while messages(&data) == before
+            && child.try_wait().unwrap().is_none()
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        std::thread::sleep(Duration::from_millis(rng % 400));
+        if child.try_wait().unwrap().is_none() {
+            child.kill().unwrap(); // SIGKILL
+            kills += 1;
+        }
+        child.wait().unwrap();
+        progressed.push(messages(&data));
+    }
+    assert!(kills >= 3, "only {kills} runs were killed mid-ingest");
+    // Then let it finish.
+    ok(kafka_ingest(&b, &data, &args).output().unwrap());
+    assert_same_tables(&clean, &data, true);
+    let (m, c) = (manifest(&data), manifest(&clean));
+    for k in [
+        "messages",
+        "events",
+        "counted",
+        "late",
+        "duplicates",
+        "rejected",
+    ] {
+        assert_eq!(m[k], c[k], "{k} after kills at {progressed:?}");
+    }
+    assert_eq!(m["kafka"]["next_offsets"], c["kafka"]["next_offsets"]);
+}
+
+#[test]
+fn broker_restart_mid_stream_gives_identical_tables() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut b = Broker::start(dir.path(), true);
+    b.create_topic(TOPIC, 2);
+    let input = simulate(dir.path(), 3000, 23);
+    let text = std::fs::read_to_string(&input).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let (first, second) = lines.split_at(lines.len() / 2);
+    let half1 = dir.path().join("half1.ndjson");
+    let half2 = dir.path().join("half2.ndjson");
+    std::fs::write(&half1, first.join("\n") + "\n").unwrap();
+    std::fs::write(&half2, second.join("\n") + "\n").unwrap();
+    produce(&b, &half1);
+    let data = dir.path().join("data");
+    let child = kafka_ingest(
+        &b,
+        &data,
+        &["--checkpoint-interval", "200ms", "--exit-when-idle", "15s"],
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    // Wait until the first half is in, then take the broker down under the running consumer.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if data.join("current/manifest.json").exists()
+            && manifest(&data)["messages"].as_u64() == Some(first.len() as u64)
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the first half was not consumed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    b.stop();
+    std::thread::sleep(Duration::from_secs(2));
+    b.restart();
+    produce(&b, &half2);
+    let out = child.wait_with_output().unwrap();
+    let stdout = ok(out);
+    assert!(stdout.contains("ingested"), "{stdout}");
+    let reference = file_reference(&b, dir.path(), 2);
+    assert_same_tables(&reference, &data, false);
+    assert_eq!(
+        manifest(&data)["messages"].as_u64(),
+        Some(lines.len() as u64)
+    );
+}
+
+#[test]
+fn a_second_consumer_joining_the_group_changes_no_figure() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Broker::start(dir.path(), false);
+    b.create_topic(TOPIC, 4);
+    let input = simulate(dir.path(), 3000, 31);
+    let data = dir.path().join("data");
+    // earshot consumes while the producer is still sending, slowly enough to be mid-stream when
+    // the intruder joins the same group, takes partitions, commits offsets of its own, and leaves.
+    let consumer = kafka_ingest(
+        &b,
+        &data,
+        &[
+            "--group",
+            "shared",
+            "--checkpoint-interval",
+            "200ms",
+            "--exit-when-idle",
+            "8s",
+        ],
+    )
+    .env("EARSHOT_LOG", "earshot_ingest=info")
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let mut producer = earshot()
+        .args([
+            "produce",
+            "--kafka",
+            &b.addr(),
+            "--topic",
+            TOPIC,
+            "--rate",
+            "8000",
+            "--input",
+        ])
+        .arg(&input)
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    let intruder: serde_json::Value =
+        serde_json::from_str(b.tool(&["intrude", TOPIC, "shared", "4"]).trim()).unwrap();
+    assert!(producer.wait().unwrap().success());
+    let out = consumer.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr).to_string();
+    ok(out);
+    // The intruder really took partitions from earshot for a while.
+    let took: usize = intruder["assignments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_array().unwrap().len())
+        .sum();
+    assert!(took > 0, "the intruder got no partition: {intruder}");
+    assert!(log.contains("partitions revoked"), "{log}");
+    let reference = file_reference(&b, dir.path(), 4);
+    assert_same_tables(&reference, &data, false);
+}
+
+#[test]
+fn poison_messages_advance_the_offset_are_counted_and_dead_lettered() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Broker::start(dir.path(), false);
+    b.create_topic(TOPIC, 2);
+    b.create_topic("dead", 1);
+    let input = simulate(dir.path(), 300, 5);
+    produce(&b, &input);
+    let sent: serde_json::Value = serde_json::from_str(b.tool(&["poison", TOPIC]).trim()).unwrap();
+    let sent = sent.as_array().unwrap();
+    produce(&b, &input); // good messages after the poison: nothing stalls behind it
+    let data = dir.path().join("data");
+    ok(kafka_ingest(
+        &b,
+        &data,
+        &["--exit-when-idle", "2s", "--dead-letter-topic", "dead"],
+    )
+    .output()
+    .unwrap());
+    // Each poison message is a rejects row naming its partition and offset, with a reason.
+    for s in sent {
+        let source = format!("kafka:{TOPIC}/{}@{}", s["partition"], s["offset"]);
+        let row = ok(earshot()
+            .args(["sql", "--format", "csv", "--data"])
+            .arg(&data)
+            .arg(format!(
+                "SELECT reason_code FROM rejects WHERE source = '{source}'"
+            ))
+            .output()
+            .unwrap());
+        let code = row
+            .lines()
+            .nth(1)
+            .unwrap_or_else(|| panic!("{source} ({}) not in rejects", s["kind"]));
+        let expect = match s["kind"].as_str().unwrap() {
+            "empty" | "null" => "empty",
+            "not_utf8" => "not_utf8",
+            "not_json" => "not_json",
+            "too_large" => "too_large",
+            _ => "",
+        };
+        if !expect.is_empty() {
+            assert_eq!(code, expect, "{}", s["kind"]);
+        }
+    }
+    // Offsets advanced past everything; the second copy of the input was all duplicates.
+    let m = manifest(&data);
+    let lines = std::fs::read_to_string(&input).unwrap().lines().count() as u64;
+    assert_eq!(m["messages"].as_u64(), Some(2 * lines + sent.len() as u64));
+    let high: serde_json::Value =
+        serde_json::from_str(&b.tool(&["dump", TOPIC, dir.path().to_str().unwrap()])).unwrap();
+    for (p, n) in high.as_object().unwrap() {
+        assert_eq!(
+            m["kafka"]["next_offsets"][p].as_u64(),
+            n.as_u64(),
+            "partition {p}"
+        );
+    }
+    // The dead-letter topic holds every reject, with headers saying where from and why.
+    let dead = b.tool(&["headers", "dead"]);
+    let dead: Vec<serde_json::Value> = dead
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(dead.len() as u64, m["rejected"].as_u64().unwrap());
+    for s in sent {
+        let source = format!("kafka:{TOPIC}/{}@{}", s["partition"], s["offset"]);
+        let d = dead
+            .iter()
+            .find(|d| d["headers"]["earshot.source"] == source.as_str())
+            .unwrap_or_else(|| panic!("{source} not dead-lettered"));
+        assert!(d["headers"]["earshot.reason_code"].is_string());
+    }
+}
+
+#[test]
+fn redelivery_of_committed_messages_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Broker::start(dir.path(), false);
+    b.create_topic(TOPIC, 3);
+    let input = simulate(dir.path(), 1000, 41);
+    produce(&b, &input);
+    let data = dir.path().join("data");
+    let args = ["--group", "g", "--exit-when-idle", "2s"];
+    ok(kafka_ingest(&b, &data, &args).output().unwrap());
+    let before = tables(&data, true);
+    let m1 = manifest(&data);
+    // The group's offsets were committed after the checkpoint...
+    let committed: serde_json::Value =
+        serde_json::from_str(b.tool(&["committed", TOPIC, "g"]).trim()).unwrap();
+    assert_eq!(
+        committed
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|v| v.as_i64().unwrap())
+            .sum::<i64>() as u64,
+        m1["messages"].as_u64().unwrap()
+    );
+    // ...and are now reset to the beginning: the broker will redeliver everything.
+    b.tool(&["reset", TOPIC, "g"]);
+    ok(kafka_ingest(&b, &data, &args).output().unwrap());
+    assert_eq!(tables(&data, true), before);
+    let m2 = manifest(&data);
+    for k in ["messages", "events", "duplicates", "rejected"] {
+        assert_eq!(m1[k], m2[k], "{k}");
+    }
+    // A producer that sends everything again (a retry storm) only adds duplicates.
+    produce(&b, &input);
+    ok(kafka_ingest(&b, &data, &args).output().unwrap());
+    let m3 = manifest(&data);
+    assert_eq!(m3["events"], m1["events"]);
+    let valid = m1["events"].as_u64().unwrap() + m1["duplicates"].as_u64().unwrap();
+    assert_eq!(
+        m3["duplicates"].as_u64().unwrap(),
+        m1["duplicates"].as_u64().unwrap() + valid
+    );
+    let after = tables(&data, true);
+    for ((name, a), (_, b)) in before.iter().zip(&after) {
+        if name != "rejects" {
+            assert_eq!(a, b, "{name}");
+        }
+    }
+}
+
+#[test]
+fn kafka_problems_are_said_plainly() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    // Nothing listens on this port.
+    let nobody = format!("127.0.0.1:{}", free_port());
+    let out = earshot()
+        .args([
+            "ingest",
+            "--kafka",
+            &nobody,
+            "--topic",
+            TOPIC,
+            "--connect-timeout",
+            "2s",
+            "--data",
+        ])
+        .arg(&data)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("cannot reach the Kafka cluster") && err.contains("hint:"),
+        "{err}"
+    );
+
+    let b = Broker::start(dir.path(), false);
+    let out = kafka_ingest(&b, &data, &["--connect-timeout", "5s"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("does not exist"), "{err}");
+
+    b.create_topic(TOPIC, 1);
+    let out = kafka_ingest(&b, &data, &["-X", "no.such.setting=1"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("invalid Kafka setting") && err.contains("no.such.setting"),
+        "{err}"
+    );
+    let out = kafka_ingest(&b, &data, &["-X", "enable.auto.commit=true"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("set by earshot itself"), "{err}");
+
+    let blocked = dir.path().join("file");
+    std::fs::write(&blocked, "not a directory").unwrap();
+    let out = kafka_ingest(&b, &blocked.join("data"), &["--exit-when-idle", "1s"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("cannot create") && err.contains("hint:"),
+        "{err}"
+    );
+
+    // A data directory of a file ingest is not continued from Kafka.
+    let input = simulate(dir.path(), 50, 1);
+    let file_data = dir.path().join("file-data");
+    ok(earshot()
+        .arg("ingest")
+        .arg("--input")
+        .arg(&input)
+        .arg("--data")
+        .arg(&file_data)
+        .output()
+        .unwrap());
+    let out = kafka_ingest(&b, &file_data, &["--exit-when-idle", "1s"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("holds tables from a file ingest"), "{err}");
+}
