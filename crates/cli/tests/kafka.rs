@@ -672,3 +672,106 @@ fn kafka_problems_are_said_plainly() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("holds tables from a file ingest"), "{err}");
 }
+
+/// Runs `psql` against the endpoint on `port` and returns the single value printed.
+fn psql(port: u16, sql: &str) -> String {
+    ok(Command::new("psql")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-U",
+            "earshot",
+            "-d",
+            "earshot",
+        ])
+        .args(["-X", "-A", "-t", "-c", sql])
+        .output()
+        .unwrap())
+    .trim()
+    .to_string()
+}
+
+#[test]
+fn run_serves_the_tables_while_it_consumes_and_stops_with_a_checkpoint() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let b = Broker::start(dir.path(), false);
+    b.create_topic(TOPIC, 2);
+    let input = simulate(dir.path(), 800, 3);
+    let text = std::fs::read_to_string(&input).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let (first, second) = lines.split_at(lines.len() / 2);
+    let half = |name: &str, part: &[&str]| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, part.join("\n") + "\n").unwrap();
+        p
+    };
+    let (half1, half2) = (half("h1.ndjson", first), half("h2.ndjson", second));
+    let data = dir.path().join("data");
+    let mut child = earshot()
+        .args(["run", "--kafka", &b.addr(), "--topic", TOPIC, "--data"])
+        .arg(&data)
+        .args(["--checkpoint-interval", "200ms", "--pg", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    let port: u16 = loop {
+        line.clear();
+        assert!(
+            out.read_line(&mut line).unwrap() > 0,
+            "run ended before serving"
+        );
+        if let Some(rest) = line.strip_prefix("postgres: listening on ") {
+            let addr = rest.split_whitespace().next().unwrap();
+            break addr.rsplit(':').next().unwrap().parse().unwrap();
+        }
+    };
+    // Served before any message: empty tables, not an error.
+    assert_eq!(psql(port, "SELECT count(*) FROM events"), "0");
+    let wait_for = |want: usize| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let got: usize = psql(port, "SELECT count(*) FROM events").parse().unwrap();
+            let rejected: usize = psql(port, "SELECT count(*) FROM rejects").parse().unwrap();
+            let m = manifest(&data);
+            // The server follows new generations within half a second.
+            if m["messages"].as_u64() == Some(want as u64)
+                && got as u64 == m["events"].as_u64().unwrap()
+                && rejected as u64 == m["rejected"].as_u64().unwrap()
+            {
+                return got;
+            }
+            assert!(Instant::now() < deadline, "stuck at {got} events");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    produce(&b, &half1);
+    let some = wait_for(first.len());
+    produce(&b, &half2);
+    let all = wait_for(lines.len());
+    assert!(all > some && some > 0);
+    // SIGTERM: a last checkpoint, the summary, and a clean exit.
+    ok(Command::new("kill")
+        .arg(child.id().to_string())
+        .output()
+        .unwrap());
+    let status = child.wait().unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
+    assert!(status.success(), "{status}: {rest}");
+    assert!(rest.contains("ingested"), "{rest}");
+    // The tables equal a file ingest of the same partitions.
+    let reference = file_reference(&b, dir.path(), 2);
+    let figures = |d: &Path| {
+        tables(d, false)
+            .into_iter()
+            .filter(|(n, _)| n == "sessions" || n == "events")
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(figures(&reference), figures(&data));
+}
