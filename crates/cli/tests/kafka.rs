@@ -412,9 +412,8 @@ fn a_second_consumer_joining_the_group_changes_no_figure() {
     let dir = tempfile::tempdir().unwrap();
     let b = Broker::start(dir.path(), false);
     b.create_topic(TOPIC, 4);
-    let input = simulate(dir.path(), 3000, 31);
     let data = dir.path().join("data");
-    // earshot consumes while the producer is still sending, slowly enough to be mid-stream when
+    // earshot consumes while the simulator is still sending, slowly enough to be mid-stream when
     // the intruder joins the same group, takes partitions, commits offsets of its own, and leaves.
     let consumer = kafka_ingest(
         &b,
@@ -435,16 +434,24 @@ fn a_second_consumer_joining_the_group_changes_no_figure() {
     .unwrap();
     let mut producer = earshot()
         .args([
-            "produce",
+            "simulate",
+            "--listeners",
+            "3000",
+            "--seed",
+            "31",
+            "--duplicates",
+            "0.03",
+        ])
+        .args([
+            "--malformed",
+            "0.005",
             "--kafka",
             &b.addr(),
             "--topic",
             TOPIC,
             "--rate",
             "8000",
-            "--input",
         ])
-        .arg(&input)
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
@@ -591,6 +598,21 @@ fn redelivery_of_committed_messages_changes_nothing() {
             assert_eq!(a, b, "{name}");
         }
     }
+    // A file ingest does not overwrite a consumer's checkpoint.
+    let out = earshot()
+        .arg("ingest")
+        .arg("--input")
+        .arg(&input)
+        .arg("--data")
+        .arg(&data)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("consumer's checkpoint"),
+        "{err}"
+    );
+    assert_eq!(manifest(&data)["messages"], m3["messages"]);
 }
 
 #[test]

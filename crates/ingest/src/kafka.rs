@@ -96,12 +96,12 @@ pub enum KafkaProblem {
     )]
     NoTopic { topic: String, brokers: String },
     #[error(
-        "{data_dir} holds tables from {what}, not from Kafka topic {topic:?}\n  hint: give each source its own --data directory"
+        "{data_dir} holds tables from {what}, not from {wanted}\n  hint: give each source its own --data directory"
     )]
     OtherSource {
         data_dir: String,
         what: String,
-        topic: String,
+        wanted: String,
     },
     #[error(
         "{data_dir} was ingested with {field} = {was}, and this run asks for {now}\n  hint: use the same definitions to continue it, or a new --data directory to start over with the new ones"
@@ -693,7 +693,7 @@ fn resume(
         return Err(KafkaProblem::OtherSource {
             data_dir: dir,
             what,
-            topic: source.topic.clone(),
+            wanted: format!("Kafka topic {:?}", source.topic),
         }
         .into());
     };
@@ -701,7 +701,7 @@ fn resume(
         return Err(KafkaProblem::OtherSource {
             data_dir: dir,
             what: format!("Kafka topic {:?}", position.topic),
-            topic: source.topic.clone(),
+            wanted: format!("Kafka topic {:?}", source.topic),
         }
         .into());
     }

@@ -141,6 +141,18 @@ pub fn ingest(
     progress: &mut dyn FnMut(u64),
 ) -> Result<Summary, IngestError> {
     let started = Instant::now();
+    // A file ingest replaces the tables; a Kafka consumer's checkpoint is not for replacing.
+    if let Ok(current) = earshot_store::current_generation(data_dir)
+        && let Ok(m) = earshot_store::read_manifest(&current)
+        && let Some(k) = m.kafka
+    {
+        return Err(kafka::KafkaProblem::OtherSource {
+            data_dir: data_dir.display().to_string(),
+            what: format!("Kafka topic {:?} (a consumer's checkpoint)", k.topic),
+            wanted: "files".into(),
+        }
+        .into());
+    }
     let mut pipe = Pipeline::new(Engine::new(settings), Generation::begin(data_dir)?);
     let mut manifest = new_manifest(&settings, pseudonyms);
     for (partition, input) in inputs.into_iter().enumerate() {
