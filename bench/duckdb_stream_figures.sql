@@ -1,13 +1,9 @@
--- The stream-level figures of contract §3, computed by DuckDB straight from the NDJSON file.
+-- The stream-level figures of contract §3, computed by DuckDB from the raw events.
 -- The peer in bench/run: an analyst's alternative to earshot. Parameters are substituted by
--- bench/duckdb_peer.py: {path}, {liveness_ms}, {lateness_ms}, {min_listen_ms}.
+-- bench/duckdb_peer.py: {source} (a SELECT of the raw rows: the NDJSON file, or Parquet of the
+-- same events), {liveness_ms}, {lateness_ms}, {min_listen_ms}.
 WITH raw AS (
-  SELECT row_number() OVER () AS rn, *
-  FROM read_json('{path}', format = 'newline_delimited', ignore_errors = true,
-                 columns = {v: 'BIGINT', event_id: 'VARCHAR', type: 'VARCHAR', ts: 'VARCHAR',
-                            stream_id: 'VARCHAR', listener_id: 'VARCHAR', session_id: 'VARCHAR',
-                            reason: 'VARCHAR', displayed: 'BIGINT', state: 'VARCHAR',
-                            scheduled_start: 'VARCHAR'})
+  SELECT row_number() OVER () AS rn, * FROM ({source})
 ),
 valid AS (
   SELECT rn, event_id, type, stream_id, listener_id, session_id, displayed, state,

@@ -336,6 +336,12 @@ fn print_summary(s: &Summary, data: &Path) {
         println!("  rejected:   {} ({})", s.rejected, by.join(", "));
     }
     println!("  streams:    {}, sessions: {}", s.streams, s.sessions);
+    println!(
+        "  state:      sessions {:.1} MB ({:.0} B per session), event-id set {:.1} MB",
+        s.memory.session_bytes as f64 / 1e6,
+        s.memory.bytes_per_session(),
+        s.memory.dedup_bytes as f64 / 1e6
+    );
     println!("  tables in:  {}", data.display());
 }
 

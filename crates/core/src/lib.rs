@@ -174,6 +174,24 @@ pub struct Snapshot {
     pub sessions: Vec<SessionRow>,
 }
 
+/// What the engine's two growing structures hold, in heap bytes (allocator overhead not included).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MemoryUse {
+    /// Sessions held (open and ended: the `sessions` table needs both).
+    pub sessions: usize,
+    /// Session state: index, compact records, id bytes, boxed ends and extra windows.
+    pub session_bytes: usize,
+    /// The `event_id` de-duplication set.
+    pub dedup_bytes: usize,
+}
+
+impl MemoryUse {
+    /// Session-state bytes per session held.
+    pub fn bytes_per_session(&self) -> f64 {
+        self.session_bytes as f64 / self.sessions.max(1) as f64
+    }
+}
+
 /// The streaming state of contract §2–§4 for any number of streams and partitions.
 #[derive(Debug)]
 pub struct Engine {
@@ -243,7 +261,16 @@ impl Engine {
 
     /// Heap bytes held by the de-duplication set (its table's allocation).
     pub fn dedup_bytes(&self) -> usize {
-        self.seen.capacity() * (std::mem::size_of::<u128>() + 1)
+        session::table_buckets(self.seen.capacity()) * (std::mem::size_of::<u128>() + 1)
+    }
+
+    /// Heap bytes held by session state, all streams (see [`MemoryUse`]).
+    pub fn memory(&self) -> MemoryUse {
+        MemoryUse {
+            sessions: self.session_count(),
+            session_bytes: self.streams.values().map(|s| s.session_bytes()).sum(),
+            dedup_bytes: self.dedup_bytes(),
+        }
     }
 
     /// Each stream's id and its number of buckets (first to last event), widest first.
@@ -350,6 +377,7 @@ pub fn nearest_rank(sorted: &[i64], p: u32) -> Option<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use earshot_contract::EventType;
 
     #[test]
     fn nearest_rank_matches_the_contract_example() {
@@ -360,5 +388,60 @@ mod tests {
         let v: Vec<i64> = (1..=10).collect();
         assert_eq!(nearest_rank(&v, 90), Some(9));
         assert_eq!(nearest_rank(&v, 91), Some(10));
+    }
+
+    fn event(n: u64, kind: EventType, ts: Millis, session: u64) -> Event {
+        Event {
+            event_id: format!("e-{n}"),
+            kind,
+            ts,
+            stream_id: "s".into(),
+            listener_key: Some(earshot_contract::ListenerKey([session as u8; 16])),
+            session_id: Some(format!("sess-{session:08}-0123456789abcdef")),
+            reason: None,
+            displayed: None,
+            state: None,
+            scheduled_start: None,
+            client: Some("ios".into()),
+            region: Some("eu-west".into()),
+            audio_ms: None,
+        }
+    }
+
+    /// The budget of issue 7: under 200 bytes of session state per session, counted from the
+    /// allocations themselves (the index table, records, id bytes, boxed ends), at a size where
+    /// the table's power-of-two growth is neither at its best nor its worst.
+    #[test]
+    fn session_state_stays_under_200_bytes_per_session() {
+        let mut engine = Engine::new(Settings::default());
+        let mut n = 0;
+        let sessions = 150_000u64;
+        for s in 0..sessions {
+            let t = (s as i64) * 10;
+            for (kind, dt) in [
+                (EventType::Join, 0),
+                (EventType::Connect, 2_000),
+                (EventType::Heartbeat, 12_000),
+                (EventType::Heartbeat, 22_000),
+            ] {
+                n += 1;
+                engine.offer(0, &event(n, kind, t + dt, s));
+            }
+            if s % 2 == 0 {
+                n += 1;
+                engine.offer(0, &event(n, EventType::Leave, t + 30_000, s));
+            }
+        }
+        let m = engine.memory();
+        assert_eq!(m.sessions, sessions as usize);
+        assert!(
+            m.bytes_per_session() < 200.0,
+            "{:.1} bytes per session",
+            m.bytes_per_session()
+        );
+        assert!(
+            m.bytes_per_session() > 100.0,
+            "the accounting counts the records"
+        );
     }
 }

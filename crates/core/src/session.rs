@@ -230,6 +230,41 @@ impl Sessions {
     pub fn iter(&self) -> impl Iterator<Item = &SessionAcc> {
         self.chunks.iter().flatten()
     }
+
+    /// Heap bytes allocated for these sessions: the index table, the chunks, the id arena, and the
+    /// boxed ends and extra windows. The allocator's own per-allocation overhead is not included.
+    pub fn heap_bytes(&self) -> usize {
+        let entry = std::mem::size_of::<((u64, u64), u32)>() + 1;
+        let index = table_buckets(self.index.capacity()) * entry;
+        let chunks = self.chunks.len() * CHUNK * std::mem::size_of::<SessionAcc>();
+        let arena: usize = self.arena.iter().map(String::capacity).sum();
+        let boxed: usize = self
+            .iter()
+            .map(|s| {
+                let end = s.end.as_ref().map_or(0, |_| std::mem::size_of::<End>());
+                let many = match &s.alive {
+                    Alive::Many(v) => {
+                        std::mem::size_of::<Vec<(Millis, Millis)>>()
+                            + v.capacity() * std::mem::size_of::<(Millis, Millis)>()
+                    }
+                    _ => 0,
+                };
+                end + many
+            })
+            .sum();
+        index + chunks + arena + boxed
+    }
+}
+
+/// Buckets a hashbrown table allocates for `capacity` usable slots (7/8 load, power of two).
+pub(crate) fn table_buckets(capacity: usize) -> usize {
+    if capacity == 0 {
+        0
+    } else if capacity < 8 {
+        (capacity + 1).next_power_of_two()
+    } else {
+        (capacity * 8 / 7).next_power_of_two()
+    }
 }
 
 #[cfg(test)]

@@ -47,6 +47,10 @@ impl StreamAcc {
         self.sessions.len()
     }
 
+    pub(crate) fn session_bytes(&self) -> usize {
+        self.sessions.heap_bytes()
+    }
+
     pub(crate) fn apply(&mut self, e: &Event, arrival: u64, settings: &Settings) {
         self.first_event = self.first_event.min(e.ts);
         self.last_event = self.last_event.max(e.ts);

@@ -122,6 +122,8 @@ pub struct Summary {
     pub rejected_by_reason: BTreeMap<RejectCode, u64>,
     pub streams: usize,
     pub sessions: usize,
+    /// Heap held by session state and the de-duplication set when the summary was taken.
+    pub memory: earshot_core::MemoryUse,
     pub elapsed: Duration,
 }
 
@@ -334,6 +336,7 @@ impl Pipeline {
         summary.late = tally.late;
         summary.events = tally.counted + tally.late;
         summary.sessions = self.engine.session_count();
+        summary.memory = self.engine.memory();
         summary.streams = snapshot.streams.len();
         manifest.messages = summary.messages;
         manifest.events = summary.events;

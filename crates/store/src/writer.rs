@@ -3,7 +3,8 @@
 use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, mpsc};
+use std::thread;
 
 use arrow::array::{
     ArrayRef, BinaryBuilder, BooleanBuilder, Int64Builder, StringBuilder,
@@ -16,6 +17,7 @@ use earshot_core::{Settings, Snapshot};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
+use parquet::schema::types::ColumnPath;
 use serde::{Deserialize, Serialize};
 
 use crate::{CURRENT, StoreError, table_schema};
@@ -103,13 +105,21 @@ fn encode_err(table: &'static str) -> impl Fn(String) -> StoreError {
     move |message| StoreError::Encode { table, message }
 }
 
-/// A Parquet file being written under the temporary generation directory.
+/// Columns whose values are (nearly) unique per row: a dictionary would only be built to be thrown
+/// away when its page overflows, so they are written plain.
+const UNIQUE_COLUMNS: [&str; 4] = ["event_id", "source", "session_id", "listener_key"];
+
+/// A Parquet file being written under the temporary generation directory. Encoding and compression
+/// run on a thread of their own, so the thread that counts only builds Arrow columns: batches go to
+/// the encoder through a short queue, and [`TableFile::finish`] waits for the file to be complete
+/// and on disk.
 struct TableFile {
     table: &'static str,
     /// The file's name in its directory.
     name: String,
     schema: SchemaRef,
-    writer: ArrowWriter<File>,
+    batches: Option<mpsc::SyncSender<RecordBatch>>,
+    encoder: Option<thread::JoinHandle<Result<(), StoreError>>>,
 }
 
 impl TableFile {
@@ -120,35 +130,70 @@ impl TableFile {
             table,
             message: "no schema".into(),
         })?;
-        let props = WriterProperties::builder()
+        let mut props = WriterProperties::builder()
             .set_compression(Compression::ZSTD(ZstdLevel::default()))
-            .set_created_by(format!("earshot {}", env!("CARGO_PKG_VERSION")))
-            .build();
-        let writer = ArrowWriter::try_new(file, schema.clone(), Some(props))
+            .set_created_by(format!("earshot {}", env!("CARGO_PKG_VERSION")));
+        for column in UNIQUE_COLUMNS {
+            props = props.set_column_dictionary_enabled(ColumnPath::from(column), false);
+        }
+        let mut writer = ArrowWriter::try_new(file, schema.clone(), Some(props.build()))
             .map_err(|e| encode_err(table)(e.to_string()))?;
+        let (batches, queue) = mpsc::sync_channel::<RecordBatch>(2);
+        let encoder = thread::Builder::new()
+            .name(format!("earshot-{table}-writer"))
+            .spawn(move || {
+                for batch in queue {
+                    writer
+                        .write(&batch)
+                        .map_err(|e| encode_err(table)(e.to_string()))?;
+                }
+                let file = writer
+                    .into_inner()
+                    .map_err(|e| encode_err(table)(e.to_string()))?;
+                file.sync_all()
+                    .map_err(|e| StoreError::io("sync", &path, e))
+            })
+            .map_err(|e| StoreError::io("start a writer for", Path::new(table), e))?;
         Ok(TableFile {
             table,
             name,
             schema,
-            writer,
+            batches: Some(batches),
+            encoder: Some(encoder),
         })
     }
 
     fn write(&mut self, columns: Vec<ArrayRef>) -> Result<(), StoreError> {
         let batch = RecordBatch::try_new(self.schema.clone(), columns)
             .map_err(|e| encode_err(self.table)(e.to_string()))?;
-        self.writer
-            .write(&batch)
-            .map_err(|e| encode_err(self.table)(e.to_string()))
+        let sent = match &self.batches {
+            Some(queue) => queue.send(batch).is_ok(),
+            None => false,
+        };
+        if sent {
+            Ok(())
+        } else {
+            // The encoder stopped early: its error says why.
+            self.batches = None;
+            self.join().and_then(|()| Err(closed(self.table)))
+        }
     }
 
-    fn finish(self) -> Result<(), StoreError> {
-        let file = self
-            .writer
-            .into_inner()
-            .map_err(|e| encode_err(self.table)(e.to_string()))?;
-        file.sync_all()
-            .map_err(|e| StoreError::io("sync", Path::new(self.table), e))
+    fn join(&mut self) -> Result<(), StoreError> {
+        match self.encoder.take() {
+            Some(handle) => handle.join().unwrap_or_else(|_| {
+                Err(encode_err(self.table)(
+                    "the Parquet encoder panicked".into(),
+                ))
+            }),
+            None => Err(closed(self.table)),
+        }
+    }
+
+    /// Ends the file and waits until it is written and synced.
+    fn finish(mut self) -> Result<(), StoreError> {
+        self.batches = None;
+        self.join()
     }
 }
 
@@ -185,12 +230,7 @@ impl EventColumns {
         self.ts.append_value(e.ts);
         self.stream_id.append_value(&e.stream_id);
         match e.listener_key {
-            Some(k) => {
-                for b in k.0 {
-                    let _ = write!(self.listener_key, "{b:02x}");
-                }
-                self.listener_key.append_value("");
-            }
+            Some(k) => self.listener_key.append_value(hex(&k.0, &mut [0; 32])),
             None => self.listener_key.append_null(),
         }
         self.session_id.append_option(e.session_id.as_deref());
@@ -202,8 +242,9 @@ impl EventColumns {
         self.region.append_option(e.region.as_deref());
         self.audio_ms.append_option(e.audio_ms);
         self.late.append_value(late);
-        let _ = write!(self.source, "{source}{position}");
-        self.source.append_value("");
+        let mut digits = [0u8; 20];
+        let _ = self.source.write_str(source);
+        self.source.append_value(decimal(position, &mut digits));
     }
 
     fn finish(&mut self) -> Vec<ArrayRef> {
@@ -226,6 +267,30 @@ impl EventColumns {
             Arc::new(self.source.finish()),
         ]
     }
+}
+
+/// Lower-case hex of 16 bytes, without the formatting machinery (this runs once per event).
+fn hex<'a>(bytes: &[u8; 16], buf: &'a mut [u8; 32]) -> &'a str {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for (i, b) in bytes.iter().enumerate() {
+        buf[2 * i] = DIGITS[usize::from(b >> 4)];
+        buf[2 * i + 1] = DIGITS[usize::from(b & 15)];
+    }
+    std::str::from_utf8(buf).unwrap_or_default()
+}
+
+/// `n` in decimal, written into the end of `buf`.
+fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &str {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    std::str::from_utf8(&buf[i..]).unwrap_or_default()
 }
 
 #[derive(Default)]
@@ -734,4 +799,19 @@ fn write_derived(dir: &Path, snap: &Snapshot) -> Result<(), StoreError> {
         t.write(cols)?;
     }
     t.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hex_and_decimal_match_the_formatter() {
+        let key: [u8; 16] = std::array::from_fn(|i| (i as u8).wrapping_mul(37) ^ 0xa5);
+        let expected: String = key.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(hex(&key, &mut [0; 32]), expected);
+        for n in [0, 7, 10, 99, 100, 12_345, u64::MAX] {
+            assert_eq!(decimal(n, &mut [0; 20]), n.to_string());
+        }
+    }
 }
