@@ -30,10 +30,11 @@ def partitions(broker, topic):
     return sorted(t.partitions)
 
 
-def read_all(broker, topic, quiet=2.0):
+def read_all(broker, topic, quiet=2.0, first=30.0):
     """Every partition's messages in offset order, {partition: [message]}: read until nothing more
     arrives for `quiet` seconds. (tansu 0.6 reports a high watermark below the real end of a
-    partition, so the watermark cannot say when the end is reached.)"""
+    partition, so the watermark cannot say when the end is reached.) The first message may take up
+    to `first` seconds: a loaded machine or a broker just restarted can be slower than `quiet`."""
     c = Consumer(
         {
             "bootstrap.servers": broker,
@@ -44,7 +45,7 @@ def read_all(broker, topic, quiet=2.0):
     out = {p: [] for p in partitions(broker, topic)}
     c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in out])
     while True:
-        m = c.poll(quiet)
+        m = c.poll(quiet if any(out.values()) else first)
         if m is None:
             break
         if m.error():

@@ -408,29 +408,32 @@ pub async fn build(
     Ok(report)
 }
 
-/// Re-runs the core on the stream's counted events under each pair of definitions.
+/// Re-runs the core on the stream's counted events under each pair of definitions: one pass over
+/// the stored events per liveness (streamed from the parts, never all in memory), then one
+/// `streams` row per minimum listen, which only the snapshot uses.
 fn sensitivity(
     generation: &Path,
     stream: &str,
     ingested: &Settings,
 ) -> Result<Vec<Sensitivity>, AuditError> {
-    let events = earshot_store::counted_events(generation, stream)?;
     let mut out = Vec::new();
     for l in LIVENESS_S {
-        for m in MIN_LISTEN_S {
-            let settings = Settings {
-                liveness_ms: l * 1000,
-                bucket_ms: ingested.bucket_ms,
-                // Lateness was decided at ingest: these are the events that counted, so none is late now.
-                lateness_ms: i64::MAX / 4,
-                min_listen_ms: m * 1000,
-            };
-            let mut engine = Engine::new(settings);
-            for e in &events {
-                engine.offer(0, e);
+        let settings = Settings {
+            liveness_ms: l * 1000,
+            bucket_ms: ingested.bucket_ms,
+            // Lateness was decided at ingest: these are the events that counted, so none is late now.
+            lateness_ms: i64::MAX / 4,
+            min_listen_ms: ingested.min_listen_ms,
+        };
+        let mut engine = Engine::new(settings);
+        earshot_store::stored_events(generation, |row| {
+            if !row.late && row.event.stream_id == stream {
+                engine.offer(0, &row.event);
             }
-            let snap = engine.snapshot(None);
-            let Some(row) = snap.streams.iter().find(|s| s.stream_id == stream) else {
+            Ok(())
+        })?;
+        for m in MIN_LISTEN_S {
+            let Some(row) = engine.stream_row(stream, m * 1000) else {
                 continue;
             };
             out.push(Sensitivity {

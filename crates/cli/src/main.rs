@@ -352,7 +352,22 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
+/// mimalloc rather than the system allocator: events are allocated by the parsing thread and freed
+/// by the counting thread, which glibc's per-thread arenas handle poorly (see BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Lets the allocator back large allocations with 2 MiB pages where the kernel allows it (THP in
+/// `madvise` mode). The de-duplication set and session index are gigabytes at a large event and are
+/// hit at random once per event: fewer TLB misses made a 1M-listener ingest 9 % faster.
+#[allow(unsafe_code)]
+fn use_large_pages() {
+    // SAFETY: sets one of mimalloc's documented runtime options; no pointers are involved.
+    unsafe { libmimalloc_sys::mi_option_set(libmimalloc_sys::mi_option_large_os_pages, 1) };
+}
+
 fn main() -> std::process::ExitCode {
+    use_large_pages();
     let cli = Cli::parse();
     // Diagnostics (rebalances, retries) on stderr; EARSHOT_LOG=info shows more.
     tracing_subscriber::fmt()

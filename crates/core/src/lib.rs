@@ -297,9 +297,24 @@ impl Engine {
         ids.sort();
         let mut out = Snapshot::default();
         for id in ids {
-            self.streams[id].snapshot(id, &self.settings, final_through, &mut out);
+            self.streams[id].snapshot(id, &self.settings, final_through, &mut out, true);
         }
         out
+    }
+
+    /// The `streams` row of one stream as if `min_listen_ms` had been the setting (the minimum
+    /// listen only matters here, never in [`Engine::offer`]), without building the stream's session
+    /// and bucket rows. For what-if analyses over one set of offered events.
+    pub fn stream_row(&self, stream_id: &str, min_listen_ms: i64) -> Option<StreamRow> {
+        let settings = Settings {
+            min_listen_ms,
+            ..self.settings
+        };
+        let mut out = Snapshot::default();
+        self.streams
+            .get(stream_id)?
+            .snapshot(stream_id, &settings, None, &mut out, false);
+        out.streams.pop()
     }
 }
 
@@ -406,6 +421,42 @@ mod tests {
             region: Some("eu-west".into()),
             audio_ms: None,
         }
+    }
+
+    #[test]
+    fn stream_row_equals_the_snapshot_under_that_minimum_listen() {
+        let mut engines: Vec<(i64, Engine)> = [0, 20_000, 60_000]
+            .into_iter()
+            .map(|m| {
+                let settings = Settings {
+                    min_listen_ms: m,
+                    ..Settings::default()
+                };
+                (m, Engine::new(settings))
+            })
+            .collect();
+        let mut n = 0;
+        for s in 0..300u64 {
+            let t = (s as i64 % 17) * 7_000;
+            let listen = (s as i64 % 5) * 15_000;
+            let mut kinds = vec![(EventType::Join, t), (EventType::Connect, t + 1_000)];
+            kinds.extend(
+                (1..=listen / 10_000).map(|k| (EventType::Heartbeat, t + 1_000 + k * 10_000)),
+            );
+            kinds.push((EventType::Leave, t + 2_000 + listen));
+            for (kind, ts) in kinds {
+                n += 1;
+                for (_, engine) in &mut engines {
+                    engine.offer(0, &event(n, kind, ts, s % 120));
+                }
+            }
+        }
+        let base = &engines[0].1;
+        for (m, engine) in &engines {
+            let full = engine.snapshot(None).streams.remove(0);
+            assert_eq!(base.stream_row("s", *m), Some(full), "min listen {m}");
+        }
+        assert_eq!(base.stream_row("other", 0), None);
     }
 
     /// The budget of issue 7: under 200 bytes of session state per session, counted from the

@@ -134,6 +134,7 @@ impl StreamAcc {
         settings: &Settings,
         final_through: Option<Millis>,
         out: &mut Snapshot,
+        rows: bool,
     ) {
         let w = settings.bucket_ms;
         let b0 = self.first_event.div_euclid(w);
@@ -175,13 +176,17 @@ impl StreamAcc {
                     }
                     None => n - 1,
                 };
-                present.insert(bucket_of(join), last, hash);
+                if rows {
+                    present.insert(bucket_of(join), last, hash);
+                }
             }
             let mut listened = 0i64;
             for (a, b) in s.connected() {
                 connected_changes.push((a, 1));
                 connected_changes.push((b, -1));
-                connected_buckets.insert(bucket_of(a), bucket_of(b - 1), hash);
+                if rows {
+                    connected_buckets.insert(bucket_of(a), bucket_of(b - 1), hash);
+                }
                 connected_time.entry(s.listener).or_default().push((a, b));
                 listened += b - a;
             }
@@ -200,6 +205,9 @@ impl StreamAcc {
                         ghosts += 1;
                     }
                 }
+            }
+            if !rows {
+                continue;
             }
             out.sessions.push(SessionRow {
                 stream_id: stream_id.to_owned(),
@@ -241,6 +249,9 @@ impl StreamAcc {
             }
             peak_roster = peak_roster.max(roster_peak);
             peak_connected = peak_connected.max(connected_peak);
+            if !rows {
+                continue;
+            }
             let counts = self
                 .event_counts
                 .get(&(b0 + k as i64))

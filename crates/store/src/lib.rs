@@ -18,7 +18,7 @@ mod writer;
 
 use std::path::{Path, PathBuf};
 
-pub use reader::{StoredEvent, counted_events, read_manifest, stored_events};
+pub use reader::{StoredEvent, read_manifest, stored_events};
 pub use schema::{TABLES, table_schema};
 pub use writer::{
     Generation, KafkaPosition, Manifest, ManifestInput, ManifestSettings, PART_TABLES,

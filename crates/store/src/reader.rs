@@ -155,15 +155,3 @@ fn read_batch(
     }
     Ok(())
 }
-
-/// The counted (not late) events of `stream_id` in `generation`, in arrival order.
-pub fn counted_events(generation: &Path, stream_id: &str) -> Result<Vec<Event>, StoreError> {
-    let mut out = Vec::new();
-    stored_events(generation, |row| {
-        if !row.late && row.event.stream_id == stream_id {
-            out.push(row.event);
-        }
-        Ok(())
-    })?;
-    Ok(out)
-}
