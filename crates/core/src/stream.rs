@@ -1,6 +1,6 @@
 //! Per-stream state and how it becomes rows.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
 
 use earshot_contract::{Event, EventType, ListenerKey, Millis, StreamState};
 use earshot_sketch::Sketch;
@@ -149,8 +149,10 @@ impl StreamAcc {
         let mut connected_buckets = RangeSketches::new(n);
         let mut joined = Sketch::new();
         let mut connected_all = Sketch::new();
-        let mut listeners: HashSet<ListenerKey> = HashSet::new();
-        let mut connected_time: HashMap<ListenerKey, Vec<(Millis, Millis)>> = HashMap::new();
+        // Listeners and their connected intervals as flat lists, sorted and grouped below: no hash
+        // table and no allocation per listener (millions at a large event).
+        let mut listeners: Vec<ListenerKey> = Vec::with_capacity(self.sessions.len());
+        let mut connected_time: Vec<(ListenerKey, Millis, Millis)> = Vec::new();
         let (mut failed, mut abandoned, mut ghosts) = (0i64, 0i64, 0i64);
         let mut ttfa: Vec<i64> = Vec::new();
         let mut earliest_connect: Option<Millis> = None;
@@ -160,12 +162,15 @@ impl StreamAcc {
             .iter()
             .map(|s| (self.sessions.id(s), s))
             .collect();
-        ordered.sort_unstable_by_key(|(id, _)| *id);
+        if rows {
+            // Session rows are sorted by id; the figures do not depend on the order.
+            ordered.sort_unstable_by_key(|(id, _)| *id);
+        }
         for (id, s) in ordered {
             let join = s.first.0;
             let end = s.end_ts();
             let hash = earshot_sketch::hash_bytes(&s.listener.0);
-            listeners.insert(s.listener);
+            listeners.push(s.listener);
             joined.insert_hash(hash);
             if end.is_none_or(|e| e > join) {
                 roster_changes.push((join, 1));
@@ -187,7 +192,7 @@ impl StreamAcc {
                 if rows {
                     connected_buckets.insert(bucket_of(a), bucket_of(b - 1), hash);
                 }
-                connected_time.entry(s.listener).or_default().push((a, b));
+                connected_time.push((s.listener, a, b));
                 listened += b - a;
             }
             let connect_ts = s.connect_ts();
@@ -276,9 +281,13 @@ impl StreamAcc {
             });
         }
 
-        let mut connected_60s = 0i64;
-        for intervals in connected_time.values_mut() {
-            if union_length(intervals) >= settings.min_listen_ms {
+        listeners.sort_unstable();
+        listeners.dedup();
+        connected_time.sort_unstable();
+        let (mut listeners_connected, mut connected_60s) = (0i64, 0i64);
+        for one in connected_time.chunk_by(|x, y| x.0 == y.0) {
+            listeners_connected += 1;
+            if union_length(one.iter().map(|&(_, a, b)| (a, b))) >= settings.min_listen_ms {
                 connected_60s += 1;
             }
         }
@@ -297,7 +306,7 @@ impl StreamAcc {
             peak_roster,
             peak_connected,
             listeners_joined: listeners.len() as i64,
-            listeners_connected: connected_time.len() as i64,
+            listeners_connected,
             listeners_connected_60s: connected_60s,
             failed_joins: failed,
             abandoned_before_audio: abandoned,
@@ -310,12 +319,11 @@ impl StreamAcc {
     }
 }
 
-/// Length of the union of half-open intervals (sorts them in place).
-fn union_length(intervals: &mut [(Millis, Millis)]) -> i64 {
-    intervals.sort_unstable();
+/// Length of the union of half-open intervals given in order of their start.
+fn union_length(intervals: impl Iterator<Item = (Millis, Millis)>) -> i64 {
     let mut total = 0i64;
     let mut cur: Option<(Millis, Millis)> = None;
-    for &(a, b) in intervals.iter() {
+    for (a, b) in intervals {
         match &mut cur {
             Some((_, ce)) if a <= *ce => *ce = (*ce).max(b),
             _ => {
@@ -375,7 +383,8 @@ mod tests {
 
     #[test]
     fn union_length_counts_overlaps_once() {
-        assert_eq!(union_length(&mut [(0, 10), (5, 20), (30, 40)]), 30);
-        assert_eq!(union_length(&mut []), 0);
+        assert_eq!(union_length([(0, 10), (5, 20), (30, 40)].into_iter()), 30);
+        assert_eq!(union_length([(0, 10), (2, 4), (10, 12)].into_iter()), 12);
+        assert_eq!(union_length(std::iter::empty()), 0);
     }
 }
