@@ -1,7 +1,7 @@
 -- The stream-level figures of contract §3, computed by DuckDB from the raw events.
 -- The peer in bench/run: an analyst's alternative to earshot. Parameters are substituted by
--- bench/duckdb_peer.py: {source} (a SELECT of the raw rows: the NDJSON file, or Parquet of the
--- same events), {liveness_ms}, {lateness_ms}, {min_listen_ms}.
+-- bench/duckdb_peer.py: source (a SELECT of the raw rows: the NDJSON file, or Parquet of the same
+-- events), liveness_ms, lateness_ms and min_listen_ms, each written in braces below.
 WITH raw AS (
   SELECT row_number() OVER () AS rn, * FROM ({source})
 ),
