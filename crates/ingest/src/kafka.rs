@@ -562,6 +562,7 @@ pub fn ingest_kafka(
     }
     // The wait that decided the topic was idle is not ingest time.
     pipe.summary.elapsed = started.elapsed().saturating_sub(idle_tail);
+    pipe.summary.memory = pipe.engine.memory();
     Ok(pipe.summary)
 }
 

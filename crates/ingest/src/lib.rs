@@ -211,12 +211,15 @@ pub fn ingest(
     pipe.check_spans()?;
     let snapshot = pipe.engine.snapshot(None);
     pipe.fill(&mut manifest, &snapshot);
+    // Once, at the end: it walks every session (a checkpoint need not pay for it).
+    let engine_memory = pipe.engine.memory();
     let Pipeline {
         generation,
         mut summary,
         ..
     } = pipe;
     generation.commit(&snapshot, &manifest)?;
+    summary.memory = engine_memory;
     summary.elapsed = started.elapsed();
     Ok(summary)
 }
@@ -336,7 +339,6 @@ impl Pipeline {
         summary.late = tally.late;
         summary.events = tally.counted + tally.late;
         summary.sessions = self.engine.session_count();
-        summary.memory = self.engine.memory();
         summary.streams = snapshot.streams.len();
         manifest.messages = summary.messages;
         manifest.events = summary.events;
