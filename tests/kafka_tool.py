@@ -79,6 +79,13 @@ def poison(broker, topic):
         ("not_json", b"this is not json"),
         ("too_large", b'{"pad":"' + b"x" * 70000 + b'"}'),
         ("wrong_type", b'{"event_id":"p1","type":"join","ts":12,"stream_id":"s"}'),
+        # Raw listener ids that must not reach the rejects table or the dead-letter topic.
+        ("raw_id_wrong_type", b'{"v":1,"event_id":"p2","type":"join","ts":"2024-08-13T00:00:00Z",'
+         b'"stream_id":"s","listener_id":"alice.secret@example.com","session_id":7}'),
+        ("raw_id_truncated", b'{"v":1,"type":"heartbeat","listener_id":"bob-7731-private","ts":'),
+        # A valid event with a wrong clock: rejected once the next message shows the real time.
+        ("raw_id_stray", b'{"v":1,"event_id":"p3","type":"join","ts":"2099-01-01T00:00:00Z",'
+         b'"stream_id":"town-hall-main","listener_id":"carol+555-0100","session_id":"sx"}'),
     ]
     p = Producer({"bootstrap.servers": broker})
     sent = []
@@ -137,7 +144,8 @@ def headers(broker, topic):
             h = {k: (v.decode() if v is not None else None) for k, v in (m.headers() or [])}
             v = m.value()
             print(json.dumps({"partition": p, "offset": m.offset(), "headers": h,
-                              "value_len": None if v is None else len(v)}))
+                              "value_len": None if v is None else len(v),
+                              "value": None if v is None else v.decode("utf-8", "replace")}))
 
 
 def bare(broker, topic, group, n):

@@ -21,25 +21,115 @@ struct Counted {
     event: Event,
 }
 
-/// What the reference decides for each offered event, in order: `Some(late)` or `None` (duplicate).
-pub fn classify(events: &[(u32, Event)], settings: &Settings) -> Vec<Option<bool>> {
+/// What the reference decides for one offered event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decision {
+    Counted,
+    Late,
+    Duplicate,
+    /// Rejected by the time rules of contract §4 (v1.1): a jump nothing confirmed, or an event that
+    /// would stretch its stream over the span limit.
+    Rejected,
+}
+
+/// The reference's reading of "no single event moves time" (the rule README and ARCHITECTURE.md
+/// state): per partition, lateness is measured from the second-largest `ts` of its stored events;
+/// an event more than J ahead of the largest (or a partition's first, or more than J either way
+/// from a partition's only stored event) waits until a later event of
+/// the partition with another id lands within J of it (then it counts) or a later event shows the
+/// partition's time elsewhere (then it is rejected); at the end of the input a waiting event is
+/// rejected if its partition has a time, and counts otherwise. Returns `(index, decision)` in the
+/// order decisions are made, which is the order the counting sees the events.
+pub fn classify(events: &[(u32, Event)], settings: &Settings) -> Vec<(usize, Decision)> {
+    let j = settings.max_jump_ms;
+    let mut stored: BTreeMap<u32, Vec<Millis>> = BTreeMap::new();
     let mut seen: HashSet<&str> = HashSet::new();
-    let mut out = Vec::new();
-    for (i, (partition, e)) in events.iter().enumerate() {
-        if !seen.insert(e.event_id.as_str()) {
-            out.push(None);
-            continue;
+    let mut spans: BTreeMap<&str, (Millis, Millis)> = BTreeMap::new();
+    let mut waiting: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
+    let mut out: Vec<(usize, Decision)> = Vec::new();
+
+    // The counting step of one event, as contract §1 and §4 say.
+    let mut count =
+        |i: usize, stored: &mut BTreeMap<u32, Vec<Millis>>, out: &mut Vec<(usize, Decision)>| {
+            let (p, e) = &events[i];
+            if seen.contains(e.event_id.as_str()) {
+                out.push((i, Decision::Duplicate));
+                return;
+            }
+            let mut mine = stored.get(p).cloned().unwrap_or_default();
+            mine.sort_unstable_by(|a, b| b.cmp(a));
+            let late = mine
+                .get(1)
+                .is_some_and(|second| e.ts < second - settings.lateness_ms);
+            if !late && let Some(&(lo, hi)) = spans.get(e.stream_id.as_str()) {
+                let w = settings.bucket_ms;
+                let buckets = hi.max(e.ts).div_euclid(w) - lo.min(e.ts).div_euclid(w) + 1;
+                if buckets > earshot_core::MAX_BUCKETS_PER_STREAM {
+                    out.push((i, Decision::Rejected));
+                    return;
+                }
+            }
+            seen.insert(e.event_id.as_str());
+            stored.entry(*p).or_default().push(e.ts);
+            if late {
+                out.push((i, Decision::Late));
+            } else {
+                let span = spans.entry(e.stream_id.as_str()).or_insert((e.ts, e.ts));
+                *span = (span.0.min(e.ts), span.1.max(e.ts));
+                out.push((i, Decision::Counted));
+            }
+        };
+    let newest = |stored: &BTreeMap<u32, Vec<Millis>>, p: u32| {
+        stored.get(&p).and_then(|v| v.iter().copied().max())
+    };
+    let jump = |stored: &BTreeMap<u32, Vec<Millis>>, p: u32, ts: Millis| {
+        let count = stored.get(&p).map_or(0, Vec::len);
+        match newest(stored, p) {
+            None => true,
+            // One stored event: either direction needs a witness.
+            Some(n) if count < 2 => (ts - n).abs() > j,
+            Some(n) => ts > n + j,
         }
-        // The watermark: newest ts among earlier valid, non-duplicate events of this partition,
-        // minus the lateness.
-        let newest = events[..i]
-            .iter()
-            .zip(&out)
-            .filter(|((p, _), verdict)| p == partition && verdict.is_some())
-            .map(|((_, e), _)| e.ts)
-            .max();
-        let late = newest.is_some_and(|n| e.ts < n - settings.lateness_ms);
-        out.push(Some(late));
+    };
+    let agree = |a: usize, b: usize| {
+        events[a].1.event_id != events[b].1.event_id && (events[a].1.ts - events[b].1.ts).abs() <= j
+    };
+    // Decides what can be decided among a partition's waiting events.
+    let mut settle = |p: u32,
+                      at_end: bool,
+                      stored: &mut BTreeMap<u32, Vec<Millis>>,
+                      waiting: &mut Vec<usize>,
+                      out: &mut Vec<(usize, Decision)>| {
+        while let Some(&head) = waiting.first() {
+            let ts = events[head].1.ts;
+            let counts = !jump(stored, p, ts) || waiting[1..].iter().any(|&k| agree(head, k));
+            if counts {
+                waiting.remove(0);
+                count(head, stored, out);
+                continue;
+            }
+            let shown_elsewhere = (1..waiting.len()).any(|a| {
+                !jump(stored, p, events[waiting[a]].1.ts)
+                    || waiting[a + 1..].iter().any(|&b| agree(waiting[a], b))
+            });
+            if shown_elsewhere || waiting.len() > 16 || (at_end && newest(stored, p).is_some()) {
+                waiting.remove(0);
+                out.push((head, Decision::Rejected));
+            } else if at_end {
+                waiting.remove(0);
+                count(head, stored, out);
+            } else {
+                return;
+            }
+        }
+    };
+    for (i, (p, _)) in events.iter().enumerate() {
+        let queue = waiting.entry(*p).or_default();
+        queue.push(i);
+        settle(*p, false, &mut stored, queue, &mut out);
+    }
+    for (p, queue) in waiting.iter_mut() {
+        settle(*p, true, &mut stored, queue, &mut out);
     }
     out
 }
@@ -162,17 +252,17 @@ fn nearest_rank(sorted: &[i64], p: usize) -> Option<i64> {
 
 /// The tables for `events` (offered in this order, each with its partition) at end of input.
 pub fn reference(events: &[(u32, Event)], settings: &Settings) -> (Snapshot, Tally) {
-    let verdicts = classify(events, settings);
     let mut tally = Tally::default();
     let mut counted: Vec<Counted> = Vec::new();
-    for (i, v) in verdicts.iter().enumerate() {
-        match v {
-            None => tally.duplicates += 1,
-            Some(true) => tally.late += 1,
-            Some(false) => {
+    for (order, (i, decision)) in classify(events, settings).into_iter().enumerate() {
+        match decision {
+            Decision::Duplicate => tally.duplicates += 1,
+            Decision::Late => tally.late += 1,
+            Decision::Rejected => {}
+            Decision::Counted => {
                 tally.counted += 1;
                 counted.push(Counted {
-                    arrival: i,
+                    arrival: order,
                     event: events[i].1.clone(),
                 });
             }

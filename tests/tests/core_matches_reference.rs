@@ -1,25 +1,57 @@
 //! The streaming core equals the reference implementation of the contract, on the contract's worked
 //! example and on random adversarial event streams.
 
-use earshot_contract::Pseudonymizer;
-use earshot_core::{Engine, Outcome, Settings, Snapshot, Tally};
+use earshot_contract::{Event, Pseudonymizer};
+use earshot_core::{Engine, Outcome, Settings, Snapshot, Tally, TimeGate, Verdict};
 use earshot_tests::parse_all;
-use earshot_tests::reference::reference;
+use earshot_tests::reference::{Decision, classify, reference};
 use earshot_tests::scenario::scenario;
 use proptest::prelude::*;
 
-fn engine_run(events: &[(u32, earshot_contract::Event)], settings: Settings) -> (Snapshot, Tally) {
+/// Runs the events through the gate and the engine as an ingest does (every partition's input ends
+/// at the end, in partition order); returns the tables, the tally, and each event's decision by
+/// its index.
+fn engine_run_decisions(
+    events: &[(u32, Event)],
+    settings: Settings,
+) -> (Snapshot, Tally, Vec<(usize, Decision)>) {
     let mut engine = Engine::new(settings);
-    for (p, e) in events {
-        let _: Outcome = engine.offer(*p, e);
+    let mut gate = TimeGate::new();
+    let mut decisions = Vec::new();
+    let mut note = |_: Event, i: usize, v: Verdict| {
+        decisions.push((
+            i,
+            match v {
+                Verdict::Offered(Outcome::Counted) => Decision::Counted,
+                Verdict::Offered(Outcome::Late) => Decision::Late,
+                Verdict::Offered(Outcome::Duplicate) => Decision::Duplicate,
+                Verdict::Offered(Outcome::OutOfSpan) | Verdict::Uncorroborated => {
+                    Decision::Rejected
+                }
+            },
+        ))
+    };
+    for (i, (p, e)) in events.iter().enumerate() {
+        gate.offer(&mut engine, *p, e.clone(), i, &mut note);
     }
-    (engine.snapshot(None), engine.tally())
+    let mut partitions: Vec<u32> = events.iter().map(|(p, _)| *p).collect();
+    partitions.sort_unstable();
+    partitions.dedup();
+    for p in partitions {
+        gate.finish(&mut engine, p, &mut note);
+    }
+    (engine.snapshot(None), engine.tally(), decisions)
+}
+
+fn engine_run(events: &[(u32, Event)], settings: Settings) -> (Snapshot, Tally) {
+    let (snap, tally, _) = engine_run_decisions(events, settings);
+    (snap, tally)
 }
 
 /// Compares the core with the reference; returns (sessions, buckets, late, duplicates) compared.
 fn assert_same(lines: &[(u32, String)], settings: Settings) -> [u64; 4] {
     let events = parse_all(lines, &Pseudonymizer::new(b"prop"));
-    let (got, got_tally) = engine_run(&events, settings);
+    let (got, got_tally, got_decisions) = engine_run_decisions(&events, settings);
     let (want, want_tally) = reference(&events, &settings);
     let dump = || {
         lines
@@ -29,6 +61,12 @@ fn assert_same(lines: &[(u32, String)], settings: Settings) -> [u64; 4] {
             .join("\n")
     };
     assert_eq!(got_tally, want_tally, "tally differs for\n{}", dump());
+    assert_eq!(
+        got_decisions,
+        classify(&events, &settings),
+        "decisions differ for\n{}",
+        dump()
+    );
     assert_eq!(
         got.streams.len(),
         want.streams.len(),
@@ -153,9 +191,11 @@ fn several_hundred_seeds_with_default_settings() {
         }
     }
     // The generator must keep producing what the contract has rules for, or this proves little.
+    // (Late events: 75 over these seeds since lateness is measured from each partition's
+    // second-largest `ts`, contract §4 v1.1; 100+ before, from the largest.)
     println!("compared sessions, buckets, late, duplicates: {totals:?}");
     assert!(
-        totals[0] > 1_000 && totals[1] > 3_000 && totals[2] > 100 && totals[3] > 100,
+        totals[0] > 1_000 && totals[1] > 3_000 && totals[2] > 50 && totals[3] > 100,
         "{totals:?}"
     );
 }
@@ -176,6 +216,7 @@ proptest! {
             bucket_ms: bucket,
             lateness_ms: lateness,
             min_listen_ms: min_listen,
+            max_jump_ms: Settings::default().max_jump_ms,
         };
         let _ = assert_same(&scenario(seed, lateness), settings);
     }

@@ -377,6 +377,7 @@ pub async fn build(
         bucket_ms: setting("bucket_ms", 10_000),
         lateness_ms: setting("lateness_ms", 60_000),
         min_listen_ms: setting("min_listen_ms", 60_000),
+        max_jump_ms: setting("max_jump_ms", Settings::default().max_jump_ms),
     };
     let sensitivity = sensitivity(&generation, stream, &ingested)?;
 
@@ -424,6 +425,7 @@ fn sensitivity(
             // Lateness was decided at ingest: these are the events that counted, so none is late now.
             lateness_ms: i64::MAX / 4,
             min_listen_ms: ingested.min_listen_ms,
+            max_jump_ms: ingested.max_jump_ms,
         };
         let mut engine = Engine::new(settings);
         earshot_store::stored_events(generation, |row| {

@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use earshot_core::Settings;
-use earshot_ingest::kafka::{Checkpoint, KafkaSource, Pace, parse_setting};
+use earshot_ingest::kafka::{Assignment, Checkpoint, KafkaSource, Pace, parse_setting};
 
 use crate::{parse_duration_ms, print_summary, pseudonyms};
 
@@ -40,12 +40,25 @@ impl ClusterArgs {
     }
 }
 
+/// `--assign`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum Assign {
+    Direct,
+    Group,
+}
+
 /// How `ingest --kafka` and `run` consume.
 #[derive(Args, Clone, Debug)]
 pub struct ConsumeArgs {
     /// Consumer group (offsets are committed to it after each checkpoint, for lag monitoring).
     #[arg(long, default_value = "earshot")]
     pub group: String,
+    /// Who decides which partitions this process reads: `direct` (the default) assigns it every
+    /// partition of the topic itself, at its own checkpointed offsets, so a restart after a crash
+    /// reads again at once; `group` joins --group and lets the group coordinator hand partitions
+    /// out (for several consumers sharing a topic; a restart then waits for the group).
+    #[arg(long, value_enum, default_value = "direct")]
+    pub assign: Assign,
     /// Stop once no message has arrived for this long (e.g. 10s); without it, run until stopped.
     #[arg(long, value_parser = parse_duration_ms)]
     pub exit_when_idle: Option<i64>,
@@ -67,6 +80,10 @@ impl ConsumeArgs {
             brokers: brokers.to_owned(),
             topic: topic.to_owned(),
             group: self.group.clone(),
+            assignment: match self.assign {
+                Assign::Direct => Assignment::Direct,
+                Assign::Group => Assignment::Group,
+            },
             config: cluster.config.clone(),
             exit_when_idle: self.exit_when_idle.map(millis),
             checkpoint_every: millis(self.checkpoint_interval),

@@ -71,6 +71,10 @@ struct SettingsArgs {
     /// Connected time a listener needs to count in listeners_connected_60s.
     #[arg(long, default_value = "60s", value_parser = parse_duration_ms)]
     min_listen: i64,
+    /// How far ahead of its partition's newest event an event may jump before a second event must
+    /// confirm the new time (a lone event further ahead is rejected as ts_uncorroborated).
+    #[arg(long, default_value = "1h", value_parser = parse_duration_ms)]
+    max_jump: i64,
 }
 
 impl SettingsArgs {
@@ -80,6 +84,7 @@ impl SettingsArgs {
             bucket_ms: self.bucket,
             lateness_ms: self.lateness,
             min_listen_ms: self.min_listen,
+            max_jump_ms: self.max_jump,
         };
         s.validate()
             .map_err(|e| anyhow::anyhow!("invalid settings: {e}"))?;
@@ -217,12 +222,17 @@ struct DemoArgs {
     seed: u64,
 }
 
-/// Parses `250ms`, `30s`, `5m`, `1h` or a bare number of milliseconds.
+/// Parses `250ms`, `30s`, `5m`, `1h`. A bare number is refused: tools disagree on whether `10`
+/// means milliseconds or seconds, and guessing wrong makes a catch-up job exit at once.
 fn parse_duration_ms(s: &str) -> Result<i64, String> {
     let s = s.trim();
     let (num, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
         Some(i) => s.split_at(i),
-        None => (s, "ms"),
+        None => {
+            return Err(format!(
+                "{s:?} has no unit\n  hint: write {s}s for seconds or {s}ms for milliseconds (units: ms, s, m, h)"
+            ));
+        }
     };
     let n: i64 = num
         .parse()
@@ -456,7 +466,8 @@ mod tests {
         assert_eq!(parse_duration_ms("250ms"), Ok(250));
         assert_eq!(parse_duration_ms("5m"), Ok(300_000));
         assert_eq!(parse_duration_ms("1h"), Ok(3_600_000));
-        assert_eq!(parse_duration_ms("1500"), Ok(1_500));
+        let bare = parse_duration_ms("10").unwrap_err();
+        assert!(bare.contains("no unit") && bare.contains("10s"), "{bare}");
         assert!(parse_duration_ms("3 days").is_err());
         assert!(parse_duration_ms("s").is_err());
     }

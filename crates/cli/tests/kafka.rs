@@ -290,9 +290,10 @@ fn kill_9_at_random_points_then_restart_gives_identical_tables() {
             .output()
             .unwrap(),
     );
-    // The same, killed with SIGKILL at pseudo-random instants once it is consuming, checkpointing
-    // often so that kills land before, during and after checkpoints. Each restart joins the same
-    // group, which first has to drop the killed member (a session timeout, shortened here).
+    // The same, killed with SIGKILL at 10 pseudo-random instants: some before the first checkpoint,
+    // most once it is consuming, checkpointing often so that kills land before, during and after
+    // checkpoints. Default settings otherwise: each restart must consume again within 15 s, without
+    // waiting for the group to notice the dead process.
     let data = dir.path().join("killed");
     let args = [
         "--checkpoint-interval",
@@ -301,8 +302,6 @@ fn kill_9_at_random_points_then_restart_gives_identical_tables() {
         "killed",
         "--exit-when-idle",
         "3s",
-        "-X",
-        "session.timeout.ms=6000",
     ];
     let messages = |d: &Path| -> u64 {
         std::fs::read(d.join("current/manifest.json"))
@@ -314,24 +313,37 @@ fn kill_9_at_random_points_then_restart_gives_identical_tables() {
     let mut rng = 0x2545_f491_4f6c_dd1du64;
     let mut kills = 0;
     let mut progressed = Vec::new();
-    for _ in 0..5 {
+    for run in 0..10 {
         rng ^= rng << 13;
         rng ^= rng >> 7;
         rng ^= rng << 17;
         let before = messages(&data);
+        let started = Instant::now();
         let mut child = kafka_ingest(&b, &data, &args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while messages(&data) == before
-            && child.try_wait().unwrap().is_none()
-            && Instant::now() < deadline
-        {
-            std::thread::sleep(Duration::from_millis(10));
+        if run % 4 == 1 {
+            // Before it has read anything, or right at its first checkpoint.
+            std::thread::sleep(Duration::from_millis(rng % 700));
+        } else {
+            let deadline = started + Duration::from_secs(30);
+            while messages(&data) == before
+                && child.try_wait().unwrap().is_none()
+                && Instant::now() < deadline
+            {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let waited = started.elapsed();
+            if child.try_wait().unwrap().is_none() {
+                assert!(
+                    waited < Duration::from_secs(15),
+                    "restart {run} took {waited:?} to consume again"
+                );
+            }
+            std::thread::sleep(Duration::from_millis(rng % 400));
         }
-        std::thread::sleep(Duration::from_millis(rng % 400));
         if child.try_wait().unwrap().is_none() {
             child.kill().unwrap(); // SIGKILL
             kills += 1;
@@ -339,7 +351,7 @@ fn kill_9_at_random_points_then_restart_gives_identical_tables() {
         child.wait().unwrap();
         progressed.push(messages(&data));
     }
-    assert!(kills >= 3, "only {kills} runs were killed mid-ingest");
+    assert!(kills >= 6, "only {kills} runs were killed mid-ingest");
     // Then let it finish.
     ok(kafka_ingest(&b, &data, &args).output().unwrap());
     assert_same_tables(&clean, &data, true);
@@ -419,6 +431,8 @@ fn a_second_consumer_joining_the_group_changes_no_figure() {
         &b,
         &data,
         &[
+            "--assign",
+            "group",
             "--group",
             "shared",
             "--checkpoint-interval",
@@ -514,6 +528,9 @@ fn poison_messages_advance_the_offset_are_counted_and_dead_lettered() {
             "not_utf8" => "not_utf8",
             "not_json" => "not_json",
             "too_large" => "too_large",
+            "raw_id_wrong_type" => "wrong_type",
+            "raw_id_truncated" => "truncated_json",
+            "raw_id_stray" => "ts_uncorroborated",
             _ => "",
         };
         if !expect.is_empty() {
@@ -548,6 +565,43 @@ fn poison_messages_advance_the_offset_are_counted_and_dead_lettered() {
             .unwrap_or_else(|| panic!("{source} not dead-lettered"));
         assert!(d["headers"]["earshot.reason_code"].is_string());
     }
+    // No raw listener id in the dead letters, nor anywhere under the data directory.
+    let ids = [
+        "alice.secret@example.com",
+        "bob-7731-private",
+        "carol+555-0100",
+    ];
+    for d in &dead {
+        let value = d["value"].as_str().unwrap_or("");
+        for id in ids {
+            assert!(!value.contains(id), "dead letter holds {id}: {value}");
+        }
+    }
+    let wrong_type = dead
+        .iter()
+        .find(|d| {
+            d["value"]
+                .as_str()
+                .unwrap_or("")
+                .contains(r#""event_id":"p2""#)
+        })
+        .expect("the wrong-typed join is dead-lettered");
+    assert!(
+        wrong_type["value"]
+            .as_str()
+            .unwrap()
+            .contains(r#""session_id":7"#),
+        "the rest of the payload stays: {wrong_type}"
+    );
+    let found: serde_json::Value = serde_json::from_str(&ok(Command::new("python3")
+        .arg(repo().join("tests/find_raw_ids.py"))
+        .arg("--ids")
+        .arg(ids.join(","))
+        .arg(&data)
+        .output()
+        .unwrap()))
+    .unwrap();
+    assert_eq!(found["found"], serde_json::json!([]), "{found}");
 }
 
 #[test]

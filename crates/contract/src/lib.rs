@@ -10,10 +10,12 @@
 
 mod parse;
 mod pseudonym;
+mod redact;
 pub mod time;
 
 pub use parse::parse_event;
 pub use pseudonym::{ListenerKey, PSEUDONYM_KEY_ENV, Pseudonymizer};
+pub use redact::redact_listener_ids;
 pub use time::{Millis, format_rfc3339_ms, parse_rfc3339_ms};
 
 /// Largest message the contract accepts, in bytes.
@@ -149,10 +151,16 @@ pub enum RejectCode {
     UnknownState,
     /// `ts` or `scheduled_start` is not an RFC 3339 date-time with an offset.
     BadTimestamp,
+    /// A valid event whose `ts` jumped far ahead of its partition's time, and that no later event
+    /// confirmed (contract §4, v1.1: no single event moves time). Decided after parsing.
+    TsUncorroborated,
+    /// A valid event that would stretch its stream over the span limit (a wrong clock). Decided
+    /// after parsing.
+    SpanTooLong,
 }
 
 impl RejectCode {
-    pub const ALL: [RejectCode; 14] = [
+    pub const ALL: [RejectCode; 16] = [
         RejectCode::Empty,
         RejectCode::TooLarge,
         RejectCode::NotUtf8,
@@ -167,6 +175,8 @@ impl RejectCode {
         RejectCode::UnknownType,
         RejectCode::UnknownState,
         RejectCode::BadTimestamp,
+        RejectCode::TsUncorroborated,
+        RejectCode::SpanTooLong,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -185,7 +195,53 @@ impl RejectCode {
             RejectCode::UnknownType => "unknown_type",
             RejectCode::UnknownState => "unknown_state",
             RejectCode::BadTimestamp => "bad_timestamp",
+            RejectCode::TsUncorroborated => "ts_uncorroborated",
+            RejectCode::SpanTooLong => "span_too_long",
         }
+    }
+
+    /// Whether [`parse_event`] gives this code (the others are decided about valid events, by the
+    /// time rules of contract §4).
+    pub fn from_parser(self) -> bool {
+        !matches!(self, RejectCode::TsUncorroborated | RejectCode::SpanTooLong)
+    }
+}
+
+impl Event {
+    /// The event as wire-like JSON, with `listener_key` (the pseudonym) where the wire had
+    /// `listener_id`: what a reject decided after parsing keeps as its payload.
+    pub fn to_json(&self) -> String {
+        let mut o = serde_json::Map::new();
+        let mut put = |k: &str, v: serde_json::Value| {
+            o.insert(k.to_owned(), v);
+        };
+        put("v", CONTRACT_VERSION.into());
+        put("event_id", self.event_id.clone().into());
+        put("type", self.kind.as_str().into());
+        put("ts", format_rfc3339_ms(self.ts).into());
+        put("stream_id", self.stream_id.clone().into());
+        if let Some(k) = self.listener_key {
+            put("listener_key", k.to_hex().into());
+        }
+        let text = |v: &Option<String>| v.clone().map(serde_json::Value::from);
+        for (k, v) in [
+            ("session_id", text(&self.session_id)),
+            ("reason", text(&self.reason)),
+            ("displayed", self.displayed.map(Into::into)),
+            ("state", self.state.map(|s| s.as_str().into())),
+            (
+                "scheduled_start",
+                self.scheduled_start.map(|t| format_rfc3339_ms(t).into()),
+            ),
+            ("client", text(&self.client)),
+            ("region", text(&self.region)),
+            ("audio_ms", self.audio_ms.map(Into::into)),
+        ] {
+            if let Some(v) = v {
+                put(k, v);
+            }
+        }
+        serde_json::Value::Object(o).to_string()
     }
 }
 

@@ -13,6 +13,7 @@
 //! event: late and duplicate events are [`Outcome`]s, not errors.
 
 mod buckets;
+mod gate;
 mod session;
 mod stream;
 
@@ -22,6 +23,7 @@ use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 use earshot_contract::{Event, Millis};
 
 pub use buckets::RangeSketches;
+pub use gate::{TimeGate, Verdict};
 use stream::StreamAcc;
 
 /// The tunable definitions of contract §2–§4, with the contract's defaults.
@@ -35,7 +37,14 @@ pub struct Settings {
     pub lateness_ms: i64,
     /// M: connected time a listener needs to count in `listeners_connected_60s`.
     pub min_listen_ms: i64,
+    /// J: how far ahead of its partition's time an event may be before it needs a second event
+    /// to confirm that time really moved on (see [`TimeGate`]).
+    pub max_jump_ms: i64,
 }
+
+/// Most buckets one stream may have (about 115 days at 10 s): an event that would stretch its
+/// stream further is refused ([`Outcome::OutOfSpan`]) — a wrong clock, not a livestream.
+pub const MAX_BUCKETS_PER_STREAM: i64 = 1_000_000;
 
 impl Default for Settings {
     fn default() -> Self {
@@ -44,6 +53,7 @@ impl Default for Settings {
             bucket_ms: 10_000,
             lateness_ms: 60_000,
             min_listen_ms: 60_000,
+            max_jump_ms: 3_600_000,
         }
     }
 }
@@ -63,6 +73,9 @@ impl Settings {
         if self.min_listen_ms < 0 {
             return Err("minimum listen cannot be negative".into());
         }
+        if self.max_jump_ms <= 0 {
+            return Err("maximum jump must be positive".into());
+        }
         Ok(())
     }
 }
@@ -76,6 +89,9 @@ pub enum Outcome {
     Late,
     /// An `event_id` seen before: changes nothing.
     Duplicate,
+    /// Counting it would stretch its stream over [`MAX_BUCKETS_PER_STREAM`] buckets: a wrong
+    /// clock. Rejected; it does not claim its `event_id`.
+    OutOfSpan,
 }
 
 /// Running totals of what `offer` decided.
@@ -197,8 +213,8 @@ impl MemoryUse {
 pub struct Engine {
     settings: Settings,
     seen: HashSet<u128, BuildHasherDefault<IdHasher>>,
-    /// Largest on-time `ts` seen per source partition.
-    newest: HashMap<u32, Millis>,
+    /// Per source partition, the two largest `ts` of its stored (counted or late) events.
+    clocks: HashMap<u32, Clock>,
     streams: HashMap<String, StreamAcc, FastHash>,
     arrival: u64,
     tally: Tally,
@@ -209,7 +225,7 @@ impl Engine {
         Engine {
             settings,
             seen: HashSet::default(),
-            newest: HashMap::new(),
+            clocks: HashMap::new(),
             streams: HashMap::with_hasher(FastHash::new()),
             arrival: 0,
             tally: Tally::default(),
@@ -224,27 +240,53 @@ impl Engine {
         self.tally
     }
 
-    /// A partition's watermark: its newest on-time `ts` minus the allowed lateness.
+    /// A partition's time: the second-largest `ts` among its stored events, so that no single
+    /// event can move it (contract §4, v1.1). `None` until the partition has two events.
+    pub fn partition_time(&self, partition: u32) -> Option<Millis> {
+        self.clocks.get(&partition).and_then(|c| c.second)
+    }
+
+    /// The largest `ts` among a partition's stored events (what [`TimeGate`] measures jumps from).
+    pub fn partition_newest(&self, partition: u32) -> Option<Millis> {
+        self.clocks.get(&partition).map(|c| c.first)
+    }
+
+    /// A partition's watermark: its time minus the allowed lateness.
     pub fn watermark(&self, partition: u32) -> Option<Millis> {
-        self.newest
-            .get(&partition)
+        self.partition_time(partition)
             .map(|t| t.saturating_sub(self.settings.lateness_ms))
     }
 
-    /// Takes one valid event that arrived on `partition`, in arrival order.
+    /// Takes one valid event that arrived on `partition`, in arrival order. This is the counting
+    /// step alone: a live input goes through [`TimeGate`] first, which decides whether an event
+    /// that jumps ahead is confirmed; a replay of stored events comes straight here.
     pub fn offer(&mut self, partition: u32, event: &Event) -> Outcome {
         let id = xxhash_rust::xxh3::xxh3_128(event.event_id.as_bytes());
-        if !self.seen.insert(id) {
+        if self.seen.contains(&id) {
             self.tally.duplicates += 1;
             return Outcome::Duplicate;
         }
-        let lateness = self.settings.lateness_ms;
-        let newest = self.newest.entry(partition).or_insert(event.ts);
-        if event.ts < newest.saturating_sub(lateness) {
+        let late = self.watermark(partition).is_some_and(|w| event.ts < w);
+        if !late
+            && let Some(s) = self.streams.get(event.stream_id.as_str())
+            && s.span_with(event.ts, self.settings.bucket_ms) > MAX_BUCKETS_PER_STREAM
+        {
+            // Not stored, not counted, and its event_id stays free (contract §1: a rejected
+            // message does not claim it).
+            return Outcome::OutOfSpan;
+        }
+        self.seen.insert(id);
+        self.clocks
+            .entry(partition)
+            .and_modify(|c| c.add(event.ts))
+            .or_insert(Clock {
+                first: event.ts,
+                second: None,
+            });
+        if late {
             self.tally.late += 1;
             return Outcome::Late;
         }
-        *newest = (*newest).max(event.ts);
         self.arrival += 1;
         self.tally.counted += 1;
         let settings = self.settings;
@@ -315,6 +357,24 @@ impl Engine {
             .get(stream_id)?
             .snapshot(stream_id, &settings, None, &mut out, false);
         out.streams.pop()
+    }
+}
+
+/// The two largest `ts` of a partition's stored events.
+#[derive(Clone, Copy, Debug)]
+struct Clock {
+    first: Millis,
+    second: Option<Millis>,
+}
+
+impl Clock {
+    fn add(&mut self, ts: Millis) {
+        if ts > self.first {
+            self.second = Some(self.first);
+            self.first = ts;
+        } else if self.second.is_none_or(|s| ts > s) {
+            self.second = Some(ts);
+        }
     }
 }
 

@@ -43,6 +43,13 @@ impl StreamAcc {
         self.last_event.div_euclid(w) - self.first_event.div_euclid(w) + 1
     }
 
+    /// The number of buckets the stream would span with an event at `ts`.
+    pub(crate) fn span_with(&self, ts: Millis, w: i64) -> i64 {
+        let last = self.last_event.max(ts).div_euclid(w);
+        let first = self.first_event.min(ts).div_euclid(w);
+        last.saturating_sub(first).saturating_add(1)
+    }
+
     pub(crate) fn session_count(&self) -> usize {
         self.sessions.len()
     }

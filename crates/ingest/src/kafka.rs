@@ -32,7 +32,7 @@ use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, Prod
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
 
-use crate::{IngestError, Pipeline, Summary, Taken, key_check, new_manifest};
+use crate::{At, IngestError, Pipeline, Summary, key_check, new_manifest};
 
 /// Settings earshot relies on; `-X` may not change them.
 const RESERVED: [&str; 6] = [
@@ -44,12 +44,25 @@ const RESERVED: [&str; 6] = [
     "auto.offset.reset",
 ];
 
+/// Who decides which partitions a consumer reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Assignment {
+    /// The consumer assigns itself every partition of the topic, at its own checkpointed offsets.
+    /// The group is used only to publish offsets for lag monitoring. Recovery after a crash does
+    /// not depend on the group coordinator noticing the dead member.
+    Direct,
+    /// The consumer joins the group and reads what the coordinator hands it (several consumers on
+    /// one topic). Each partition still starts at earshot's own offset.
+    Group,
+}
+
 /// Where to read and how.
 #[derive(Debug, Clone)]
 pub struct KafkaSource {
     pub brokers: String,
     pub topic: String,
     pub group: String,
+    pub assignment: Assignment,
     /// librdkafka settings passed through (`-X key=value`): security, SASL, TLS, tuning.
     pub config: Vec<(String, String)>,
     /// Stop once no message has arrived for this long (catch-up jobs, tests).
@@ -177,6 +190,20 @@ struct Positions {
     unverified: BTreeMap<i32, Continuity>,
 }
 
+impl Positions {
+    /// Where an assigned partition starts: earshot's own position (from its checkpoint), or the
+    /// beginning. A position to be checked for continuity (see [`Continuity`]).
+    fn start(&mut self, p: i32) -> Offset {
+        match self.next.get(&p) {
+            Some(&n) => {
+                self.unverified.insert(p, Continuity::Rewind(1024));
+                Offset::Offset(n)
+            }
+            None => Offset::Beginning,
+        }
+    }
+}
+
 /// After a partition is assigned at offset `n`, the first message must be at or before `n`.
 /// Kafka delivers exactly `n`; some brokers (tansu 0.6) answer a fetch that starts inside a record
 /// batch with the *next* batch, which would silently skip messages. So earshot checks, and on a
@@ -227,12 +254,10 @@ impl ConsumerContext for ConsumerCtx {
                     .map(|e| (e.topic().to_owned(), e.partition()))
                     .collect();
                 for (topic, p) in partitions {
-                    let offset = match positions.next.get(&p) {
-                        Some(&n) if topic == self.topic => {
-                            positions.unverified.insert(p, Continuity::Rewind(1024));
-                            Offset::Offset(n)
-                        }
-                        _ => Offset::Beginning,
+                    let offset = if topic == self.topic {
+                        positions.start(p)
+                    } else {
+                        Offset::Beginning
                     };
                     let _ = tpl.set_partition_offset(&topic, p, offset);
                     positions.assigned.insert(p);
@@ -332,7 +357,7 @@ pub fn ingest_kafka(
     let consumer: BaseConsumer<ConsumerCtx> = config
         .create_with_context(ctx)
         .map_err(|e| KafkaProblem::Config(e.to_string()))?;
-    check_topic(
+    let partitions = check_topic(
         consumer.client(),
         &source.brokers,
         &source.topic,
@@ -356,9 +381,13 @@ pub fn ingest_kafka(
         }
         None => None,
     };
-    consumer
-        .subscribe(&[&source.topic])
-        .map_err(|e| KafkaProblem::Fatal(e.to_string()))?;
+    match source.assignment {
+        Assignment::Direct => assign_directly(&consumer, &source.topic, &partitions, &positions)?,
+        Assignment::Group => consumer
+            .subscribe(&[&source.topic])
+            .map_err(|e| KafkaProblem::Fatal(e.to_string()))?,
+    }
+    let mut partitions_checked = Instant::now();
 
     let mut manifest = new_manifest(&settings, pseudonyms);
     if position.checkpoints == 0 {
@@ -376,7 +405,10 @@ pub fn ingest_kafka(
         )?;
     }
     let event_prefix = |p: i32| format!("kafka:{}/{p}@", source.topic);
-    let mut prefixes: BTreeMap<i32, String> = BTreeMap::new();
+    let mut named: BTreeSet<i32> = BTreeSet::new();
+    if dead_letters.is_some() {
+        pipe.dead_letters = Some(Vec::new());
+    }
     let mut eof: BTreeSet<i32> = BTreeSet::new();
     let mut last_message = Instant::now();
     let mut last_checkpoint = Instant::now();
@@ -462,37 +494,40 @@ pub fn ingest_kafka(
                 let payload = m.payload().unwrap_or(&[]);
                 position.bytes += payload.len() as u64;
                 *position.messages.entry(p).or_default() += 1;
-                let prefix = prefixes.entry(p).or_insert_with(|| event_prefix(p));
-                let taken = pipe.take(
+                if named.insert(p) {
+                    pipe.name_partition(p as u32, event_prefix(p));
+                }
+                pipe.take(
                     p as u32,
                     parse_event(payload, pseudonyms),
                     payload,
-                    prefix,
-                    offset as u64,
-                    || format!("{prefix}{offset}"),
+                    At {
+                        position: offset as u64,
+                        bytes: payload.len() as u64,
+                    },
                 )?;
-                if let (Taken::Rejected(reject), Some((topic, producer))) = (taken, &dead_letters) {
-                    let source_name = format!("{prefix}{offset}");
-                    let reason = reject.reason();
-                    let headers = OwnedHeaders::new()
-                        .insert(Header {
-                            key: "earshot.source",
-                            value: Some(source_name.as_str()),
-                        })
-                        .insert(Header {
-                            key: "earshot.reason_code",
-                            value: Some(reject.code.as_str()),
-                        })
-                        .insert(Header {
-                            key: "earshot.reason",
-                            value: Some(reason.as_str()),
-                        });
-                    let mut record = BaseRecord::to(topic).payload(payload).headers(headers);
-                    if let Some(k) = m.key() {
-                        record = record.key(k);
+                if let Some((topic, producer)) = &dead_letters {
+                    let queue = pipe.dead_letters.as_mut().map(std::mem::take);
+                    for dead in queue.unwrap_or_default() {
+                        let headers = OwnedHeaders::new()
+                            .insert(Header {
+                                key: "earshot.source",
+                                value: Some(dead.source.as_str()),
+                            })
+                            .insert(Header {
+                                key: "earshot.reason_code",
+                                value: Some(dead.code.as_str()),
+                            })
+                            .insert(Header {
+                                key: "earshot.reason",
+                                value: Some(dead.reason.as_str()),
+                            });
+                        let record = BaseRecord::<[u8], [u8]>::to(topic)
+                            .payload(dead.payload.as_slice())
+                            .headers(headers);
+                        send_with_backpressure(producer, record, topic)?;
+                        position.dead_lettered += 1;
                     }
-                    send_with_backpressure(producer, record, topic)?;
-                    position.dead_lettered += 1;
                 }
             }
         }
@@ -518,6 +553,23 @@ pub fn ingest_kafka(
             }
         } else {
             unassigned_since = Instant::now();
+        }
+        // Partitions added to the topic while running are read too.
+        if source.assignment == Assignment::Direct
+            && partitions_checked.elapsed() >= Duration::from_secs(30)
+        {
+            partitions_checked = Instant::now();
+            if let Ok(now) = topic_partitions(consumer.client(), &source.topic) {
+                let known = positions
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .assigned
+                    .clone();
+                if now.iter().any(|p| !known.contains(p)) {
+                    tracing::info!(partitions = ?now, "the topic has new partitions");
+                    assign_directly(&consumer, &source.topic, &now, &positions)?;
+                }
+            }
         }
         if let Some(idle) = source.exit_when_idle
             && last_message.elapsed() >= idle
@@ -621,18 +673,35 @@ fn checkpoint(
             );
         }
     }
-    pipe.check_spans()?;
     let snapshot = pipe.engine.snapshot(final_through);
     pipe.fill(manifest, &snapshot);
-    let next = positions
+    let mut next = positions
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .next
         .clone();
+    // Events still waiting in the gate are not in the tables: the checkpoint stops before the
+    // first of them, and a restart reads them again (so they are not counted as read yet).
+    let mut stored_position = position.clone();
+    for (p, n) in next.iter_mut() {
+        let waiting: Vec<At> = pipe.gate.waiting(*p as u32).copied().collect();
+        if let Some(first) = waiting.first() {
+            *n = (*n).min(first.position as i64);
+        }
+        for w in &waiting {
+            manifest.messages -= 1;
+            stored_position.bytes -= w.bytes;
+            if let Some(m) = stored_position.messages.get_mut(p) {
+                *m -= 1;
+            }
+        }
+    }
     position.next_offsets = next.clone();
     pipe.summary.bytes = position.bytes;
     position.checkpoints += 1;
-    manifest.kafka = Some(position.clone());
+    stored_position.next_offsets = next.clone();
+    stored_position.checkpoints = position.checkpoints;
+    manifest.kafka = Some(stored_position);
     let generation = pipe.generation.checkpoint(&snapshot, manifest)?;
     // Only now tell the group, for lag monitoring; a failure here loses nothing.
     let assigned = positions
@@ -677,7 +746,10 @@ fn resume(
         Err(StoreError::NoData { .. }) => {
             // Also takes the writer lock and checks the directory is writable.
             let generation = Generation::begin(data_dir)?;
-            return Ok((Pipeline::new(Engine::new(settings), generation), fresh));
+            return Ok((
+                Pipeline::new(Engine::new(settings), generation, pseudonyms.clone()),
+                fresh,
+            ));
         }
         Err(e) => return Err(e.into()),
     };
@@ -713,6 +785,7 @@ fn resume(
         ("bucket", was.bucket_ms, now.bucket_ms),
         ("lateness", was.lateness_ms, now.lateness_ms),
         ("min-listen", was.min_listen_ms, now.min_listen_ms),
+        ("max-jump", was.max_jump_ms, now.max_jump_ms),
     ] {
         if a != b {
             return Err(KafkaProblem::SettingsChanged {
@@ -752,7 +825,11 @@ fn resume(
             .ok_or_else(|| inconsistent(format!("row {rows} has source {:?}", row.source)))?;
         let outcome = engine.offer(partition, &row.event);
         let late = outcome == earshot_core::Outcome::Late;
-        if outcome == earshot_core::Outcome::Duplicate || late != row.late {
+        let stored = matches!(
+            outcome,
+            earshot_core::Outcome::Counted | earshot_core::Outcome::Late
+        );
+        if !stored || late != row.late {
             return Err(inconsistent(format!(
                 "row {rows} ({}) replays as {outcome:?}",
                 row.source
@@ -777,7 +854,7 @@ fn resume(
         }
         .into());
     }
-    let mut pipe = Pipeline::new(engine, generation);
+    let mut pipe = Pipeline::new(engine, generation, pseudonyms.clone());
     let s = &mut pipe.summary;
     s.resumed_messages = manifest.messages;
     s.bytes = position.bytes;
@@ -796,24 +873,66 @@ fn resume(
     Ok((pipe, position))
 }
 
-/// Asks for the topic's metadata until the cluster answers or `connect_timeout` passes.
+/// Assigns this consumer every partition in `partitions`, each at earshot's own position, and
+/// records them as held (the partitions it already reads keep their place).
+fn assign_directly(
+    consumer: &BaseConsumer<ConsumerCtx>,
+    topic: &str,
+    partitions: &[i32],
+    positions: &Mutex<Positions>,
+) -> Result<(), KafkaProblem> {
+    let mut positions = positions.lock().unwrap_or_else(|p| p.into_inner());
+    let mut tpl = TopicPartitionList::new();
+    for &p in partitions {
+        if positions.assigned.contains(&p) {
+            continue;
+        }
+        let offset = positions.start(p);
+        tpl.add_partition_offset(topic, p, offset)
+            .map_err(|e| KafkaProblem::Fatal(e.to_string()))?;
+        positions.assigned.insert(p);
+    }
+    consumer
+        .incremental_assign(&tpl)
+        .map_err(|e| KafkaProblem::Fatal(format!("assigning the partitions failed: {e}")))?;
+    tracing::info!(partitions = ?positions.assigned, "partitions assigned directly");
+    Ok(())
+}
+
+/// The topic's partition ids, from one metadata request.
+fn topic_partitions<C: ClientContext>(
+    client: &rdkafka::client::Client<C>,
+    topic: &str,
+) -> Result<Vec<i32>, KafkaError> {
+    let md = client.fetch_metadata(Some(topic), Duration::from_secs(5))?;
+    Ok(partition_ids(&md, topic))
+}
+
+fn partition_ids(md: &rdkafka::metadata::Metadata, topic: &str) -> Vec<i32> {
+    md.topics()
+        .iter()
+        .filter(|t| t.name() == topic && t.error().is_none())
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect()
+}
+
+/// Asks for the topic's metadata until the cluster answers or `connect_timeout` passes; returns
+/// the topic's partition ids.
 fn check_topic<C: ClientContext>(
     client: &rdkafka::client::Client<C>,
     brokers: &str,
     topic: &str,
     connect_timeout: Duration,
     last_error: &LastError,
-) -> Result<(), KafkaProblem> {
+) -> Result<Vec<i32>, KafkaProblem> {
     let deadline = Instant::now() + connect_timeout;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         match client.fetch_metadata(Some(topic), left.max(Duration::from_millis(500))) {
             Ok(md) => {
-                let exists = md.topics().iter().any(|t| {
-                    t.name() == topic && t.error().is_none() && !t.partitions().is_empty()
-                });
-                if exists {
-                    return Ok(());
+                let partitions = partition_ids(&md, topic);
+                if !partitions.is_empty() {
+                    return Ok(partitions);
                 }
                 return Err(KafkaProblem::NoTopic {
                     topic: topic.to_owned(),

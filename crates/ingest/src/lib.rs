@@ -7,7 +7,7 @@
 //! design choice: this crate owns the loop and the bookkeeping, while parsing belongs to
 //! `earshot-contract`, counting to `earshot-core` and files to `earshot-store`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::{self, BufRead};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -15,8 +15,10 @@ use std::sync::{Arc, Mutex};
 use sha2::{Digest, Sha256};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use earshot_contract::{MAX_MESSAGE_BYTES, Pseudonymizer, RejectCode, parse_event};
-use earshot_core::{Engine, Outcome, Settings};
+use earshot_contract::{
+    MAX_MESSAGE_BYTES, Pseudonymizer, RejectCode, parse_event, redact_listener_ids,
+};
+use earshot_core::{Engine, Outcome, Settings, TimeGate, Verdict};
 use earshot_store::{Generation, Manifest, ManifestInput, StoreError};
 
 pub mod kafka;
@@ -94,17 +96,9 @@ pub enum IngestError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Kafka(#[from] kafka::KafkaProblem),
-    /// A stream's events span so long a time that its buckets would not fit in memory: almost always
-    /// a client or host with a wrong clock. Nothing was written.
-    #[error(
-        "stream {stream:?} spans {buckets} buckets from its first to its last event (the limit is {MAX_BUCKETS_PER_STREAM}); nothing was written\n  hint: look for this stream's events whose ts is far from the others (a wrong clock), fix or remove them, and ingest again"
-    )]
-    SpanTooLong { stream: String, buckets: i64 },
 }
 
-/// Most buckets one stream may have (about 115 days at 10 s): beyond this an ingest refuses rather
-/// than exhaust memory.
-pub const MAX_BUCKETS_PER_STREAM: i64 = 1_000_000;
+pub use earshot_core::MAX_BUCKETS_PER_STREAM;
 
 /// What an ingest did, for the summary line and `manifest.json`.
 #[derive(Debug, Clone, Default)]
@@ -155,7 +149,11 @@ pub fn ingest(
         }
         .into());
     }
-    let mut pipe = Pipeline::new(Engine::new(settings), Generation::begin(data_dir)?);
+    let mut pipe = Pipeline::new(
+        Engine::new(settings),
+        Generation::begin(data_dir)?,
+        pseudonyms.clone(),
+    );
     let mut manifest = new_manifest(&settings, pseudonyms);
     for (partition, input) in inputs.into_iter().enumerate() {
         let partition = partition as u32;
@@ -164,7 +162,7 @@ pub fn ingest(
             reader,
             digest,
         } = input;
-        let row_source = format!("{source}:");
+        pipe.name_partition(partition, format!("{source}:"));
         // Two stages on two cores: this thread's helper reads and parses (the contract check and
         // the pseudonym hash), while this thread counts and writes, strictly in arrival order.
         let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Line>>(8);
@@ -181,9 +179,11 @@ pub fn ingest(
                         Ok(event) => (Ok(event), Vec::new()),
                         Err((reject, payload)) => (Err(reject), payload),
                     };
-                    pipe.take(partition, parsed, &payload, &row_source, l.line_no, || {
-                        format!("{source}:{}", l.line_no)
-                    })?;
+                    let at = At {
+                        position: l.line_no,
+                        bytes: l.len as u64,
+                    };
+                    pipe.take(partition, parsed, &payload, at)?;
                 }
                 progress(consumed.1);
             }
@@ -191,6 +191,8 @@ pub fn ingest(
                 Ok(result) => result?,
                 Err(_) => unreachable!("the parser thread does not panic"),
             }
+            // The input's end: events still waiting for their time to be confirmed are decided.
+            pipe.finish_partition(partition)?;
             Ok(consumed)
         })?;
         progress(bytes);
@@ -208,7 +210,6 @@ pub fn ingest(
             sha256,
         });
     }
-    pipe.check_spans()?;
     let snapshot = pipe.engine.snapshot(None);
     pipe.fill(&mut manifest, &snapshot);
     // Once, at the end: it walks every session (a checkpoint need not pay for it).
@@ -247,88 +248,125 @@ fn key_check(pseudonyms: &Pseudonymizer) -> String {
     pseudonyms.pseudonym("earshot key check").to_hex()
 }
 
-/// What happened to one message.
-enum Taken {
-    Event,
-    Duplicate,
-    Rejected(earshot_contract::Reject),
+/// Where a message was in its partition (line number or offset), and its size.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct At {
+    pub position: u64,
+    pub bytes: u64,
+}
+
+/// A reject on its way to a dead-letter topic: exactly what the rejects table keeps, with the
+/// raw `listener_id` values already pseudonymised or masked.
+pub(crate) struct DeadLetter {
+    pub source: String,
+    pub code: RejectCode,
+    pub reason: String,
+    pub payload: Vec<u8>,
 }
 
 /// The counting side every ingest shares: each message becomes exactly one of an event row, a
-/// duplicate, or a reject row.
+/// duplicate, or a reject row. Valid events pass the [`TimeGate`] first, so a message's fate may be
+/// decided when a later message of its partition arrives; its row is written then.
 struct Pipeline {
     engine: Engine,
+    gate: TimeGate<At>,
     generation: Generation,
     summary: Summary,
+    pseudonyms: Pseudonymizer,
+    /// Per partition, how its rows' `source` starts (`file:PATH:`, `kafka:TOPIC/P@`); the
+    /// message's position follows.
+    prefixes: HashMap<u32, String>,
+    /// With a dead-letter topic: the rejects not yet sent there.
+    dead_letters: Option<Vec<DeadLetter>>,
 }
 
 impl Pipeline {
-    fn new(engine: Engine, generation: Generation) -> Pipeline {
+    fn new(engine: Engine, generation: Generation, pseudonyms: Pseudonymizer) -> Pipeline {
         Pipeline {
             engine,
+            gate: TimeGate::new(),
             generation,
             summary: Summary::default(),
+            pseudonyms,
+            prefixes: HashMap::new(),
+            dead_letters: None,
         }
     }
 
-    /// Counts one message of `partition`. An event row's source is `event_source` followed by
-    /// `position`; a reject's is `reject_source()`.
+    fn name_partition(&mut self, partition: u32, prefix: String) {
+        self.prefixes.insert(partition, prefix);
+    }
+
+    /// Counts one message of `partition` at `at` (a line number, an offset); `payload` is the
+    /// message as received (read only when it is rejected).
     fn take(
         &mut self,
         partition: u32,
         parsed: Result<earshot_contract::Event, earshot_contract::Reject>,
         payload: &[u8],
-        event_source: &str,
-        position: u64,
-        reject_source: impl FnOnce() -> String,
-    ) -> Result<Taken, StoreError> {
+        at: At,
+    ) -> Result<(), StoreError> {
         self.summary.messages += 1;
+        let position = at.position;
         match parsed {
-            Ok(event) => match self.engine.offer(partition, &event) {
-                Outcome::Duplicate => {
-                    self.summary.duplicates += 1;
-                    Ok(Taken::Duplicate)
-                }
-                outcome => {
-                    self.generation.push_event(
-                        &event,
-                        outcome == Outcome::Late,
-                        event_source,
-                        position,
-                    )?;
-                    Ok(Taken::Event)
-                }
-            },
+            Ok(event) => self.through_gate(partition, Some((event, at))),
             Err(reject) => {
-                self.summary.rejected += 1;
-                *self
-                    .summary
-                    .rejected_by_reason
-                    .entry(reject.code)
-                    .or_default() += 1;
-                self.generation.push_reject(
-                    &reject_source(),
-                    now_ms(),
-                    reject.code.as_str(),
-                    &reject.reason(),
+                let payload = redact_listener_ids(payload, &self.pseudonyms);
+                let prefix = self.prefixes.get(&partition).map_or("", String::as_str);
+                write_reject(
+                    &mut self.generation,
+                    &mut self.summary,
+                    &mut self.dead_letters,
+                    format!("{prefix}{position}"),
+                    &reject,
                     payload,
-                )?;
-                Ok(Taken::Rejected(reject))
+                )
             }
         }
     }
 
-    /// Refuses a stream whose buckets would not fit in memory (a wrong clock, not a livestream).
-    fn check_spans(&self) -> Result<(), IngestError> {
-        if let Some((stream, buckets)) = self.engine.bucket_spans().first()
-            && *buckets > MAX_BUCKETS_PER_STREAM
-        {
-            return Err(IngestError::SpanTooLong {
-                stream: (*stream).to_owned(),
-                buckets: *buckets,
-            });
+    /// The end of a partition's input: decides every event still waiting in the gate.
+    fn finish_partition(&mut self, partition: u32) -> Result<(), StoreError> {
+        self.through_gate(partition, None)
+    }
+
+    /// Offers an event to the gate (or, with `None`, ends the partition's input) and writes the
+    /// row of every event whose fate that decides.
+    fn through_gate(
+        &mut self,
+        partition: u32,
+        event: Option<(earshot_contract::Event, At)>,
+    ) -> Result<(), StoreError> {
+        let mut failed = None;
+        let Pipeline {
+            engine,
+            gate,
+            generation,
+            summary,
+            prefixes,
+            dead_letters,
+            ..
+        } = self;
+        let prefix = prefixes.get(&partition).map_or("", String::as_str);
+        let mut write = |e: earshot_contract::Event, at: At, verdict: Verdict| {
+            let written = decided(
+                generation,
+                summary,
+                dead_letters,
+                prefix,
+                &e,
+                at.position,
+                verdict,
+            );
+            if let Err(err) = written {
+                failed.get_or_insert(err);
+            }
+        };
+        match event {
+            Some((e, position)) => gate.offer(engine, partition, e, position, &mut write),
+            None => gate.finish(engine, partition, &mut write),
         }
-        Ok(())
+        failed.map_or(Ok(()), Err)
     }
 
     /// Brings the summary's engine-side counts up to date and copies the counts into `manifest`.
@@ -352,6 +390,74 @@ impl Pipeline {
             .map(|(k, v)| (k.as_str().to_owned(), *v))
             .collect();
     }
+}
+
+/// Writes the row of a valid event whose fate the gate (and the engine) decided.
+fn decided(
+    generation: &mut Generation,
+    summary: &mut Summary,
+    dead_letters: &mut Option<Vec<DeadLetter>>,
+    prefix: &str,
+    event: &earshot_contract::Event,
+    position: u64,
+    verdict: Verdict,
+) -> Result<(), StoreError> {
+    let code = match verdict {
+        Verdict::Offered(Outcome::Duplicate) => {
+            summary.duplicates += 1;
+            return Ok(());
+        }
+        Verdict::Offered(outcome @ (Outcome::Counted | Outcome::Late)) => {
+            return generation.push_event(event, outcome == Outcome::Late, prefix, position);
+        }
+        Verdict::Offered(Outcome::OutOfSpan) => RejectCode::SpanTooLong,
+        Verdict::Uncorroborated => RejectCode::TsUncorroborated,
+    };
+    let ts = earshot_contract::format_rfc3339_ms(event.ts);
+    let message = if code == RejectCode::SpanTooLong {
+        format!(
+            "counting it would stretch stream {:?} over {MAX_BUCKETS_PER_STREAM} buckets: ts {ts} is far from the stream's other events (a wrong clock)",
+            event.stream_id
+        )
+    } else {
+        format!(
+            "ts {ts} is more than the maximum jump (--max-jump) ahead of its partition's time, and no later event of the partition confirmed it (a wrong clock)"
+        )
+    };
+    let reject = earshot_contract::Reject::new(code, message);
+    // The payload is the event as parsed: its listener is already the pseudonym.
+    write_reject(
+        generation,
+        summary,
+        dead_letters,
+        format!("{prefix}{position}"),
+        &reject,
+        event.to_json().into_bytes(),
+    )
+}
+
+/// Writes a rejects row (and queues its dead letter); `payload` holds no raw listener id.
+fn write_reject(
+    generation: &mut Generation,
+    summary: &mut Summary,
+    dead_letters: &mut Option<Vec<DeadLetter>>,
+    source: String,
+    reject: &earshot_contract::Reject,
+    payload: Vec<u8>,
+) -> Result<(), StoreError> {
+    summary.rejected += 1;
+    *summary.rejected_by_reason.entry(reject.code).or_default() += 1;
+    let reason = reject.reason();
+    generation.push_reject(&source, now_ms(), reject.code.as_str(), &reason, &payload)?;
+    if let Some(queue) = dead_letters {
+        queue.push(DeadLetter {
+            source,
+            code: reject.code,
+            reason,
+            payload,
+        });
+    }
+    Ok(())
 }
 
 /// One line, read and judged.

@@ -75,6 +75,8 @@ pub struct ManifestSettings {
     pub bucket_ms: i64,
     pub lateness_ms: i64,
     pub min_listen_ms: i64,
+    /// Written since v1.1 of the contract (no single event moves time); absent in older manifests.
+    pub max_jump_ms: i64,
 }
 
 impl From<&Settings> for ManifestSettings {
@@ -84,6 +86,7 @@ impl From<&Settings> for ManifestSettings {
             bucket_ms: s.bucket_ms,
             lateness_ms: s.lateness_ms,
             min_listen_ms: s.min_listen_ms,
+            max_jump_ms: s.max_jump_ms,
         }
     }
 }
