@@ -1,7 +1,8 @@
 """An independent Kafka client for earshot's tests and benchmarks (confluent-kafka, librdkafka 2.x).
 
-    kafka_tool.py dump BROKER TOPIC OUTDIR        every partition's messages, in offset order, one
-                                                  file per partition (p0.ndjson, ...); prints counts
+    kafka_tool.py dump BROKER TOPIC OUTDIR [N]    every partition's messages, in offset order, one
+                                                  file per partition (p0.ndjson, ...); prints counts;
+                                                  with N, keeps reading (up to 120 s) until N in all
     kafka_tool.py poison BROKER TOPIC             produces one message of each poison kind; prints
                                                   a JSON list of {kind, partition, offset}
     kafka_tool.py reset BROKER TOPIC GROUP        commits offset 0 for every partition of TOPIC in GROUP
@@ -30,11 +31,13 @@ def partitions(broker, topic):
     return sorted(t.partitions)
 
 
-def read_all(broker, topic, quiet=2.0, first=30.0):
+def read_all(broker, topic, quiet=2.0, first=30.0, expected=None):
     """Every partition's messages in offset order, {partition: [message]}: read until nothing more
     arrives for `quiet` seconds. (tansu 0.6 reports a high watermark below the real end of a
     partition, so the watermark cannot say when the end is reached.) The first message may take up
-    to `first` seconds: a loaded machine or a broker just restarted can be slower than `quiet`."""
+    to `first` seconds: a loaded machine or a broker just restarted can be slower than `quiet`.
+    With `expected`, a quiet spell before that many messages have arrived is waited out (a broker
+    that restarted on SQLite storage can pause longer than `quiet` mid-partition), up to 120 s."""
     c = Consumer(
         {
             "bootstrap.servers": broker,
@@ -44,9 +47,13 @@ def read_all(broker, topic, quiet=2.0, first=30.0):
     )
     out = {p: [] for p in partitions(broker, topic)}
     c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in out])
+    deadline = time.time() + 120
     while True:
         m = c.poll(quiet if any(out.values()) else first)
         if m is None:
+            total = sum(len(v) for v in out.values())
+            if expected is not None and total < expected and time.time() < deadline:
+                continue
             break
         if m.error():
             raise SystemExit(str(m.error()))
@@ -58,9 +65,10 @@ def read_all(broker, topic, quiet=2.0, first=30.0):
     return out
 
 
-def dump(broker, topic, outdir):
+def dump(broker, topic, outdir, expected=None):
     counts = {}
-    for p, msgs in read_all(broker, topic).items():
+    expected = int(expected) if expected is not None else None
+    for p, msgs in read_all(broker, topic, expected=expected).items():
         with open(f"{outdir}/p{p}.ndjson", "wb") as f:
             for m in msgs:
                 v = m.value() or b""

@@ -166,9 +166,17 @@ fn kafka_ingest(b: &Broker, data: &Path, extra: &[&str]) -> Command {
 
 /// The file ingest of every partition's messages (the reference), into `dir/file-data`.
 fn file_reference(b: &Broker, dir: &Path, partitions: u32) -> PathBuf {
+    file_reference_of(b, dir, partitions, None)
+}
+
+/// The same, reading until `expected` messages have been dumped when it is known.
+fn file_reference_of(b: &Broker, dir: &Path, partitions: u32, expected: Option<usize>) -> PathBuf {
     let parts = dir.join("parts");
     std::fs::create_dir_all(&parts).unwrap();
-    b.tool(&["dump", TOPIC, parts.to_str().unwrap()]);
+    let expected = expected.map(|n| n.to_string());
+    let mut args = vec!["dump", TOPIC, parts.to_str().unwrap()];
+    args.extend(expected.as_deref());
+    b.tool(&args);
     let data = dir.join("file-data");
     let mut c = earshot();
     c.arg("ingest").arg("--data").arg(&data);
@@ -411,7 +419,7 @@ fn broker_restart_mid_stream_gives_identical_tables() {
     let out = child.wait_with_output().unwrap();
     let stdout = ok(out);
     assert!(stdout.contains("ingested"), "{stdout}");
-    let reference = file_reference(&b, dir.path(), 2);
+    let reference = file_reference_of(&b, dir.path(), 2, Some(lines.len()));
     assert_same_tables(&reference, &data, false);
     assert_eq!(
         manifest(&data)["messages"].as_u64(),

@@ -262,7 +262,8 @@ impl Engine {
     /// that jumps ahead is confirmed; a replay of stored events comes straight here.
     pub fn offer(&mut self, partition: u32, event: &Event) -> Outcome {
         let id = xxhash_rust::xxh3::xxh3_128(event.event_id.as_bytes());
-        if self.seen.contains(&id) {
+        // One hash-table operation in the common case (the set is gigabytes at 8M listeners).
+        if !self.seen.insert(id) {
             self.tally.duplicates += 1;
             return Outcome::Duplicate;
         }
@@ -273,9 +274,9 @@ impl Engine {
         {
             // Not stored, not counted, and its event_id stays free (contract §1: a rejected
             // message does not claim it).
+            self.seen.remove(&id);
             return Outcome::OutOfSpan;
         }
-        self.seen.insert(id);
         self.clocks
             .entry(partition)
             .and_modify(|c| c.add(event.ts))
