@@ -23,7 +23,7 @@
 //! waiting event is not yet in the tables, so a Kafka checkpoint stops short of it and a restart
 //! reads it again. The gate holds no state a replay needs besides the engine's.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 
 use earshot_contract::{Event, Millis};
 
@@ -51,7 +51,8 @@ struct Waiting<T> {
 /// Per-partition queues of events waiting for their time to be confirmed. `T` is whatever the
 /// caller needs back with each verdict (a line number, a Kafka offset).
 pub struct TimeGate<T> {
-    waiting: HashMap<u32, VecDeque<Waiting<T>>>,
+    /// Indexed by partition.
+    waiting: Vec<VecDeque<Waiting<T>>>,
 }
 
 impl<T> std::fmt::Debug for TimeGate<T> {
@@ -59,7 +60,7 @@ impl<T> std::fmt::Debug for TimeGate<T> {
         f.debug_struct("TimeGate")
             .field(
                 "waiting",
-                &self.waiting.values().map(VecDeque::len).sum::<usize>(),
+                &self.waiting.iter().map(VecDeque::len).sum::<usize>(),
             )
             .finish()
     }
@@ -68,7 +69,7 @@ impl<T> std::fmt::Debug for TimeGate<T> {
 impl<T> Default for TimeGate<T> {
     fn default() -> Self {
         TimeGate {
-            waiting: HashMap::new(),
+            waiting: Vec::new(),
         }
     }
 }
@@ -88,13 +89,19 @@ impl<T> TimeGate<T> {
         tag: T,
         decided: &mut dyn FnMut(Event, T, Verdict),
     ) {
-        let queue = self.waiting.entry(partition).or_default();
-        if queue.is_empty() && !is_jump(engine, partition, event.ts) {
+        let slot = partition as usize;
+        if self.waiting.get(slot).is_none_or(VecDeque::is_empty)
+            && !is_jump(engine, partition, event.ts)
+        {
             // The common case: nothing waits and time is where it was.
             let outcome = engine.offer(partition, &event);
             decided(event, tag, Verdict::Offered(outcome));
             return;
         }
+        if self.waiting.len() <= slot {
+            self.waiting.resize_with(slot + 1, VecDeque::new);
+        }
+        let queue = &mut self.waiting[slot];
         let id = xxhash_rust::xxh3::xxh3_128(event.event_id.as_bytes());
         queue.push_back(Waiting { event, id, tag });
         settle(engine, partition, queue, false, decided);
@@ -109,7 +116,7 @@ impl<T> TimeGate<T> {
         partition: u32,
         decided: &mut dyn FnMut(Event, T, Verdict),
     ) {
-        if let Some(queue) = self.waiting.get_mut(&partition) {
+        if let Some(queue) = self.waiting.get_mut(partition as usize) {
             settle(engine, partition, queue, true, decided);
         }
     }
@@ -118,14 +125,14 @@ impl<T> TimeGate<T> {
     /// before the first of them).
     pub fn waiting(&self, partition: u32) -> impl Iterator<Item = &T> {
         self.waiting
-            .get(&partition)
+            .get(partition as usize)
             .into_iter()
             .flat_map(|q| q.iter().map(|w| &w.tag))
     }
 
     /// Events waiting, all partitions.
     pub fn waiting_count(&self) -> usize {
-        self.waiting.values().map(VecDeque::len).sum()
+        self.waiting.iter().map(VecDeque::len).sum()
     }
 }
 

@@ -214,7 +214,8 @@ pub struct Engine {
     settings: Settings,
     seen: HashSet<u128, BuildHasherDefault<IdHasher>>,
     /// Per source partition, the two largest `ts` of its stored (counted or late) events.
-    clocks: HashMap<u32, Clock>,
+    /// Indexed by partition (partition ids are small: input numbers, Kafka partition ids).
+    clocks: Vec<Option<Clock>>,
     streams: HashMap<String, StreamAcc, FastHash>,
     arrival: u64,
     tally: Tally,
@@ -225,7 +226,7 @@ impl Engine {
         Engine {
             settings,
             seen: HashSet::default(),
-            clocks: HashMap::new(),
+            clocks: Vec::new(),
             streams: HashMap::with_hasher(FastHash::new()),
             arrival: 0,
             tally: Tally::default(),
@@ -240,15 +241,19 @@ impl Engine {
         self.tally
     }
 
+    fn clock(&self, partition: u32) -> Option<&Clock> {
+        self.clocks.get(partition as usize).and_then(Option::as_ref)
+    }
+
     /// A partition's time: the second-largest `ts` among its stored events, so that no single
     /// event can move it (contract §4, v1.1). `None` until the partition has two events.
     pub fn partition_time(&self, partition: u32) -> Option<Millis> {
-        self.clocks.get(&partition).and_then(|c| c.second)
+        self.clock(partition).and_then(|c| c.second)
     }
 
     /// The largest `ts` among a partition's stored events (what [`TimeGate`] measures jumps from).
     pub fn partition_newest(&self, partition: u32) -> Option<Millis> {
-        self.clocks.get(&partition).map(|c| c.first)
+        self.clock(partition).map(|c| c.first)
     }
 
     /// A partition's watermark: its time minus the allowed lateness.
@@ -277,13 +282,19 @@ impl Engine {
             self.seen.remove(&id);
             return Outcome::OutOfSpan;
         }
-        self.clocks
-            .entry(partition)
-            .and_modify(|c| c.add(event.ts))
-            .or_insert(Clock {
-                first: event.ts,
-                second: None,
-            });
+        let slot = partition as usize;
+        if self.clocks.len() <= slot {
+            self.clocks.resize(slot + 1, None);
+        }
+        match &mut self.clocks[slot] {
+            Some(c) => c.add(event.ts),
+            none => {
+                *none = Some(Clock {
+                    first: event.ts,
+                    second: None,
+                })
+            }
+        }
         if late {
             self.tally.late += 1;
             return Outcome::Late;
