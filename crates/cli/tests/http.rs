@@ -57,6 +57,8 @@ fn data(dir: &Path, listeners: u32) -> PathBuf {
 struct Server {
     child: Child,
     port: u16,
+    /// With `--pg 127.0.0.1:0` among the arguments.
+    pg_port: Option<u16>,
 }
 
 impl Drop for Server {
@@ -76,21 +78,28 @@ fn serve(data: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
     let mut child = cmd.spawn().unwrap();
     let mut out = BufReader::new(child.stdout.take().unwrap());
     let mut port = None;
+    let mut pg_port = None;
     let mut line = String::new();
+    let number = |rest: &str| {
+        rest.split(|c: char| !c.is_ascii_digit())
+            .next()
+            .and_then(|p| p.parse().ok())
+    };
     while port.is_none() {
         line.clear();
         assert!(out.read_line(&mut line).unwrap() > 0, "server exited");
         if let Some(rest) = line.strip_prefix("http: listening on 127.0.0.1:") {
-            port = rest
-                .split(|c: char| !c.is_ascii_digit())
-                .next()
-                .and_then(|p| p.parse().ok());
+            port = number(rest);
+        }
+        if let Some(rest) = line.strip_prefix("postgres: listening on 127.0.0.1:") {
+            pg_port = number(rest);
         }
     }
     std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
     Server {
         child,
         port: port.unwrap(),
+        pg_port,
     }
 }
 
@@ -578,4 +587,104 @@ fn chromium_plots_the_api_figures_on_the_live_page() {
     std::fs::create_dir_all(shot.parent().unwrap()).unwrap();
     let out = chromium(&[format!("--screenshot={}", shot.display())]);
     assert!(out.status.success() && shot.exists());
+}
+
+/// Query texts that used to end the process (a thread's stack overflowed while parsing or planning
+/// them): each gets a clear error naming the limit, through HTTP, Postgres and the CLI alike, and the
+/// server keeps answering.
+#[test]
+fn queries_too_deep_to_plan_are_refused_and_the_server_keeps_answering() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = data(dir.path(), 300);
+    let server = serve(&data, &["--pg", "127.0.0.1:0"], &[]);
+    let pg_port = server.pg_port.expect("serve printed its Postgres port");
+    let terms = |n: usize, sep: &str, term: &str| vec![term; n].join(sep);
+    let hostile = [
+        (
+            format!("SELECT {} AS x", terms(2_000, "+", "1")),
+            "operators",
+        ),
+        (
+            format!(
+                "SELECT count(*) FROM events WHERE {}",
+                terms(20_000, " OR ", "late")
+            ),
+            "operators",
+        ),
+        (
+            format!(
+                "SELECT count(*) FROM events WHERE {}",
+                terms(100_000, " AND ", "late")
+            ),
+            "bytes long",
+        ),
+        (
+            format!("SELECT {}1{}", "(".repeat(5_000), ")".repeat(5_000)),
+            "parentheses",
+        ),
+        (format!("SELECT 1 -- {}", "x".repeat(1 << 20)), "bytes long"),
+    ];
+    for (sql, says) in &hostile {
+        let short: String = sql.chars().take(60).collect();
+        let r = http(server.port, "POST", "/v1/query", &[], sql.as_bytes());
+        assert_eq!(r.status, 400, "{short}: {}", r.text());
+        assert!(
+            r.text().contains(says) && r.text().contains("limit"),
+            "{short}: {}",
+            r.text()
+        );
+        let out = Command::new("psql")
+            .args([
+                "-X",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &pg_port.to_string(),
+                "-U",
+                "earshot",
+                "-d",
+            ])
+            .args(["earshot", "-v", "ON_ERROR_STOP=1", "-At", "-f", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .and_then(|mut c| {
+                use std::io::Write as _;
+                c.stdin.take().unwrap().write_all(sql.as_bytes())?;
+                c.wait_with_output()
+            })
+            .expect("psql (scripts/setup installs postgresql-client)");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains(says),
+            "{short}: {err}"
+        );
+        // Too long for an argument: the CLI reads it as a script on standard input.
+        let cli = earshot()
+            .args(["sql", "--data"])
+            .arg(&data)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .and_then(|mut c| {
+                use std::io::Write as _;
+                c.stdin.take().unwrap().write_all(sql.as_bytes())?;
+                c.wait_with_output()
+            })
+            .unwrap();
+        let err = String::from_utf8_lossy(&cli.stderr);
+        assert_eq!(cli.status.code(), Some(1), "{short}: {err}");
+        assert!(err.contains(says), "{short}: {err}");
+        // Still serving, on both endpoints.
+        assert_eq!(get(server.port, "/healthz").status, 200);
+        let one = http(server.port, "POST", "/v1/query", &[], b"SELECT 1 AS one");
+        assert_eq!(one.status, 200, "{}", one.text());
+    }
+    // What stays allowed: a long but flat expression, through the server's threads.
+    let flat = format!("SELECT {} AS x", terms(500, "+", "1"));
+    let r = http(server.port, "POST", "/v1/query", &[], flat.as_bytes());
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()[0]["x"], 500);
 }

@@ -81,7 +81,9 @@ impl From<SqlError> for ApiError {
     fn from(e: SqlError) -> Self {
         let status = match &e {
             SqlError::Refused(_) => StatusCode::FORBIDDEN,
-            SqlError::Query(_) | SqlError::Param(_) => StatusCode::BAD_REQUEST,
+            SqlError::Query(_) | SqlError::Param(_) | SqlError::TooComplex(_) => {
+                StatusCode::BAD_REQUEST
+            }
             SqlError::TimeLimit(_) | SqlError::MemoryLimit { .. } => {
                 StatusCode::UNPROCESSABLE_ENTITY
             }

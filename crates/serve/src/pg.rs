@@ -311,6 +311,7 @@ fn sql_error(e: SqlError) -> PgWireError {
         SqlError::MemoryLimit { .. } => "53200",
         SqlError::Param(_) => "22023",
         SqlError::Query(_) => "42601",
+        SqlError::TooComplex(_) => "54001",
         SqlError::Store(_) => "58030",
     };
     user_error("ERROR", code, e.to_string())
@@ -391,6 +392,7 @@ impl SimpleQueryHandler for Guarded {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
+        guard::check_shape(query).map_err(sql_error)?;
         let statements = PostgresCompatibilityParser::new()
             .parse(query)
             .map_err(|e| sql_error(SqlError::Query(e.to_string())))?;
@@ -469,6 +471,7 @@ impl QueryParser for GuardedParser {
     where
         C: ClientInfo + Unpin + Send + Sync,
     {
+        guard::check_shape(sql).map_err(sql_error)?;
         let parsed = self.inner.parse_sql(client, sql, types).await?;
         if let Some((_, Some((statement, _)))) = &parsed {
             let state = self.tables.ctx.state();

@@ -40,8 +40,97 @@ pub fn read_only() -> SQLOptions {
         .with_allow_statements(false)
 }
 
-/// Parses exactly one statement (a trailing `;` is fine).
+/// Longest SQL text accepted, in bytes. Planning a 2 MB text took 1.65 GB.
+pub const MAX_SQL_BYTES: usize = 256 * 1024;
+/// Most operators (`+`, `AND`, `=`, `||`, unary `-`, `NOT`…) in one query text. Each nests the
+/// expression tree one level deeper, and the parser, the planner and even dropping the tree recurse
+/// on it: 2,000 `+` overflowed a server thread's stack.
+pub const MAX_OPERATORS: usize = 500;
+/// Deepest nesting of parentheses.
+pub const MAX_PARENS: usize = 64;
+
+/// Refuses, before anything parses it, a query text too long or too deeply built to plan without
+/// exhausting the stack or memory. Reads the text as tokens, without recursion.
+pub fn check_shape(sql: &str) -> Result<(), SqlError> {
+    use datafusion::sql::sqlparser::keywords::Keyword;
+    use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
+    if sql.len() > MAX_SQL_BYTES {
+        return Err(SqlError::TooComplex(format!(
+            "the query is {} bytes long; the limit is {} KiB\n  hint: a query this long is usually \
+             generated; filter with a table or a shorter IN list instead",
+            sql.len(),
+            MAX_SQL_BYTES / 1024
+        )));
+    }
+    let tokens = Tokenizer::new(&PostgreSqlDialect {}, sql)
+        .tokenize()
+        .map_err(|e| SqlError::Query(e.to_string()))?;
+    let (mut operators, mut depth, mut deepest) = (0usize, 0usize, 0usize);
+    for t in &tokens {
+        match t {
+            Token::LParen | Token::LBracket => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            Token::RParen | Token::RBracket => depth = depth.saturating_sub(1),
+            Token::Word(w) if matches!(w.keyword, Keyword::AND | Keyword::OR | Keyword::NOT) => {
+                operators += 1
+            }
+            Token::Plus
+            | Token::Minus
+            | Token::Mul
+            | Token::Div
+            | Token::Mod
+            | Token::DuckIntDiv
+            | Token::StringConcat
+            | Token::Eq
+            | Token::DoubleEq
+            | Token::Neq
+            | Token::Lt
+            | Token::Gt
+            | Token::LtEq
+            | Token::GtEq
+            | Token::Spaceship
+            | Token::Ampersand
+            | Token::Pipe
+            | Token::Caret
+            | Token::ShiftLeft
+            | Token::ShiftRight
+            | Token::Tilde
+            | Token::TildeAsterisk
+            | Token::ExclamationMarkTilde
+            | Token::ExclamationMarkTildeAsterisk
+            | Token::DoubleTilde
+            | Token::DoubleTildeAsterisk
+            | Token::ExclamationMarkDoubleTilde
+            | Token::ExclamationMarkDoubleTildeAsterisk
+            | Token::Arrow
+            | Token::LongArrow
+            | Token::DoubleColon
+            | Token::Sharp
+            | Token::AtSign => operators += 1,
+            _ => {}
+        }
+    }
+    if operators > MAX_OPERATORS {
+        return Err(SqlError::TooComplex(format!(
+            "the query has {operators} operators; the limit is {MAX_OPERATORS} per query (each one \
+             nests the expression deeper, and very deep expressions cannot be planned safely)\n  \
+             hint: use IN (…) instead of a chain of OR, or split the expression with a CTE"
+        )));
+    }
+    if deepest > MAX_PARENS {
+        return Err(SqlError::TooComplex(format!(
+            "the query nests parentheses {deepest} deep; the limit is {MAX_PARENS}\n  hint: \
+             flatten the expression, or split it with a CTE"
+        )));
+    }
+    Ok(())
+}
+
+/// Parses exactly one statement (a trailing `;` is fine), after [`check_shape`].
 pub fn parse_one(sql: &str) -> Result<DfStatement, SqlError> {
+    check_shape(sql)?;
     let mut statements = DFParser::parse_sql_with_dialect(sql, &PostgreSqlDialect {})
         .map_err(|e| SqlError::Query(e.to_string()))?;
     match statements.len() {

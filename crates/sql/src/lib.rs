@@ -56,6 +56,9 @@ pub enum SqlError {
     /// A parameter is missing, unknown or not of the right type.
     #[error("{0}")]
     Param(String),
+    /// The statement is too long or too deeply built to plan safely (see [`guard::check_shape`]).
+    #[error("{0}")]
+    TooComplex(String),
     /// The data directory is missing or unreadable.
     #[error(transparent)]
     Store(#[from] StoreError),
