@@ -190,6 +190,32 @@ fn psql_and_psycopg_read_the_tables_and_cannot_change_them() {
     );
 }
 
+/// SQLAlchemy + pandas, what notebooks, Superset and Jupyter's `%sql` are built on: an engine, `pd.read_sql`
+/// with it (figures equal `earshot sql`'s), and `inspect(engine).get_table_names()`.
+#[test]
+fn sqlalchemy_and_pandas_connect_and_read_the_tables() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    make_data(&data, 500, 9);
+    let server = serve(&data, &[], None);
+    let out = Command::new("python3")
+        .arg(repo().join("tests/sqlalchemy_client.py"))
+        .args(["--port", &server.port.to_string()])
+        .args(["--earshot", env!("CARGO_BIN_EXE_earshot"), "--data"])
+        .arg(&data)
+        .args(["--stream", STREAM])
+        .env("EARSHOT_PSEUDONYM_KEY", "serve-test-secret")
+        .output()
+        .expect("python3 with sqlalchemy and pandas (scripts/setup installs them)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("PASS inspect(engine).get_table_names()"),
+        "sqlalchemy_client.py failed:\n{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!text.contains("FAIL"), "{text}");
+}
+
 #[test]
 fn runaway_queries_hit_the_limits_and_the_server_keeps_serving() {
     let dir = tempfile::tempdir().unwrap();

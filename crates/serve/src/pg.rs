@@ -30,7 +30,7 @@ use pgwire::api::auth::{
 use pgwire::api::cancel::DefaultCancelHandler;
 use pgwire::api::portal::{Format, Portal};
 use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
-use pgwire::api::results::{FieldInfo, QueryResponse, Response};
+use pgwire::api::results::{FieldInfo, QueryResponse, Response, Tag};
 use pgwire::api::stmt::QueryParser;
 use pgwire::api::store::PortalStore;
 use pgwire::api::{
@@ -402,6 +402,15 @@ impl SimpleQueryHandler for Guarded {
                 .await
                 .map_err(sql_error)?;
         }
+        // Savepoints (SQLAlchemy and psycopg open one around their first queries) are no-ops, as
+        // BEGIN and COMMIT are: nothing here changes the data.
+        if !statements.is_empty() && statements.iter().all(|s| savepoint_tag(s).is_some()) {
+            return Ok(statements
+                .iter()
+                .filter_map(savepoint_tag)
+                .map(|tag| Response::Execution(Tag::new(tag)))
+                .collect());
+        }
         let deadline = self.deadline();
         let responses = tokio::time::timeout_at(
             deadline,
@@ -414,6 +423,18 @@ impl SimpleQueryHandler for Guarded {
             .into_iter()
             .map(|r| self.limit(r, deadline))
             .collect())
+    }
+}
+
+/// The command tag of a savepoint statement, which the endpoint answers itself.
+fn savepoint_tag(statement: &Statement) -> Option<&'static str> {
+    match statement {
+        Statement::Savepoint { .. } => Some("SAVEPOINT"),
+        Statement::ReleaseSavepoint { .. } => Some("RELEASE"),
+        Statement::Rollback {
+            savepoint: Some(_), ..
+        } => Some("ROLLBACK"),
+        _ => None,
     }
 }
 

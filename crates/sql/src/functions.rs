@@ -116,3 +116,73 @@ impl Accumulator for MergeAccumulator {
         self.absorb(&states[0])
     }
 }
+
+/// What `version()` says: a PostgreSQL-compatible string first, as other Postgres-wire databases
+/// give (clients such as SQLAlchemy read the major version from it), then what really answers.
+pub const VERSION: &str = concat!(
+    "PostgreSQL 16.0 on x86_64-pc-linux-gnu (earshot ",
+    env!("CARGO_PKG_VERSION"),
+    ", Apache DataFusion 55; read-only)"
+);
+
+/// `version() -> TEXT`, replacing DataFusion's (which says only "Apache DataFusion …").
+pub fn version_udf() -> ScalarUDF {
+    create_udf(
+        "version",
+        vec![],
+        DataType::Utf8,
+        Volatility::Immutable,
+        Arc::new(|_: &[ColumnarValue]| {
+            Ok(ColumnarValue::Scalar(ScalarValue::Utf8(Some(
+                VERSION.to_owned(),
+            ))))
+        }),
+    )
+}
+
+/// `to_regtype(name) -> oid`: the OID of a built-in Postgres type by name, NULL for any other
+/// (psycopg and SQLAlchemy look types up with it when they connect; earshot has no custom types).
+pub fn to_regtype_udf() -> ScalarUDF {
+    const TYPES: [(&str, i32); 17] = [
+        ("bool", 16),
+        ("bytea", 17),
+        ("int8", 20),
+        ("int2", 21),
+        ("int4", 23),
+        ("text", 25),
+        ("json", 114),
+        ("float4", 700),
+        ("float8", 701),
+        ("varchar", 1043),
+        ("date", 1082),
+        ("time", 1083),
+        ("timestamp", 1114),
+        ("timestamptz", 1184),
+        ("interval", 1186),
+        ("numeric", 1700),
+        ("jsonb", 3802),
+    ];
+    create_udf(
+        "to_regtype",
+        vec![DataType::Utf8],
+        DataType::Int32,
+        Volatility::Immutable,
+        Arc::new(|args: &[ColumnarValue]| {
+            let arrays = ColumnarValue::values_to_arrays(args)?;
+            let names = arrays[0].as_string_opt::<i32>().ok_or_else(|| {
+                DataFusionError::Execution("to_regtype: expects a type name (TEXT)".into())
+            })?;
+            let oids: datafusion::arrow::array::Int32Array = names
+                .iter()
+                .map(|n| {
+                    let n = n?
+                        .trim()
+                        .trim_start_matches("pg_catalog.")
+                        .to_ascii_lowercase();
+                    TYPES.iter().find(|(t, _)| *t == n).map(|(_, oid)| *oid)
+                })
+                .collect();
+            Ok(ColumnarValue::Array(Arc::new(oids)))
+        }),
+    )
+}

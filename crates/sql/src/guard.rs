@@ -160,6 +160,8 @@ pub async fn check_statement(state: &SessionState, statement: &Statement) -> Res
         | Statement::StartTransaction { .. }
         | Statement::Commit { .. }
         | Statement::Rollback { .. }
+        | Statement::Savepoint { .. }
+        | Statement::ReleaseSavepoint { .. }
         | Statement::Fetch { .. }
         | Statement::Close { .. } => Ok(()),
         Statement::Declare { stmts } => {

@@ -100,6 +100,8 @@ pub fn config() -> SessionConfig {
 pub fn register_functions(ctx: &SessionContext) {
     ctx.register_udf(hll_count_udf());
     ctx.register_udaf(hll_merge_udaf());
+    ctx.register_udf(functions::version_udf());
+    ctx.register_udf(functions::to_regtype_udf());
 }
 
 /// A context over the current generation of `data_dir` with the default [`Limits`].
