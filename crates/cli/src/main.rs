@@ -384,8 +384,9 @@ fn main() -> std::process::ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("EARSHOT_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("earshot_ingest=warn")),
+            tracing_subscriber::EnvFilter::try_from_env("EARSHOT_LOG").unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new("earshot_ingest=warn,earshot_serve=warn")
+            }),
         )
         .init();
     match run(cli) {

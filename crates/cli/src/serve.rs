@@ -12,6 +12,10 @@ use earshot_serve::{Auth, HttpOptions, HttpServer, PgServer};
 
 use crate::sql::LimitArgs;
 
+/// Shortest Postgres password accepted: failed logins are throttled, but a short password still
+/// falls to a patient guesser.
+const MIN_PASSWORD_CHARS: usize = 12;
+
 /// The environment variable holding the Postgres password.
 pub const PASSWORD_ENV: &str = "EARSHOT_PG_PASSWORD";
 /// The environment variable holding the HTTP bearer token.
@@ -71,6 +75,11 @@ pub fn run(a: ServeArgs) -> anyhow::Result<()> {
 pub fn serve(a: ServeArgs, until: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
     let limits = a.limits.limits()?;
     let auth = match secret(a.pg_password_file.as_ref(), PASSWORD_ENV, "password")? {
+        Some(password) if password.chars().count() < MIN_PASSWORD_CHARS => bail!(
+            "the Postgres password is {} characters long; use at least {MIN_PASSWORD_CHARS}\n  hint: \
+             a long random one, e.g. `openssl rand -base64 18`, in {PASSWORD_ENV} or --pg-password-file",
+            password.chars().count()
+        ),
         Some(password) => Auth::Password {
             user: a.pg_user.clone(),
             password,

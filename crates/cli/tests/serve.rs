@@ -248,11 +248,11 @@ fn off_loopback_needs_a_password_and_logins_are_checked_with_scram() {
         "{err}"
     );
 
-    let server = serve(&data, &[], Some("s3cret-pw"));
+    let server = serve(&data, &[], Some("s3cret-pw-for-tests"));
     let good = ok(psql(
         server.port,
         "earshot",
-        Some("s3cret-pw"),
+        Some("s3cret-pw-for-tests"),
         &["-A", "-t", "-c", "SELECT count(*) FROM streams"],
     ));
     assert_eq!(good.trim(), "1");
@@ -260,19 +260,88 @@ fn off_loopback_needs_a_password_and_logins_are_checked_with_scram() {
     assert!(!bad.status.success());
     let none = psql(server.port, "earshot", None, &["-w", "-c", "SELECT 1"]);
     assert!(!none.status.success(), "a login without a password got in");
-    python_clients(&server, &data, &[], Some("s3cret-pw"));
+    python_clients(&server, &data, &[], Some("s3cret-pw-for-tests"));
 
     // The password can also come from a file.
     let file = dir.path().join("pw");
-    std::fs::write(&file, "from-a-file\n").unwrap();
+    std::fs::write(&file, "from-a-file-secret\n").unwrap();
     let server = serve(&data, &["--pg-password-file", file.to_str().unwrap()], None);
     let good = ok(psql(
         server.port,
         "earshot",
-        Some("from-a-file"),
+        Some("from-a-file-secret"),
         &["-A", "-t", "-c", "SELECT 1"],
     ));
     assert_eq!(good.trim(), "1");
+}
+
+#[test]
+fn short_passwords_are_refused_and_failed_logins_are_logged_and_throttled() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    make_data(&data, 200, 3);
+    let short = earshot()
+        .args(["serve", "--pg", "127.0.0.1:0", "--data"])
+        .arg(&data)
+        .env("EARSHOT_PG_PASSWORD", "x")
+        .output()
+        .unwrap();
+    assert!(!short.status.success());
+    let err = String::from_utf8_lossy(&short.stderr);
+    assert!(err.contains("1 characters long; use at least 12"), "{err}");
+
+    // The server's log (standard error) goes to a file the test reads.
+    let log = dir.path().join("serve.log");
+    let mut cmd = earshot();
+    cmd.args(["serve", "--pg", "127.0.0.1:0", "--data"])
+        .arg(&data)
+        .env("EARSHOT_PG_PASSWORD", "a-long-enough-password")
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap());
+    let mut child = cmd.spawn().unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    let port: u16 = first
+        .split("127.0.0.1:")
+        .nth(1)
+        .and_then(|s| s.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no port in {first:?}"));
+    let server = Server { child, port };
+    for _ in 0..5 {
+        let bad = psql(
+            port,
+            "earshot",
+            Some("wrong-guess-000"),
+            &["-c", "SELECT 1"],
+        );
+        let err = String::from_utf8_lossy(&bad.stderr);
+        assert!(err.contains("assword authentication failed"), "{err}");
+    }
+    // The sixth attempt is refused before its password is even checked, right one included.
+    let refused = psql(
+        port,
+        "earshot",
+        Some("a-long-enough-password"),
+        &["-c", "SELECT 1"],
+    );
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && err.contains("too many failed logins"),
+        "{err}"
+    );
+    drop(server);
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(
+        logged
+            .matches("Postgres login failed: wrong password")
+            .count(),
+        5,
+        "{logged}"
+    );
+    assert!(logged.contains("too many failed logins"), "{logged}");
 }
 
 #[test]

@@ -111,6 +111,7 @@ impl PgServer {
                 salt,
                 cancel: Arc::new(DefaultCancelHandler::new(connections.clone())),
                 connections,
+                failed_logins: Arc::default(),
             }),
         })
     }
@@ -148,6 +149,50 @@ struct Handlers {
     salt: Vec<u8>,
     cancel: Arc<DefaultCancelHandler>,
     connections: Arc<ConnectionManager>,
+    failed_logins: Arc<FailedLogins>,
+}
+
+/// Failed password logins per client address: each is logged, and an address with
+/// [`FailedLogins::LIMIT`] failures within [`FailedLogins::WINDOW`] is refused until the window
+/// has passed since its latest failure, so passwords cannot be guessed at network speed.
+#[derive(Default)]
+pub struct FailedLogins(
+    std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, Vec<std::time::Instant>>>,
+);
+
+impl FailedLogins {
+    pub const LIMIT: usize = 5;
+    pub const WINDOW: Duration = Duration::from_secs(60);
+    /// Addresses remembered at most (oldest dropped first), so a flood cannot grow memory.
+    const ADDRESSES: usize = 10_000;
+
+    /// How long `ip` must still wait, if it is refused now.
+    fn refused_for(&self, ip: std::net::IpAddr) -> Option<Duration> {
+        let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let failures = map.get(&ip)?;
+        let recent = failures
+            .iter()
+            .filter(|t| t.elapsed() < Self::WINDOW)
+            .count();
+        let latest = failures.last()?;
+        (recent >= Self::LIMIT).then(|| Self::WINDOW.saturating_sub(latest.elapsed()))
+    }
+
+    fn failed(&self, ip: std::net::IpAddr) {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        map.retain(|_, f| f.last().is_some_and(|t| t.elapsed() < Self::WINDOW));
+        if map.len() >= Self::ADDRESSES
+            && let Some(oldest) = map
+                .iter()
+                .min_by_key(|(_, f)| f.last().copied())
+                .map(|(ip, _)| *ip)
+        {
+            map.remove(&oldest);
+        }
+        let f = map.entry(ip).or_default();
+        f.retain(|t| t.elapsed() < Self::WINDOW);
+        f.push(std::time::Instant::now());
+    }
 }
 
 impl PgWireServerHandlers for Handlers {
@@ -184,7 +229,10 @@ impl PgWireServerHandlers for Handlers {
                 ))
             }
         };
-        Arc::new(CheckDatabase { inner })
+        Arc::new(CheckDatabase {
+            inner,
+            failed_logins: self.failed_logins.clone(),
+        })
     }
 
     fn error_handler(&self) -> Arc<impl ErrorHandler> {
@@ -226,6 +274,7 @@ enum Login {
 /// Refuses a database other than `earshot` before authenticating, like Postgres does.
 struct CheckDatabase {
     inner: Login,
+    failed_logins: Arc<FailedLogins>,
 }
 
 #[async_trait]
@@ -259,7 +308,27 @@ impl StartupHandler for CheckDatabase {
         }
         match &self.inner {
             Login::Trust(t) => t.on_startup(client, message).await,
-            Login::Scram(s) => s.on_startup(client, message).await,
+            Login::Scram(s) => {
+                let peer = client.socket_addr();
+                if let Some(wait) = self.failed_logins.refused_for(peer.ip()) {
+                    tracing::warn!(%peer, "Postgres login refused: too many failed logins");
+                    return Err(user_error(
+                        "FATAL",
+                        "28P01",
+                        format!(
+                            "too many failed logins from {}: try again in {} s",
+                            peer.ip(),
+                            wait.as_secs().max(1)
+                        ),
+                    ));
+                }
+                let result = s.on_startup(client, message).await;
+                if let Err(PgWireError::InvalidPassword(user)) = &result {
+                    tracing::warn!(%peer, user, "Postgres login failed: wrong password");
+                    self.failed_logins.failed(peer.ip());
+                }
+                result
+            }
         }
     }
 }
