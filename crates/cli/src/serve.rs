@@ -39,6 +39,16 @@ pub struct ServeArgs {
     /// Allow this origin to read the API from a browser (CORS). Off by default.
     #[arg(long, value_name = "ORIGIN")]
     cors_origin: Option<String>,
+    /// How long an HTTP client may take to send a request's headers; idle keep-alive connections
+    /// are closed after it too.
+    #[arg(long, default_value = "10s", value_parser = crate::parse_duration_ms)]
+    http_header_timeout: i64,
+    /// How long an HTTP client may take to send a request's body.
+    #[arg(long, default_value = "30s", value_parser = crate::parse_duration_ms)]
+    http_body_timeout: i64,
+    /// Most HTTP connections open at once; one more is closed at once.
+    #[arg(long, default_value_t = 1024)]
+    http_max_connections: usize,
     /// The user clients log in as when a password is set.
     #[arg(long, default_value = "earshot")]
     pg_user: String,
@@ -90,6 +100,9 @@ pub fn serve(a: ServeArgs, until: impl std::future::Future<Output = ()>) -> anyh
     let http_options = HttpOptions {
         token: secret(a.http_token_file.as_ref(), TOKEN_ENV, "token")?,
         cors_origin: a.cors_origin.clone(),
+        header_timeout: Duration::from_millis(a.http_header_timeout.max(1) as u64),
+        body_timeout: Duration::from_millis(a.http_body_timeout.max(1) as u64),
+        max_connections: a.http_max_connections.max(1),
     };
     rt.block_on(async {
         let tables = Arc::new(earshot_sql::Tables::open(&a.data, limits).await?);

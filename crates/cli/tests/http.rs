@@ -6,6 +6,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
@@ -687,4 +688,83 @@ fn queries_too_deep_to_plan_are_refused_and_the_server_keeps_answering() {
     let r = http(server.port, "POST", "/v1/query", &[], flat.as_bytes());
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()[0]["x"], 500);
+}
+
+/// Reads until the server closes the connection or `wait` passes; returns what arrived and whether
+/// the connection was closed.
+fn read_until_closed(s: &mut TcpStream, wait: Duration) -> (String, bool) {
+    s.set_read_timeout(Some(wait)).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return (String::from_utf8_lossy(&got).into_owned(), true),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                return (String::from_utf8_lossy(&got).into_owned(), true);
+            }
+            Err(_) => return (String::from_utf8_lossy(&got).into_owned(), false),
+        }
+    }
+}
+
+/// Partial requests are timed out, idle connections closed, and open connections capped: slow or
+/// idle clients cannot hold the server (19,980 idle connections were held open before).
+#[test]
+fn slow_and_idle_clients_are_cut_off_and_connections_are_capped() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = data(dir.path(), 200);
+    let server = serve(
+        &data,
+        &[
+            "--http-header-timeout",
+            "700ms",
+            "--http-body-timeout",
+            "700ms",
+            "--http-max-connections",
+            "16",
+        ],
+        &[],
+    );
+    let port = server.port;
+    // Headers that never end.
+    let mut partial = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    partial
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        .unwrap();
+    let started = Instant::now();
+    let (_, closed) = read_until_closed(&mut partial, Duration::from_secs(5));
+    assert!(closed, "a request whose headers never end was kept open");
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+    // A body that never arrives in full.
+    let mut slow = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    slow.write_all(
+        b"POST /v1/query HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100\r\n\r\nSELECT",
+    )
+    .unwrap();
+    let (reply, _) = read_until_closed(&mut slow, Duration::from_secs(5));
+    assert!(reply.starts_with("HTTP/1.1 408"), "{reply}");
+    assert!(reply.contains("did not arrive within"), "{reply}");
+    // Idle connections up to the cap are held (until the header timeout); one more is closed at once.
+    let mut idle: Vec<TcpStream> = (0..16)
+        .map(|_| TcpStream::connect(("127.0.0.1", port)).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(100));
+    let mut extra = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let _ = extra.write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n");
+    let (reply, closed) = read_until_closed(&mut extra, Duration::from_millis(400));
+    assert!(
+        closed && reply.is_empty(),
+        "a connection over the cap was served: {reply}"
+    );
+    // The idle ones are closed by the header timeout, and the server answers again.
+    for s in &mut idle {
+        let (_, closed) = read_until_closed(s, Duration::from_secs(5));
+        assert!(closed, "an idle connection was kept open");
+    }
+    assert_eq!(get(port, "/healthz").status, 200);
 }

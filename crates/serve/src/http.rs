@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use axum::Router;
 use axum::body::{Body, Bytes};
@@ -31,13 +31,32 @@ use crate::ServeError;
 
 const PAGE: &str = include_str!("page.html");
 
-/// Who may call the API and from where.
-#[derive(Clone, Debug, Default)]
+/// Who may call the API, from where, and how long and how many connections they may hold.
+#[derive(Clone, Debug)]
 pub struct HttpOptions {
     /// Bearer token required on `/v1/*` and `/metrics`; required off loopback.
     pub token: Option<String>,
     /// The one origin allowed to read responses cross-origin (CORS); none when unset.
     pub cors_origin: Option<String>,
+    /// How long a client may take to send a request's headers; an idle keep-alive connection is
+    /// closed after it too.
+    pub header_timeout: Duration,
+    /// How long a client may take to send a request's body.
+    pub body_timeout: Duration,
+    /// Most connections open at once; one past it is closed at once.
+    pub max_connections: usize,
+}
+
+impl Default for HttpOptions {
+    fn default() -> Self {
+        HttpOptions {
+            token: None,
+            cors_origin: None,
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
+            max_connections: 1024,
+        }
+    }
 }
 
 struct Cached {
@@ -113,6 +132,7 @@ fn bad(msg: impl Into<String>) -> ApiError {
 pub struct HttpServer {
     listener: TcpListener,
     router: Router,
+    options: HttpOptions,
 }
 
 impl HttpServer {
@@ -131,7 +151,7 @@ impl HttpServer {
         let app = Arc::new(App {
             tables,
             limits,
-            options,
+            options: options.clone(),
             cache: Mutex::new(Cache::default()),
             metrics: Metrics::default(),
         });
@@ -146,15 +166,49 @@ impl HttpServer {
             .fallback(not_found)
             .layer(middleware::from_fn_with_state(app.clone(), guard))
             .with_state(app);
-        Ok(HttpServer { listener, router })
+        Ok(HttpServer {
+            listener,
+            router,
+            options,
+        })
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.listener.local_addr()
     }
 
+    /// Serves connections until the task is dropped, within [`HttpOptions`]' timeouts and
+    /// connection cap, so slow or idle clients cannot hold the server's resources.
     pub async fn run(self) -> std::io::Result<()> {
-        axum::serve(self.listener, self.router).await
+        let (max, header_timeout) = (self.options.max_connections, self.options.header_timeout);
+        let open = Arc::new(tokio::sync::Semaphore::new(max));
+        loop {
+            let (socket, peer) = match self.listener.accept().await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!("cannot accept an HTTP connection: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let Ok(permit) = open.clone().try_acquire_owned() else {
+                tracing::warn!(%peer, "HTTP connection refused: {max} are open");
+                drop(socket);
+                continue;
+            };
+            let service = hyper_util::service::TowerToHyperService::new(self.router.clone());
+            tokio::spawn(async move {
+                let served = hyper::server::conn::http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(header_timeout)
+                    .serve_connection(hyper_util::rt::TokioIo::new(socket), service)
+                    .await;
+                if let Err(e) = served {
+                    tracing::debug!(%peer, "HTTP connection ended: {e}");
+                }
+                drop(permit);
+            });
+        }
     }
 }
 
@@ -558,7 +612,34 @@ async fn timeline(
     .await
 }
 
-async fn query(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Response {
+async fn query(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> Response {
+    // Read the body under a deadline: a client that trickles it cannot hold the connection.
+    const MAX_BODY: usize = 2 << 20;
+    let within = app.options.body_timeout;
+    let body = match tokio::time::timeout(within, axum::body::to_bytes(body, MAX_BODY)).await {
+        Ok(Ok(b)) => b,
+        Ok(Err(_)) => {
+            return ApiError(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("the request body is over {} MiB", MAX_BODY >> 20),
+            )
+            .into_response();
+        }
+        Err(_) => {
+            return ApiError(
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "the request body did not arrive within {} s",
+                    within.as_secs_f64()
+                ),
+            )
+            .into_response();
+        }
+    };
     let sql = match std::str::from_utf8(&body) {
         Ok(s) if !s.trim().is_empty() => s.to_string(),
         Ok(_) => return bad("the request body must be one SQL query").into_response(),
