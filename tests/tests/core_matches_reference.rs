@@ -2,45 +2,33 @@
 //! example and on random adversarial event streams.
 
 use earshot_contract::{Event, Pseudonymizer};
-use earshot_core::{Engine, Outcome, Settings, Snapshot, Tally, TimeGate, Verdict};
-use earshot_tests::parse_all;
+use earshot_core::{Outcome, Settings, Snapshot, Tally, Verdict};
 use earshot_tests::reference::{Decision, classify, reference};
 use earshot_tests::scenario::scenario;
+use earshot_tests::{parse_all, run_through_gate};
 use proptest::prelude::*;
 
-/// Runs the events through the gate and the engine as an ingest does (every partition's input ends
-/// at the end, in partition order); returns the tables, the tally, and each event's decision by
-/// its index.
+/// The gate and the engine, with each event's decision in the reference's terms.
 fn engine_run_decisions(
     events: &[(u32, Event)],
     settings: Settings,
 ) -> (Snapshot, Tally, Vec<(usize, Decision)>) {
-    let mut engine = Engine::new(settings);
-    let mut gate = TimeGate::new();
-    let mut decisions = Vec::new();
-    let mut note = |_: Event, i: usize, v: Verdict| {
-        decisions.push((
-            i,
-            match v {
+    let (snapshot, tally, verdicts) = run_through_gate(events, settings);
+    let decisions = verdicts
+        .into_iter()
+        .map(|(i, v)| {
+            let d = match v {
                 Verdict::Offered(Outcome::Counted) => Decision::Counted,
                 Verdict::Offered(Outcome::Late) => Decision::Late,
                 Verdict::Offered(Outcome::Duplicate) => Decision::Duplicate,
                 Verdict::Offered(Outcome::OutOfSpan) | Verdict::Uncorroborated => {
                     Decision::Rejected
                 }
-            },
-        ))
-    };
-    for (i, (p, e)) in events.iter().enumerate() {
-        gate.offer(&mut engine, *p, e.clone(), i, &mut note);
-    }
-    let mut partitions: Vec<u32> = events.iter().map(|(p, _)| *p).collect();
-    partitions.sort_unstable();
-    partitions.dedup();
-    for p in partitions {
-        gate.finish(&mut engine, p, &mut note);
-    }
-    (engine.snapshot(None), engine.tally(), decisions)
+            };
+            (i, d)
+        })
+        .collect();
+    (snapshot, tally, decisions)
 }
 
 fn engine_run(events: &[(u32, Event)], settings: Settings) -> (Snapshot, Tally) {

@@ -7,33 +7,25 @@
 //! it never makes late an event that the largest *real* `ts` before it would not already make late.
 
 use earshot_contract::{Event, Pseudonymizer, format_rfc3339_ms};
-use earshot_core::{Engine, Outcome, Settings, Snapshot, TimeGate, Verdict};
+use earshot_core::{Outcome, Settings, Snapshot, Verdict};
 use earshot_sim::Rng;
-use earshot_tests::parse_all;
 use earshot_tests::reference::reference;
 use earshot_tests::scenario::scenario;
+use earshot_tests::{parse_all, run_through_gate};
 use proptest::prelude::*;
 
 /// Every event through the gate and the engine, as an ingest does; each event's verdict by index.
 fn run(events: &[(u32, Event)], settings: Settings) -> (Snapshot, Vec<Verdict>) {
-    let mut engine = Engine::new(settings);
-    let mut gate = TimeGate::new();
+    let (snapshot, _, decided) = run_through_gate(events, settings);
     let mut verdicts = vec![None; events.len()];
-    let mut note = |_: Event, i: usize, v: Verdict| verdicts[i] = Some(v);
-    for (i, (p, e)) in events.iter().enumerate() {
-        gate.offer(&mut engine, *p, e.clone(), i, &mut note);
-    }
-    let mut partitions: Vec<u32> = events.iter().map(|(p, _)| *p).collect();
-    partitions.sort_unstable();
-    partitions.dedup();
-    for p in partitions {
-        gate.finish(&mut engine, p, &mut note);
+    for (i, v) in decided {
+        verdicts[i] = Some(v);
     }
     let verdicts = verdicts
         .into_iter()
         .map(|v| v.expect("every event is decided by the end"))
         .collect();
-    (engine.snapshot(None), verdicts)
+    (snapshot, verdicts)
 }
 
 /// The line with its `ts` moved by `by` ms (lines that do not have one are kept as they are).

@@ -590,6 +590,21 @@ fn chromium_plots_the_api_figures_on_the_live_page() {
     assert!(out.status.success() && shot.exists());
 }
 
+/// Runs `cmd` with `input` on its standard input; returns its output.
+fn with_stdin(cmd: &mut Command, input: &str) -> std::io::Result<std::process::Output> {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    child
+        .stdin
+        .take()
+        .expect("stdin is piped")
+        .write_all(input.as_bytes())?;
+    child.wait_with_output()
+}
+
 /// Query texts that used to end the process (a thread's stack overflowed while parsing or planning
 /// them): each gets a clear error naming the limit, through HTTP, Postgres and the CLI alike, and the
 /// server keeps answering.
@@ -634,47 +649,29 @@ fn queries_too_deep_to_plan_are_refused_and_the_server_keeps_answering() {
             "{short}: {}",
             r.text()
         );
-        let out = Command::new("psql")
-            .args([
-                "-X",
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &pg_port.to_string(),
-                "-U",
-                "earshot",
-                "-d",
-            ])
-            .args(["earshot", "-v", "ON_ERROR_STOP=1", "-At", "-f", "-"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .and_then(|mut c| {
-                use std::io::Write as _;
-                c.stdin.take().unwrap().write_all(sql.as_bytes())?;
-                c.wait_with_output()
-            })
-            .expect("psql (scripts/setup installs postgresql-client)");
+        let mut psql = Command::new("psql");
+        psql.args([
+            "-X",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &pg_port.to_string(),
+            "-U",
+            "earshot",
+            "-d",
+        ])
+        .args(["earshot", "-v", "ON_ERROR_STOP=1", "-At", "-f", "-"]);
+        let out =
+            with_stdin(&mut psql, sql).expect("psql (scripts/setup installs postgresql-client)");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(
             !out.status.success() && err.contains(says),
             "{short}: {err}"
         );
         // Too long for an argument: the CLI reads it as a script on standard input.
-        let cli = earshot()
-            .args(["sql", "--data"])
-            .arg(&data)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .and_then(|mut c| {
-                use std::io::Write as _;
-                c.stdin.take().unwrap().write_all(sql.as_bytes())?;
-                c.wait_with_output()
-            })
-            .unwrap();
+        let mut sql_cli = earshot();
+        sql_cli.args(["sql", "--data"]).arg(&data);
+        let cli = with_stdin(&mut sql_cli, sql).unwrap();
         let err = String::from_utf8_lossy(&cli.stderr);
         assert_eq!(cli.status.code(), Some(1), "{short}: {err}");
         assert!(err.contains(says), "{short}: {err}");
