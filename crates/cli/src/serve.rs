@@ -117,15 +117,17 @@ pub fn serve(a: ServeArgs, until: impl std::future::Future<Output = ()>) -> anyh
             None => None,
         };
         let _follow = earshot_serve::follow_generations(tables, Duration::from_millis(500));
+        // The addresses go to standard output; a server must not die because whoever started it
+        // stopped reading (a closed pipe makes `println!` panic), so write errors are ignored.
+        let mut banner = String::new();
         if let Some(server) = &pg {
             let addr = server.local_addr()?;
             let login = match &auth {
                 Auth::Trust => "no password (loopback only)".to_string(),
                 Auth::Password { user, .. } => format!("user {user}, SCRAM-SHA-256"),
             };
-            println!("postgres: listening on {addr} ({login}); database earshot");
-            println!(
-                "  psql -h {} -p {} -U {} earshot",
+            banner += &format!(
+                "postgres: listening on {addr} ({login}); database earshot\n  psql -h {} -p {} -U {} earshot\n",
                 addr.ip(),
                 addr.port(),
                 a.pg_user
@@ -138,15 +140,18 @@ pub fn serve(a: ServeArgs, until: impl std::future::Future<Output = ()>) -> anyh
             } else {
                 "no token (loopback only)"
             };
-            println!("http: listening on {addr} ({access}); live page at http://{addr}/");
+            banner +=
+                &format!("http: listening on {addr} ({access}); live page at http://{addr}/\n");
         }
-        println!(
-            "  limits: {} per query, {} of query memory",
+        banner += &format!(
+            "  limits: {} per query, {} of query memory\n",
             earshot_sql::human_duration(limits.time),
             earshot_sql::human_bytes(limits.memory)
         );
         use std::io::Write;
-        std::io::stdout().flush()?;
+        let mut stdout = std::io::stdout();
+        let _ = stdout.write_all(banner.as_bytes());
+        let _ = stdout.flush();
         let pg_task = async {
             match pg {
                 Some(s) => s.run().await,
