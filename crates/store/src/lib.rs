@@ -42,9 +42,7 @@ pub enum StoreError {
     )]
     Busy { path: String },
     /// The disk or file system refused (permissions, space). Retrying helps once that is fixed.
-    #[error(
-        "cannot {action} {path}: {source}\n  hint: check that the directory exists, is writable and has free space"
-    )]
+    #[error("cannot {action} {path}: {source}\n  hint: {}", io_hint(source))]
     Io {
         action: &'static str,
         path: String,
@@ -58,6 +56,23 @@ pub enum StoreError {
         table: &'static str,
         message: String,
     },
+}
+
+/// What to do about a file-system error, by its kind.
+fn io_hint(e: &std::io::Error) -> &'static str {
+    use std::io::ErrorKind;
+    match e.kind() {
+        ErrorKind::StorageFull => {
+            "the disk holding the data directory is full: free space (or point --data at another disk) and run again; nothing half-written was kept"
+        }
+        ErrorKind::QuotaExceeded => {
+            "your disk quota is used up: free space or raise the quota, then run again; nothing half-written was kept"
+        }
+        ErrorKind::ReadOnlyFilesystem | ErrorKind::PermissionDenied => {
+            "the data directory cannot be written here: use a writable --data directory"
+        }
+        _ => "check that the directory exists, is writable and has free space",
+    }
 }
 
 impl StoreError {

@@ -16,6 +16,7 @@ use earshot_contract::{Event, Millis};
 use earshot_core::{Settings, Snapshot};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
+use parquet::errors::ParquetError;
 use parquet::file::properties::WriterProperties;
 use parquet::schema::types::ColumnPath;
 use serde::{Deserialize, Serialize};
@@ -108,6 +109,21 @@ fn encode_err(table: &'static str) -> impl Fn(String) -> StoreError {
     move |message| StoreError::Encode { table, message }
 }
 
+/// A Parquet writer's error: the disk's own (no space, read-only, quota), said as such with the
+/// file it was writing, or else an encoding error (a bug).
+fn parquet_err<'a>(
+    table: &'static str,
+    path: &'a Path,
+) -> impl Fn(ParquetError) -> StoreError + 'a {
+    move |e| match e {
+        ParquetError::External(inner) => match inner.downcast::<std::io::Error>() {
+            Ok(io) => StoreError::io("write", path, *io),
+            Err(other) => encode_err(table)(other.to_string()),
+        },
+        other => encode_err(table)(other.to_string()),
+    }
+}
+
 /// Columns whose values are (nearly) unique per row: a dictionary would only be built to be thrown
 /// away when its page overflows, so they are written plain.
 const UNIQUE_COLUMNS: [&str; 4] = ["event_id", "source", "session_id", "listener_key"];
@@ -140,19 +156,15 @@ impl TableFile {
             props = props.set_column_dictionary_enabled(ColumnPath::from(column), false);
         }
         let mut writer = ArrowWriter::try_new(file, schema.clone(), Some(props.build()))
-            .map_err(|e| encode_err(table)(e.to_string()))?;
+            .map_err(parquet_err(table, &path))?;
         let (batches, queue) = mpsc::sync_channel::<RecordBatch>(2);
         let encoder = thread::Builder::new()
             .name(format!("earshot-{table}-writer"))
             .spawn(move || {
                 for batch in queue {
-                    writer
-                        .write(&batch)
-                        .map_err(|e| encode_err(table)(e.to_string()))?;
+                    writer.write(&batch).map_err(parquet_err(table, &path))?;
                 }
-                let file = writer
-                    .into_inner()
-                    .map_err(|e| encode_err(table)(e.to_string()))?;
+                let file = writer.into_inner().map_err(parquet_err(table, &path))?;
                 file.sync_all()
                     .map_err(|e| StoreError::io("sync", &path, e))
             })
