@@ -715,7 +715,7 @@ fn slow_and_idle_clients_are_cut_off_and_connections_are_capped() {
         &data,
         &[
             "--http-header-timeout",
-            "700ms",
+            "2s",
             "--http-body-timeout",
             "700ms",
             "--http-max-connections",
