@@ -327,18 +327,6 @@ impl Engine {
         }
     }
 
-    /// Each stream's id and its number of buckets (first to last event), widest first.
-    pub fn bucket_spans(&self) -> Vec<(&str, i64)> {
-        let w = self.settings.bucket_ms;
-        let mut v: Vec<(&str, i64)> = self
-            .streams
-            .iter()
-            .map(|(id, s)| (id.as_str(), s.bucket_span(w)))
-            .collect();
-        v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
-        v
-    }
-
     /// Number of sessions held in memory.
     pub fn session_count(&self) -> usize {
         self.streams.values().map(|s| s.session_count()).sum()

@@ -39,10 +39,6 @@ impl StreamAcc {
         }
     }
 
-    pub(crate) fn bucket_span(&self, w: i64) -> i64 {
-        self.last_event.div_euclid(w) - self.first_event.div_euclid(w) + 1
-    }
-
     /// The number of buckets the stream would span with an event at `ts`.
     pub(crate) fn span_with(&self, ts: Millis, w: i64) -> i64 {
         let last = self.last_event.max(ts).div_euclid(w);

@@ -904,7 +904,8 @@ fn topic_partitions<C: ClientContext>(
     client: &rdkafka::client::Client<C>,
     topic: &str,
 ) -> Result<Vec<i32>, KafkaError> {
-    let md = client.fetch_metadata(Some(topic), Duration::from_secs(5))?;
+    // Short: it runs on the consuming thread, and a slow answer only delays the next check.
+    let md = client.fetch_metadata(Some(topic), Duration::from_secs(1))?;
     Ok(partition_ids(&md, topic))
 }
 

@@ -7,7 +7,7 @@
 //! design choice: this crate owns the loop and the bookkeeping, while parsing belongs to
 //! `earshot-contract`, counting to `earshot-core` and files to `earshot-store`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::io::{self, BufRead};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -273,9 +273,9 @@ struct Pipeline {
     generation: Generation,
     summary: Summary,
     pseudonyms: Pseudonymizer,
-    /// Per partition, how its rows' `source` starts (`file:PATH:`, `kafka:TOPIC/P@`); the
+    /// Indexed by partition, how its rows' `source` starts (`file:PATH:`, `kafka:TOPIC/P@`); the
     /// message's position follows.
-    prefixes: HashMap<u32, String>,
+    prefixes: Vec<String>,
     /// With a dead-letter topic: the rejects not yet sent there.
     dead_letters: Option<Vec<DeadLetter>>,
 }
@@ -288,13 +288,17 @@ impl Pipeline {
             generation,
             summary: Summary::default(),
             pseudonyms,
-            prefixes: HashMap::new(),
+            prefixes: Vec::new(),
             dead_letters: None,
         }
     }
 
     fn name_partition(&mut self, partition: u32, prefix: String) {
-        self.prefixes.insert(partition, prefix);
+        let slot = partition as usize;
+        if self.prefixes.len() <= slot {
+            self.prefixes.resize(slot + 1, String::new());
+        }
+        self.prefixes[slot] = prefix;
     }
 
     /// Counts one message of `partition` at `at` (a line number, an offset); `payload` is the
@@ -312,7 +316,10 @@ impl Pipeline {
             Ok(event) => self.through_gate(partition, Some((event, at))),
             Err(reject) => {
                 let payload = redact_listener_ids(payload, &self.pseudonyms);
-                let prefix = self.prefixes.get(&partition).map_or("", String::as_str);
+                let prefix = self
+                    .prefixes
+                    .get(partition as usize)
+                    .map_or("", String::as_str);
                 write_reject(
                     &mut self.generation,
                     &mut self.summary,
@@ -347,7 +354,7 @@ impl Pipeline {
             dead_letters,
             ..
         } = self;
-        let prefix = prefixes.get(&partition).map_or("", String::as_str);
+        let prefix = prefixes.get(partition as usize).map_or("", String::as_str);
         let mut write = |e: earshot_contract::Event, at: At, verdict: Verdict| {
             let written = decided(
                 generation,
@@ -421,7 +428,7 @@ fn decided(
         )
     } else {
         format!(
-            "ts {ts} is more than the maximum jump (--max-jump) ahead of its partition's time, and no later event of the partition confirmed it (a wrong clock)"
+            "ts {ts} jumps more than --max-jump from its partition's time (or disagrees with the partition's other early events), and no later event of the partition confirmed it (a wrong clock)"
         )
     };
     let reject = earshot_contract::Reject::new(code, message);
