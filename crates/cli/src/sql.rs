@@ -54,6 +54,7 @@ impl LimitArgs {
         Ok(Limits {
             time: std::time::Duration::from_millis(self.query_timeout.unsigned_abs()),
             memory: self.memory_limit,
+            ..Limits::default()
         })
     }
 }

@@ -69,9 +69,13 @@ struct Cached {
 struct Cache {
     generation: String,
     entries: HashMap<String, Arc<Cached>>,
+    bytes: usize,
 }
 
 const CACHE_ENTRIES: usize = 4096;
+/// The cache holds at most this many bytes of bodies, and no body over a sixteenth of it: query
+/// results beyond that are answered, not kept.
+const CACHE_BYTES: usize = 64 << 20;
 const LATENCY_BUCKETS: [f64; 12] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
 ];
@@ -106,7 +110,7 @@ impl From<SqlError> for ApiError {
             SqlError::TimeLimit(_) | SqlError::MemoryLimit { .. } => {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
-            SqlError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+            SqlError::Busy { .. } | SqlError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
         };
         ApiError(status, e.to_string())
     }
@@ -115,12 +119,19 @@ impl From<SqlError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = json!({ "error": self.1, "status": self.0.as_u16() }).to_string();
-        (
+        let mut response = (
             self.0,
             [(header::CONTENT_TYPE, "application/json")],
             format!("{body}\n"),
         )
-            .into_response()
+            .into_response();
+        if self.0 == StatusCode::SERVICE_UNAVAILABLE {
+            // Busy or between generations: both pass within seconds.
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
     }
 }
 
@@ -315,6 +326,12 @@ impl App {
     ) -> Result<(SchemaRef, Vec<RecordBatch>), ApiError> {
         let started = Instant::now();
         let out = earshot_sql::run_with(&self.tables.ctx, sql, params, &self.limits).await;
+        self.observe(started);
+        Ok(out?)
+    }
+
+    /// Counts a query's latency in `/metrics`.
+    fn observe(&self, started: Instant) {
         let secs = started.elapsed().as_secs_f64();
         let mut h = self
             .metrics
@@ -328,7 +345,6 @@ impl App {
         h.0[i] += 1;
         h.1 += (secs * 1e6) as u64;
         h.2 += 1;
-        Ok(out?)
     }
 
     async fn canned(&self, name: &str, params: &[String]) -> Result<Vec<Value>, ApiError> {
@@ -378,6 +394,7 @@ where
         let mut cache = app.cache.lock().unwrap_or_else(|p| p.into_inner());
         if cache.generation != generation {
             cache.entries.clear();
+            cache.bytes = 0;
             cache.generation = generation.clone();
         }
         cache.entries.get(&key).cloned()
@@ -400,11 +417,16 @@ where
                     body: Bytes::from(body),
                 });
                 let mut cache = app.cache.lock().unwrap_or_else(|p| p.into_inner());
-                if cache.generation == generation {
-                    if cache.entries.len() >= CACHE_ENTRIES {
+                let size = e.body.len() + key.len();
+                if cache.generation == generation && size <= CACHE_BYTES / 16 {
+                    if cache.entries.len() >= CACHE_ENTRIES || cache.bytes + size > CACHE_BYTES {
                         cache.entries.clear();
+                        cache.bytes = 0;
                     }
-                    cache.entries.insert(key, e.clone());
+                    cache.bytes += size;
+                    if let Some(old) = cache.entries.insert(key, e.clone()) {
+                        cache.bytes -= old.body.len() + size - e.body.len();
+                    }
                 }
                 e
             }
@@ -667,35 +689,20 @@ async fn query(
     let key = format!("query/{kind}/{sql}");
     let a = app.clone();
     cached(&app, &headers, key, || async move {
-        let (schema, batches) = a.run(&sql, &Params::default()).await?;
-        let internal = |e: String| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e);
-        match kind {
-            "csv" => {
-                let mut buf = Vec::new();
-                output::write(&mut buf, &schema, &batches, Format::Csv)
-                    .map_err(|e| internal(e.to_string()))?;
-                Ok(("text/csv; charset=utf-8", buf))
-            }
-            "arrow" => {
-                let mut buf = Vec::new();
-                {
-                    let mut w =
-                        datafusion::arrow::ipc::writer::StreamWriter::try_new(&mut buf, &schema)
-                            .map_err(|e| internal(e.to_string()))?;
-                    for b in &batches {
-                        w.write(b).map_err(|e| internal(e.to_string()))?;
-                    }
-                    w.finish().map_err(|e| internal(e.to_string()))?;
-                }
-                Ok(("application/vnd.apache.arrow.stream", buf))
-            }
-            _ => {
-                let mut buf = Vec::new();
-                output::write(&mut buf, &schema, &batches, Format::Json)
-                    .map_err(|e| internal(e.to_string()))?;
-                Ok(("application/json", buf))
-            }
-        }
+        // A user's query: it waits for a turn and runs on the query threads; its result and the
+        // rendered body are held within the memory limit.
+        let started = Instant::now();
+        let answer = a.tables.query(&sql, &Params::default()).await;
+        a.observe(started);
+        let mut answer = answer?;
+        Ok(match kind {
+            "csv" => ("text/csv; charset=utf-8", answer.render(Format::Csv)?),
+            "arrow" => (
+                "application/vnd.apache.arrow.stream",
+                answer.render_arrow()?,
+            ),
+            _ => ("application/json", answer.render(Format::Json)?),
+        })
     })
     .await
 }

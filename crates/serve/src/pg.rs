@@ -19,6 +19,7 @@ use datafusion_postgres::datafusion_pg_catalog::pg_catalog::context::EmptyContex
 use datafusion_postgres::datafusion_pg_catalog::setup_pg_catalog;
 use datafusion_postgres::datafusion_pg_catalog::sql::PostgresCompatibilityParser;
 use datafusion_postgres::{DfSessionService, Parser};
+use earshot_sql::exec::Turn;
 use earshot_sql::{Limits, SqlError, Tables, guard};
 use futures::{Sink, Stream, StreamExt};
 use pgwire::api::auth::noop::NoopStartupHandler;
@@ -378,6 +379,7 @@ fn sql_error(e: SqlError) -> PgWireError {
         SqlError::Refused(_) => "25006",
         SqlError::TimeLimit(_) => "57014",
         SqlError::MemoryLimit { .. } => "53200",
+        SqlError::Busy { .. } => "53300",
         SqlError::Param(_) => "22023",
         SqlError::Query(_) => "42601",
         SqlError::TooComplex(_) => "54001",
@@ -396,7 +398,13 @@ struct Guarded {
 
 impl Guarded {
     /// Wraps a response's rows so the query stops at the deadline and memory errors name the limit.
-    fn limit(&self, response: Response, deadline: tokio::time::Instant) -> Response {
+    /// The rows are computed on the query threads, and `turn` is held until the last row is sent.
+    fn limit(
+        &self,
+        response: Response,
+        deadline: tokio::time::Instant,
+        turn: Arc<Turn>,
+    ) -> Response {
         match response {
             Response::Query(q) => {
                 let QueryResponse {
@@ -405,7 +413,11 @@ impl Guarded {
                     data_rows,
                     ..
                 } = q;
-                let rows = bounded(data_rows, deadline, self.limits);
+                let rows = self.tables.threads.forward(data_rows, 64);
+                let rows = bounded(rows, deadline, self.limits).map(move |row| {
+                    let _held = &turn;
+                    row
+                });
                 let mut limited = QueryResponse::new(row_schema, rows);
                 limited.command_tag = command_tag;
                 Response::Query(limited)
@@ -442,7 +454,9 @@ fn bounded(
 
 fn memory_or(e: PgWireError, limits: &Limits) -> PgWireError {
     let text = e.to_string();
-    if text.contains("Resources exhausted") {
+    if text.contains(earshot_sql::exec::DEADLINE_WORDS) {
+        sql_error(SqlError::TimeLimit(limits.time))
+    } else if text.contains("Resources exhausted") {
         sql_error(SqlError::MemoryLimit {
             limit: limits.memory,
             detail: text,
@@ -480,17 +494,20 @@ impl SimpleQueryHandler for Guarded {
                 .map(|tag| Response::Execution(Tag::new(tag)))
                 .collect());
         }
+        let turn = Arc::new(self.tables.admission.turn().await.map_err(sql_error)?);
         let deadline = self.deadline();
         let responses = tokio::time::timeout_at(
             deadline,
-            SimpleQueryHandler::do_query(&*self.inner, client, query),
+            self.tables
+                .threads
+                .enter(SimpleQueryHandler::do_query(&*self.inner, client, query)),
         )
         .await
         .map_err(|_| sql_error(SqlError::TimeLimit(self.limits.time)))?
         .map_err(|e| memory_or(e, &self.limits))?;
         Ok(responses
             .into_iter()
-            .map(|r| self.limit(r, deadline))
+            .map(|r| self.limit(r, deadline, turn.clone()))
             .collect())
     }
 }
@@ -530,15 +547,21 @@ impl ExtendedQueryHandler for Guarded {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
+        let turn = Arc::new(self.tables.admission.turn().await.map_err(sql_error)?);
         let deadline = self.deadline();
         let response = tokio::time::timeout_at(
             deadline,
-            ExtendedQueryHandler::do_query(&*self.inner, client, portal, max_rows),
+            self.tables.threads.enter(ExtendedQueryHandler::do_query(
+                &*self.inner,
+                client,
+                portal,
+                max_rows,
+            )),
         )
         .await
         .map_err(|_| sql_error(SqlError::TimeLimit(self.limits.time)))?
         .map_err(|e| memory_or(e, &self.limits))?;
-        Ok(self.limit(response, deadline))
+        Ok(self.limit(response, deadline, turn))
     }
 }
 

@@ -9,6 +9,8 @@
 //! not read-only, binds named parameters (`$stream`), and executes under the [`Limits`]. [`queries`]
 //! holds the canned analyses of `queries/*.sql`. This crate computes no figure itself.
 
+mod amplify;
+pub mod exec;
 mod functions;
 pub mod guard;
 pub mod output;
@@ -23,6 +25,7 @@ use std::time::Duration;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::error::DataFusionError;
+use datafusion::execution::SessionStateBuilder;
 use datafusion::execution::memory_pool::{GreedyMemoryPool, TrackConsumersPool};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::logical_expr::LogicalPlan;
@@ -59,27 +62,44 @@ pub enum SqlError {
     /// The statement is too long or too deeply built to plan safely (see [`guard::check_shape`]).
     #[error("{0}")]
     TooComplex(String),
+    /// As many queries as may run at once are running, and none ended while this one waited.
+    #[error(
+        "the server is busy: {running} queries are running and none finished within {} (try again shortly, or raise --max-queries)",
+        human_duration(*waited)
+    )]
+    Busy { running: usize, waited: Duration },
     /// The data directory is missing or unreadable.
     #[error(transparent)]
     Store(#[from] StoreError),
 }
 
-/// How long one query may run and how much memory all running queries may hold together.
+/// How long one query may run, how much memory all running queries may hold together, and how
+/// many queries a server runs at once (the rest wait up to `queue`, then are refused as busy).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
     pub time: Duration,
     pub memory: usize,
+    pub running: usize,
+    pub queue: Duration,
 }
 
 impl Default for Limits {
     /// 30 s and 2 GiB: generous for the dashboard and audit queries (milliseconds, megabytes), small
-    /// enough that a runaway query is stopped long before it hurts anyone else.
+    /// enough that a runaway query is stopped long before it hurts anyone else. As many queries at
+    /// once as there are cores, and a 5 s wait for a turn.
     fn default() -> Self {
         Limits {
             time: Duration::from_secs(30),
             memory: 2 << 30,
+            running: cores(),
+            queue: Duration::from_secs(5),
         }
     }
+}
+
+/// The cores this process may use (at least 1).
+pub fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 /// The session configuration every entry point shares.
@@ -113,6 +133,11 @@ pub async fn context(data_dir: &Path) -> Result<SessionContext, SqlError> {
 /// publishing fresh tables) while clients keep using the same `SessionContext`.
 pub struct Tables {
     pub ctx: SessionContext,
+    pub limits: Limits,
+    /// Where user queries run, apart from the threads that serve and consume.
+    pub threads: exec::QueryThreads,
+    /// How many user queries run at once.
+    pub admission: exec::Admission,
     data_dir: PathBuf,
     generation: Mutex<PathBuf>,
 }
@@ -129,14 +154,38 @@ impl Tables {
             .with_memory_pool(Arc::new(pool))
             .build_arc()
             .map_err(|e| SqlError::Query(e.to_string()))?;
-        let ctx = SessionContext::new_with_config_rt(config(), runtime);
+        let state = SessionStateBuilder::new()
+            .with_config(config())
+            .with_runtime_env(runtime)
+            .with_default_features()
+            .with_query_planner(Arc::new(exec::DeadlinePlanner { time: limits.time }))
+            .build();
+        let ctx = SessionContext::new_with_state(state);
         register_functions(&ctx);
+        amplify::bound_amplifying_functions(&ctx);
         register_tables(&ctx, &generation).await?;
         Ok(Tables {
             ctx,
+            limits,
+            threads: exec::QueryThreads::new(cores()),
+            admission: exec::Admission::new(limits.running, limits.queue),
             data_dir: data_dir.to_path_buf(),
             generation: Mutex::new(generation),
         })
+    }
+
+    /// Runs one user query: waits for a turn ([`Limits::running`]), then plans and executes it on
+    /// the query threads under the limits, and collects the result within the memory limit.
+    pub async fn query(&self, sql: &str, params: &Params) -> Result<exec::Answer, SqlError> {
+        let _turn = self.admission.turn().await?;
+        let (ctx, sql, params, limits) = (
+            self.ctx.clone(),
+            sql.to_owned(),
+            params.clone(),
+            self.limits,
+        );
+        let work = async move { answer(&ctx, &sql, &params, &limits).await };
+        self.threads.run(work).await?
     }
 
     /// The generation being served (its directory), e.g. `DATA/gen-000003`.
@@ -215,26 +264,37 @@ pub async fn plan(
     params.bind(plan)
 }
 
-/// Runs one read-only statement under the time limit and collects its result.
+/// Runs one read-only statement under the limits and collects its result, its memory reserved.
+pub async fn answer(
+    ctx: &SessionContext,
+    sql: &str,
+    params: &Params,
+    limits: &Limits,
+) -> Result<exec::Answer, SqlError> {
+    let work = async {
+        let plan = plan(ctx, sql, params).await?;
+        let schema = Arc::new(plan.schema().as_arrow().clone());
+        let df = ctx
+            .execute_logical_plan(plan)
+            .await
+            .map_err(|e| classify(e, limits))?;
+        let stream = df.execute_stream().await.map_err(|e| classify(e, limits))?;
+        exec::Answer::collect(schema, stream, exec::result_memory(ctx), limits).await
+    };
+    match tokio::time::timeout(limits.time, work).await {
+        Ok(answer) => answer,
+        Err(_) => Err(SqlError::TimeLimit(limits.time)),
+    }
+}
+
+/// Runs one read-only statement under the limits and collects its result.
 pub async fn run_with(
     ctx: &SessionContext,
     sql: &str,
     params: &Params,
     limits: &Limits,
 ) -> Result<(SchemaRef, Vec<RecordBatch>), SqlError> {
-    let plan = plan(ctx, sql, params).await?;
-    let schema = Arc::new(plan.schema().as_arrow().clone());
-    let work = async {
-        let df = ctx
-            .execute_logical_plan(plan)
-            .await
-            .map_err(|e| classify(e, limits))?;
-        df.collect().await.map_err(|e| classify(e, limits))
-    };
-    match tokio::time::timeout(limits.time, work).await {
-        Ok(batches) => Ok((schema, batches?)),
-        Err(_) => Err(SqlError::TimeLimit(limits.time)),
-    }
+    Ok(answer(ctx, sql, params, limits).await?.into_parts())
 }
 
 /// Runs one read-only statement without parameters under the default limits.
@@ -246,6 +306,9 @@ pub async fn run(ctx: &SessionContext, sql: &str) -> Result<Vec<RecordBatch>, Sq
 
 /// Turns a DataFusion error into the error a user can act on.
 pub fn classify(e: DataFusionError, limits: &Limits) -> SqlError {
+    if exec::is_deadline(&e) {
+        return SqlError::TimeLimit(limits.time);
+    }
     if is_resources_exhausted(&e) {
         return SqlError::MemoryLimit {
             limit: limits.memory,

@@ -98,11 +98,24 @@ fn formatters<'a>(
         .collect()
 }
 
-fn csv_field(s: &str) -> String {
+fn csv_field(s: &str) -> std::borrow::Cow<'_, str> {
     if s.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
+        format!("\"{}\"", s.replace('"', "\"\"")).into()
     } else {
-        s.to_owned()
+        s.into()
+    }
+}
+
+/// A text cell's value without a copy (none for null or other types).
+fn borrowed_text(col: &dyn Array, row: usize) -> Option<&str> {
+    if col.is_null(row) {
+        return None;
+    }
+    match col.data_type() {
+        DataType::Utf8 => Some(col.as_string::<i32>().value(row)),
+        DataType::LargeUtf8 => Some(col.as_string::<i64>().value(row)),
+        DataType::Utf8View => Some(col.as_string_view().value(row)),
+        _ => None,
     }
 }
 
@@ -118,43 +131,45 @@ pub fn write(
     let names: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
     match format {
         Format::Json | Format::Ndjson => {
-            // Objects are written by hand so keys keep the query's column order.
+            // Objects are written by hand so keys keep the query's column order, and row by row
+            // into `out`, so a big result is never held twice.
             let keys: Vec<String> = names
                 .iter()
                 .map(serde_json::to_string)
                 .collect::<Result<_, _>>()?;
-            let mut rows: Vec<String> = Vec::new();
+            let json = format == Format::Json;
+            if json {
+                out.write_all(b"[\n")?;
+            }
+            let mut first = true;
             for batch in batches {
                 let fmts = formatters(batch, &opts)?;
                 for r in 0..batch.num_rows() {
-                    let mut obj = String::from("{");
+                    if json {
+                        out.write_all(if first { b"  {" } else { b",\n  {" })?;
+                    } else {
+                        out.write_all(b"{")?;
+                    }
+                    first = false;
                     for (i, col) in batch.columns().iter().enumerate() {
                         if i > 0 {
-                            obj.push(',');
+                            out.write_all(b",")?;
                         }
-                        obj.push_str(&keys[i]);
-                        obj.push(':');
-                        obj.push_str(&serde_json::to_string(&json_cell(
-                            col.as_ref(),
-                            r,
-                            &fmts[i],
-                        ))?);
+                        out.write_all(keys[i].as_bytes())?;
+                        out.write_all(b":")?;
+                        match borrowed_text(col.as_ref(), r) {
+                            Some(text) => serde_json::to_writer(&mut *out, text)?,
+                            None => serde_json::to_writer(
+                                &mut *out,
+                                &json_cell(col.as_ref(), r, &fmts[i]),
+                            )?,
+                        }
                     }
-                    obj.push('}');
-                    rows.push(obj);
+                    out.write_all(if json { b"}" } else { b"}\n" })?;
                 }
             }
-            if format == Format::Json {
-                writeln!(out, "[")?;
-                for (i, row) in rows.iter().enumerate() {
-                    let sep = if i + 1 < rows.len() { "," } else { "" };
-                    writeln!(out, "  {row}{sep}")?;
-                }
-                writeln!(out, "]")?;
-            } else {
-                for row in rows {
-                    writeln!(out, "{row}")?;
-                }
+            if json {
+                out.write_all(if first { b"]\n" } else { b"\n]\n" })?;
             }
         }
         Format::Csv => {
@@ -170,13 +185,18 @@ pub fn write(
             for batch in batches {
                 let fmts = formatters(batch, &opts)?;
                 for r in 0..batch.num_rows() {
-                    let cells: Vec<String> = batch
-                        .columns()
-                        .iter()
-                        .enumerate()
-                        .map(|(i, c)| csv_field(&text_cell(c.as_ref(), r, &fmts[i], false)))
-                        .collect();
-                    writeln!(out, "{}", cells.join(","))?;
+                    for (i, c) in batch.columns().iter().enumerate() {
+                        if i > 0 {
+                            out.write_all(b",")?;
+                        }
+                        match borrowed_text(c.as_ref(), r) {
+                            Some(text) => out.write_all(csv_field(text).as_bytes())?,
+                            None => out.write_all(
+                                csv_field(&text_cell(c.as_ref(), r, &fmts[i], false)).as_bytes(),
+                            )?,
+                        }
+                    }
+                    out.write_all(b"\n")?;
                 }
             }
         }
