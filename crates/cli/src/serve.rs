@@ -58,6 +58,13 @@ pub struct ServeArgs {
     pg_password_file: Option<PathBuf>,
     #[command(flatten)]
     limits: LimitArgs,
+    /// Most user queries (HTTP /v1/query, Postgres) running at once; the default is one per core.
+    /// The dashboard API's own queries do not wait for a turn.
+    #[arg(long, value_name = "N")]
+    max_queries: Option<usize>,
+    /// How long a query waits for a turn before it is refused as busy (HTTP 503, Postgres 53300).
+    #[arg(long, default_value = "5s", value_parser = crate::parse_duration_ms)]
+    queue_timeout: i64,
 }
 
 /// A secret from a file's first line, or else from an environment variable.
@@ -83,7 +90,12 @@ pub fn run(a: ServeArgs) -> anyhow::Result<()> {
 
 /// Serves until a signal arrives or `until` completes.
 pub fn serve(a: ServeArgs, until: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
-    let limits = a.limits.limits()?;
+    let mut limits = a.limits.limits()?;
+    if a.max_queries == Some(0) {
+        anyhow::bail!("--max-queries must be at least 1");
+    }
+    limits.running = a.max_queries.unwrap_or(limits.running);
+    limits.queue = std::time::Duration::from_millis(a.queue_timeout.max(0).unsigned_abs());
     let auth = match secret(a.pg_password_file.as_ref(), PASSWORD_ENV, "password")? {
         Some(password) if password.chars().count() < MIN_PASSWORD_CHARS => bail!(
             "the Postgres password is {} characters long; use at least {MIN_PASSWORD_CHARS}\n  hint: \
@@ -144,9 +156,10 @@ pub fn serve(a: ServeArgs, until: impl std::future::Future<Output = ()>) -> anyh
                 &format!("http: listening on {addr} ({access}); live page at http://{addr}/\n");
         }
         banner += &format!(
-            "  limits: {} per query, {} of query memory\n",
+            "  limits: {} per query, {} of query memory, {} queries at once\n",
             earshot_sql::human_duration(limits.time),
-            earshot_sql::human_bytes(limits.memory)
+            earshot_sql::human_bytes(limits.memory),
+            limits.running
         );
         use std::io::Write;
         let mut stdout = std::io::stdout();

@@ -765,3 +765,160 @@ fn slow_and_idle_clients_are_cut_off_and_connections_are_capped() {
     }
     assert_eq!(get(port, "/healthz").status, 200);
 }
+
+/// CPU seconds the process has used so far (Linux: utime + stime of /proc/PID/stat).
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = rest.split(' ').collect();
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    ticks / 100.0
+}
+
+fn psql_fails(pg_port: u16, sql: &str) -> String {
+    let out = Command::new("psql")
+        .args(["-X", "-h", "127.0.0.1", "-p", &pg_port.to_string()])
+        .args([
+            "-U",
+            "earshot",
+            "-d",
+            "earshot",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-At",
+        ])
+        .args(["-v", "VERBOSITY=verbose", "-c", sql])
+        .output()
+        .expect("psql (scripts/setup installs postgresql-client)");
+    assert!(!out.status.success(), "{sql} succeeded");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// A cross join feeding a sort: CPU-bound, and never waiting on input once it starts.
+const WORST: &str = "SELECT a.event_id, b.event_id FROM events a, events b \
+                     ORDER BY a.session_id || b.session_id DESC LIMIT 5";
+
+#[test]
+fn heavy_queries_stop_at_their_limits_and_the_server_keeps_answering() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = data(dir.path(), 300);
+    let server = serve(
+        &data,
+        &[
+            "--pg",
+            "127.0.0.1:0",
+            "--query-timeout",
+            "2s",
+            "--memory-limit",
+            "256MiB",
+            "--max-queries",
+            "2",
+            "--queue-timeout",
+            "300ms",
+        ],
+        &[],
+    );
+    let (port, pg_port) = (server.port, server.pg_port.unwrap());
+
+    // Two worst-case queries take both turns.
+    let started = Instant::now();
+    let heavy: Vec<_> = (0..2)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let r = http(port, "POST", "/v1/query", &[], WORST.as_bytes());
+                (r, started.elapsed())
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(400));
+    // Meanwhile the server answers at once, and a third query is refused as busy.
+    for _ in 0..5 {
+        let t = Instant::now();
+        assert_eq!(get(port, "/healthz").status, 200);
+        assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+    }
+    let busy = http(port, "POST", "/v1/query", &[], b"SELECT 1");
+    assert_eq!(busy.status, 503, "{}", busy.text());
+    assert_eq!(busy.header("retry-after"), Some("1"));
+    assert!(busy.text().contains("--max-queries"), "{}", busy.text());
+    let err = psql_fails(pg_port, "SELECT 1");
+    assert!(err.contains("53300") && err.contains("busy"), "{err}");
+    for h in heavy {
+        let (r, took) = h.join().unwrap();
+        assert_eq!(r.status, 422, "{}", r.text());
+        assert!(r.text().contains("--query-timeout"), "{}", r.text());
+        assert!(took < Duration::from_secs(5), "answered after {took:?}");
+    }
+    // The cancelled work has stopped: the server uses no CPU to speak of afterwards.
+    std::thread::sleep(Duration::from_millis(300));
+    let before = cpu_seconds(server.child.id());
+    std::thread::sleep(Duration::from_millis(1500));
+    let used = cpu_seconds(server.child.id()) - before;
+    assert!(
+        used < 0.5,
+        "the server used {used} s of CPU after its queries were cancelled"
+    );
+
+    // The same query through Postgres and the CLI stops at the time limit too.
+    let t = Instant::now();
+    let err = psql_fails(pg_port, WORST);
+    assert!(err.contains("57014") && err.contains("time limit"), "{err}");
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    let t = Instant::now();
+    let cli = earshot()
+        .args(["sql", "--query-timeout", "2s", "--data"])
+        .arg(&data)
+        .arg(WORST)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&cli.stderr);
+    assert_eq!(cli.status.code(), Some(1), "{err}");
+    assert!(err.contains("time limit"), "{err}");
+    assert!(t.elapsed() < Duration::from_secs(6), "{:?}", t.elapsed());
+
+    // Values and results bigger than the memory limit are refused before they are built or sent.
+    for sql in [
+        "SELECT * FROM generate_series(1, 10000000000)",
+        "SELECT repeat('x', 2000000000) AS x",
+        "SELECT length(concat(repeat('a', 200000000), repeat('b', 200000000)))",
+        "SELECT range(1, 10000000000)",
+        "SELECT lpad('x', 2000000000)",
+        "SELECT repeat('x', 200000000) AS x",
+    ] {
+        for accept in ["application/json", "text/csv"] {
+            let r = http(
+                port,
+                "POST",
+                "/v1/query",
+                &[("Accept", accept)],
+                sql.as_bytes(),
+            );
+            assert_eq!(r.status, 422, "{sql}: {}", r.text());
+            assert!(r.text().contains("--memory-limit"), "{sql}: {}", r.text());
+        }
+    }
+    let err = psql_fails(pg_port, "SELECT repeat('x', 2000000000)");
+    assert!(err.contains("53200") && err.contains("memory"), "{err}");
+    let cli = earshot()
+        .args(["sql", "--memory-limit", "256MiB", "--data"])
+        .arg(&data)
+        .arg("SELECT repeat('x', 2000000000) AS x")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&cli.stderr);
+    assert_eq!(cli.status.code(), Some(1), "{err}");
+    assert!(err.contains("--memory-limit"), "{err}");
+    // And afterwards everything still answers, small values of the same functions included.
+    let ok = http(
+        port,
+        "POST",
+        "/v1/query",
+        &[],
+        b"SELECT repeat('ab', 3) AS r, lpad('x', 3, '.') AS p, cardinality(range(1, 11)) AS n",
+    );
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    assert_eq!(ok.json()[0]["r"], "ababab");
+    assert_eq!(ok.json()[0]["p"], "..x");
+    assert_eq!(ok.json()[0]["n"], 10);
+}

@@ -34,9 +34,15 @@ enum Growth {
     Elements,
     /// `range(start, stop [, step])`, `generate_series`: (stop − start) / step elements.
     Series,
+    /// `concat(a, b, …)`: the sum of the arguments.
+    Sum,
+    /// `concat_ws(sep, a, b, …)`: the arguments, with a separator between each two.
+    Joined,
 }
 
-const WRAPPED: [(&str, Growth); 8] = [
+const WRAPPED: [(&str, Growth); 10] = [
+    ("concat", Growth::Sum),
+    ("concat_ws", Growth::Joined),
     ("repeat", Growth::Repeat),
     ("lpad", Growth::Pad),
     ("rpad", Growth::Pad),
@@ -133,9 +139,11 @@ impl ScalarUDFImpl for Bounded {
                 e.find_root()
             ))
         })?;
-        // The reservation is held while the value is built, and released with it returned: the
-        // operator that keeps the value accounts for it from there.
-        self.inner.invoke_with_args(args)
+        // Held while the batch holding the value is in use, so several values built for one
+        // batch (`concat(repeat(…), repeat(…))`) count together.
+        let out = self.inner.invoke_with_args(args);
+        crate::exec::hold(reservation);
+        out
     }
 }
 
@@ -178,6 +186,18 @@ fn output_bound(growth: Growth, args: &[ColumnarValue]) -> Result<usize> {
             }
         }
         Growth::Series => total = series_bound(&arrays, rows)?,
+        Growth::Sum | Growth::Joined => {
+            let lens = arrays.iter().map(bytes).collect::<Result<Vec<_>>>()?;
+            let separators = match growth {
+                Growth::Joined => lens.len().saturating_sub(2) as u128,
+                _ => 0,
+            };
+            for i in 0..rows {
+                let all: u128 = lens.iter().map(|l| at(l, i)).sum();
+                let sep = lens.first().map_or(0, |l| at(l, i));
+                total += all + sep * separators.saturating_sub(1);
+            }
+        }
     }
     Ok(usize::try_from(total).unwrap_or(usize::MAX))
 }

@@ -176,6 +176,7 @@ impl ExecutionPlan for DeadlineExec {
             deadline: self.deadline,
             limit: self.limit,
             done: false,
+            held: Vec::new(),
         }))
     }
 }
@@ -189,6 +190,25 @@ struct DeadlineStream {
     deadline: Instant,
     limit: Duration,
     done: bool,
+    /// Memory that functions reserved for values of the batch last returned (see [`hold`]).
+    held: Vec<MemoryReservation>,
+}
+
+thread_local! {
+    /// Where [`hold`] puts a reservation while an operator computes a batch on this thread.
+    static HELD: std::cell::RefCell<Option<Vec<MemoryReservation>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Keeps `reservation` until the operator computing the current batch is asked for its next one,
+/// so a value built by a function stays counted while the batch holding it is in use. Outside
+/// an operator it is released at once.
+pub fn hold(reservation: MemoryReservation) {
+    HELD.with(|held| {
+        if let Some(v) = held.borrow_mut().as_mut() {
+            v.push(reservation);
+        }
+    });
 }
 
 impl Stream for DeadlineStream {
@@ -198,11 +218,16 @@ impl Stream for DeadlineStream {
         if self.done {
             return Poll::Ready(None);
         }
+        self.held.clear();
         if Instant::now() >= self.deadline {
             self.done = true;
             return Poll::Ready(Some(Err(passed(self.limit))));
         }
-        self.inner.poll_next_unpin(cx)
+        let outer = HELD.with(|held| held.replace(Some(Vec::new())));
+        let polled = self.inner.poll_next_unpin(cx);
+        let mine = HELD.with(|held| held.replace(outer));
+        self.held = mine.unwrap_or_default();
+        polled
     }
 }
 

@@ -64,7 +64,8 @@ pub enum SqlError {
     TooComplex(String),
     /// As many queries as may run at once are running, and none ended while this one waited.
     #[error(
-        "the server is busy: {running} queries are running and none finished within {} (try again shortly, or raise --max-queries)",
+        "the server is busy: it runs {running} {} at once and none finished within {} (try again shortly, or raise --max-queries)",
+        if *running == 1 { "query" } else { "queries" },
         human_duration(*waited)
     )]
     Busy { running: usize, waited: Duration },
