@@ -198,22 +198,15 @@ fn sqlalchemy_and_pandas_connect_and_read_the_tables() {
     let data = dir.path().join("data");
     make_data(&data, 500, 9);
     let server = serve(&data, &[], None);
-    let out = Command::new("python3")
-        .arg(repo().join("tests/sqlalchemy_client.py"))
-        .args(["--port", &server.port.to_string()])
-        .args(["--earshot", env!("CARGO_BIN_EXE_earshot"), "--data"])
-        .arg(&data)
-        .args(["--stream", STREAM])
-        .env("EARSHOT_PSEUDONYM_KEY", "serve-test-secret")
-        .output()
-        .expect("python3 with sqlalchemy and pandas (scripts/setup installs them)");
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && text.contains("PASS inspect(engine).get_table_names()"),
-        "sqlalchemy_client.py failed:\n{text}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+    let mut python = Command::new("python3");
+    python.arg(repo().join("tests/sqlalchemy_client.py"));
+    client_passes(
+        "python3 with sqlalchemy and pandas",
+        python,
+        &server,
+        &data,
+        "inspect(engine).get_table_names()",
     );
-    assert!(!text.contains("FAIL"), "{text}");
 }
 
 #[test]
@@ -368,4 +361,52 @@ fn a_new_generation_is_served_without_a_restart() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// Runs a client program that prints PASS/FAIL lines against a server on `data`.
+fn client_passes(what: &str, mut cmd: Command, server: &Server, data: &Path, last_check: &str) {
+    let out = cmd
+        .args(["--port", &server.port.to_string()])
+        .args(["--earshot", env!("CARGO_BIN_EXE_earshot"), "--data"])
+        .arg(data)
+        .args(["--stream", STREAM])
+        .env("EARSHOT_PSEUDONYM_KEY", "serve-test-secret")
+        .output()
+        .unwrap_or_else(|e| panic!("{what} (scripts/setup installs it): {e}"));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains(&format!("PASS {last_check}")),
+        "{what} failed:\n{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!text.contains("FAIL"), "{text}");
+}
+
+/// node-postgres, and pgjdbc (the JDBC driver behind DBeaver, Metabase and Tableau): metadata,
+/// prepared statements with parameters, types, read-only, and earshot's figures.
+#[test]
+fn node_postgres_and_pgjdbc_connect_and_read_the_tables() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    make_data(&data, 500, 11);
+    let server = serve(&data, &[], None);
+    let mut node = Command::new("node");
+    node.arg(repo().join("tests/node_client/client.mjs"));
+    client_passes(
+        "node with node-postgres",
+        node,
+        &server,
+        &data,
+        "the connection keeps working after errors",
+    );
+    let mut java = Command::new("java");
+    java.args(["-cp", "/usr/share/java/postgresql.jar"])
+        .arg(repo().join("tests/jdbc/JdbcClient.java"));
+    client_passes(
+        "java with pgjdbc (Debian's libpostgresql-jdbc-java)",
+        java,
+        &server,
+        &data,
+        "the connection keeps working after an error",
+    );
 }
