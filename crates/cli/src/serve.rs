@@ -56,6 +56,13 @@ pub struct ServeArgs {
     /// on anything but loopback; clients then authenticate with SCRAM-SHA-256.
     #[arg(long, value_name = "FILE")]
     pg_password_file: Option<PathBuf>,
+    /// A PEM certificate chain for the Postgres endpoint. With --pg-tls-key, every Postgres client
+    /// must use TLS (sslmode=require or stricter).
+    #[arg(long, value_name = "FILE", requires = "pg_tls_key")]
+    pg_tls_cert: Option<PathBuf>,
+    /// The PEM private key of --pg-tls-cert.
+    #[arg(long, value_name = "FILE", requires = "pg_tls_cert")]
+    pg_tls_key: Option<PathBuf>,
     #[command(flatten)]
     limits: LimitArgs,
     /// Most user queries (HTTP /v1/query, Postgres) running at once; the default is one per core.
@@ -96,6 +103,10 @@ pub fn serve(a: ServeArgs, until: impl std::future::Future<Output = ()>) -> anyh
     }
     limits.running = a.max_queries.unwrap_or(limits.running);
     limits.queue = std::time::Duration::from_millis(a.queue_timeout.max(0).unsigned_abs());
+    let tls = match (&a.pg_tls_cert, &a.pg_tls_key) {
+        (Some(cert), Some(key)) => Some(earshot_serve::PgTls::from_pem(cert, key)?),
+        _ => None,
+    };
     let auth = match secret(a.pg_password_file.as_ref(), PASSWORD_ENV, "password")? {
         Some(password) if password.chars().count() < MIN_PASSWORD_CHARS => bail!(
             "the Postgres password is {} characters long; use at least {MIN_PASSWORD_CHARS}\n  hint: \
@@ -119,7 +130,7 @@ pub fn serve(a: ServeArgs, until: impl std::future::Future<Output = ()>) -> anyh
     rt.block_on(async {
         let tables = Arc::new(earshot_sql::Tables::open(&a.data, limits).await?);
         let pg = match a.pg {
-            Some(addr) => Some(PgServer::bind(tables.clone(), addr, auth.clone(), limits).await?),
+            Some(addr) => Some(PgServer::bind(tables.clone(), addr, auth.clone(), tls.clone(), limits).await?),
             None => None,
         };
         let http = match a.http {
@@ -134,10 +145,13 @@ pub fn serve(a: ServeArgs, until: impl std::future::Future<Output = ()>) -> anyh
         let mut banner = String::new();
         if let Some(server) = &pg {
             let addr = server.local_addr()?;
-            let login = match &auth {
+            let mut login = match &auth {
                 Auth::Trust => "no password (loopback only)".to_string(),
                 Auth::Password { user, .. } => format!("user {user}, SCRAM-SHA-256"),
             };
+            if tls.is_some() {
+                login += ", TLS required";
+            }
             banner += &format!(
                 "postgres: listening on {addr} ({login}); database earshot\n  psql -h {} -p {} -U {} earshot\n",
                 addr.ip(),

@@ -410,3 +410,66 @@ fn node_postgres_and_pgjdbc_connect_and_read_the_tables() {
         "the connection keeps working after an error",
     );
 }
+
+/// With a certificate, the endpoint speaks TLS, and refuses a plaintext login.
+#[test]
+fn with_a_certificate_postgres_clients_must_use_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    make_data(&data, 300, 12);
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    ok(Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+        ])
+        .args([
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl (scripts/setup installs it)"));
+    let password = "correct-horse-battery";
+    let (cert_s, key_s) = (cert.to_str().unwrap(), key.to_str().unwrap());
+    let server = serve(
+        &data,
+        &["--pg-tls-cert", cert_s, "--pg-tls-key", key_s],
+        Some(password),
+    );
+    let with_mode = |mode: &str| {
+        let mut c = Command::new("psql");
+        c.args(["-X", "-At", "-v", "ON_ERROR_STOP=1"])
+            .arg(format!(
+                "host=127.0.0.1 port={} user=earshot dbname=earshot sslmode={mode} sslrootcert={cert_s}",
+                server.port
+            ))
+            .args(["-c", "SELECT count(*) FROM streams"])
+            .env("PGPASSWORD", password)
+            .env("PGCONNECT_TIMEOUT", "10");
+        c.output().unwrap()
+    };
+    let plain = with_mode("disable");
+    let err = String::from_utf8_lossy(&plain.stderr);
+    assert!(
+        !plain.status.success() && err.contains("requires TLS"),
+        "{err}"
+    );
+    // verify-full checks the certificate against the root and the host name.
+    assert_eq!(ok(with_mode("verify-full")).trim(), "1");
+
+    // A key that is not PEM is refused at start, naming the file.
+    std::fs::write(&key, "not a key").unwrap();
+    let out = earshot()
+        .args(["serve", "--pg", "127.0.0.1:0", "--data"])
+        .arg(&data)
+        .args(["--pg-tls-cert", cert_s, "--pg-tls-key", key_s])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("key.pem"), "{err}");
+}

@@ -16,7 +16,7 @@ use std::time::Duration;
 use earshot_sql::Tables;
 
 pub use http::{HttpOptions, HttpServer};
-pub use pg::{Auth, PgServer};
+pub use pg::{Auth, PgServer, PgTls};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -35,6 +35,8 @@ one. Set EARSHOT_HTTP_TOKEN or --http-token-file, or bind to 127.0.0.1"
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("cannot use the TLS certificate or key: {0}")]
+    Tls(String),
     #[error("cannot set up the Postgres catalog: {0}")]
     Catalog(String),
 }

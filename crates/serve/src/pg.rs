@@ -65,9 +65,49 @@ impl Debug for Auth {
     }
 }
 
+/// TLS for the Postgres endpoint: a certificate chain and its private key, in PEM files. With it,
+/// every client must connect with TLS (`sslmode=require` or stricter); a plaintext login is refused.
+#[derive(Clone)]
+pub struct PgTls(pgwire::tokio::TlsAcceptor);
+
+impl Debug for PgTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PgTls")
+    }
+}
+
+impl PgTls {
+    pub fn from_pem(cert: &std::path::Path, key: &std::path::Path) -> Result<PgTls, ServeError> {
+        use rustls_pki_types::pem::PemObject;
+        use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+        use tokio_rustls::rustls;
+        let named = |path: &std::path::Path, e: &dyn std::fmt::Display| {
+            ServeError::Tls(format!("{}: {e}", path.display()))
+        };
+        let certs = CertificateDer::pem_file_iter(cert)
+            .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| named(cert, &e))?;
+        if certs.is_empty() {
+            return Err(named(cert, &"no certificate in the file"));
+        }
+        let key = PrivateKeyDer::from_pem_file(key).map_err(|e| named(key, &e))?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| ServeError::Tls(e.to_string()))?
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .map_err(|e| ServeError::Tls(format!("the key does not fit the certificate: {e}")))?;
+        // Direct TLS (Postgres 17's sslnegotiation=direct) asks for this protocol name.
+        config.alpn_protocols = vec![b"postgresql".to_vec()];
+        Ok(PgTls(tokio_rustls::TlsAcceptor::from(Arc::new(config))))
+    }
+}
+
 /// A bound Postgres listener, ready to serve.
 pub struct PgServer {
     listener: TcpListener,
+    tls: Option<PgTls>,
     handlers: Arc<Handlers>,
 }
 
@@ -77,6 +117,7 @@ impl PgServer {
         tables: Arc<Tables>,
         addr: SocketAddr,
         auth: Auth,
+        tls: Option<PgTls>,
         limits: Limits,
     ) -> Result<PgServer, ServeError> {
         if matches!(auth, Auth::Trust) && !addr.ip().is_loopback() {
@@ -107,6 +148,7 @@ impl PgServer {
         Ok(PgServer {
             listener,
             handlers: Arc::new(Handlers {
+                tls_required: tls.is_some(),
                 guarded,
                 auth,
                 salt,
@@ -114,6 +156,7 @@ impl PgServer {
                 connections,
                 failed_logins: Arc::default(),
             }),
+            tls,
         })
     }
 
@@ -128,9 +171,9 @@ impl PgServer {
             match self.listener.accept().await {
                 Ok((socket, peer)) => {
                     let handlers = self.handlers.clone();
+                    let tls = self.tls.as_ref().map(|t| t.0.clone());
                     tokio::spawn(async move {
-                        if let Err(e) = pgwire::tokio::process_socket(socket, None, handlers).await
-                        {
+                        if let Err(e) = pgwire::tokio::process_socket(socket, tls, handlers).await {
                             tracing::debug!("connection from {peer} ended: {e}");
                         }
                     });
@@ -145,6 +188,7 @@ impl PgServer {
 }
 
 struct Handlers {
+    tls_required: bool,
     guarded: Arc<Guarded>,
     auth: Auth,
     salt: Vec<u8>,
@@ -233,6 +277,7 @@ impl PgWireServerHandlers for Handlers {
         Arc::new(CheckDatabase {
             inner,
             failed_logins: self.failed_logins.clone(),
+            tls_required: self.tls_required,
         })
     }
 
@@ -276,6 +321,7 @@ enum Login {
 struct CheckDatabase {
     inner: Login,
     failed_logins: Arc<FailedLogins>,
+    tls_required: bool,
 }
 
 #[async_trait]
@@ -291,6 +337,15 @@ impl StartupHandler for CheckDatabase {
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         if let PgWireFrontendMessage::Startup(startup) = &message {
+            if self.tls_required && !client.is_secure() {
+                tracing::warn!(peer = %client.socket_addr(), "Postgres login refused: no TLS");
+                return Err(user_error(
+                    "FATAL",
+                    "28000",
+                    "this server requires TLS: connect with sslmode=require (or verify-full)"
+                        .into(),
+                ));
+            }
             let db = startup
                 .parameters
                 .get("database")
