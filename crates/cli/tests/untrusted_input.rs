@@ -363,3 +363,74 @@ fn durations_need_a_unit() {
         assert!(err.contains("has no unit") && err.contains("hint"), "{err}");
     }
 }
+
+/// A full disk while ingesting: an error that says so and what to do, nothing left behind (no
+/// staging parts, no temporary generation), and the tables that were current stay readable. Each
+/// size of a small file system (a tmpfs, in a mount namespace of the test's own: `unshare -m`, as
+/// root) runs out at another step: while writing event parts, or while writing the new generation.
+#[test]
+fn a_full_disk_is_said_as_such_and_leaves_nothing_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let small = dir.path().join("small.ndjson");
+    let big = dir.path().join("big.ndjson");
+    for (file, listeners) in [(&small, "100"), (&big, "2000")] {
+        ok(earshot()
+            .args(["simulate", "--listeners", listeners, "--seed", "3", "-o"])
+            .arg(file)
+            .output()
+            .unwrap());
+    }
+    let bin = env!("CARGO_BIN_EXE_earshot");
+    let mut failed_at = Vec::new();
+    for kib in (800..=2600).step_by(100) {
+        let mnt = dir.path().join(format!("fs-{kib}"));
+        std::fs::create_dir(&mnt).unwrap();
+        let script = format!(
+            "set -e; mount -t tmpfs -o size={kib}k tmpfs {m}; \
+             {bin} ingest --input {small} --data {m}/d >/dev/null 2>&1; \
+             if {bin} ingest --input {big} --data {m}/d >/dev/null 2>{m}/err; then echo INGESTED; fi; \
+             cat {m}/err; echo LISTING; ls -A {m}/d; echo SESSIONS; \
+             {bin} sql --format csv --data {m}/d 'SELECT count(*) AS n FROM sessions'",
+            m = mnt.display(),
+            small = small.display(),
+            big = big.display(),
+        );
+        let out = Command::new("unshare")
+            .args(["-m", "sh", "-c", &script])
+            .env("EARSHOT_PSEUDONYM_KEY", "full-disk-test")
+            .output()
+            .expect("unshare (util-linux)");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "this test mounts a small tmpfs and must run as root: {}{text}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if text.starts_with("INGESTED") {
+            continue;
+        }
+        assert!(
+            text.contains("No space left on device")
+                && text.contains("the disk holding the data directory is full"),
+            "{kib} KiB: {text}"
+        );
+        let listing = text.split("LISTING\n").nth(1).unwrap();
+        let listing: Vec<&str> = listing.split("SESSIONS").next().unwrap().lines().collect();
+        assert_eq!(
+            listing,
+            [".writer.lock", "current", "gen-000001"],
+            "{kib} KiB: something was left behind: {text}"
+        );
+        assert!(text.ends_with("n\n149\n"), "{kib} KiB: {text}");
+        failed_at.push(if text.contains(".gen-tmp-") {
+            "generation"
+        } else {
+            "parts"
+        });
+    }
+    // Both steps ran out at some size (if not, the sizes above need adjusting to the files).
+    assert!(
+        failed_at.contains(&"parts") && failed_at.contains(&"generation"),
+        "{failed_at:?}"
+    );
+}

@@ -42,11 +42,12 @@ pub enum StoreError {
     )]
     Busy { path: String },
     /// The disk or file system refused (permissions, space). Retrying helps once that is fixed.
-    #[error("cannot {action} {path}: {source}\n  hint: {}", io_hint(source))]
+    #[error("cannot {action} {path}: {cause}\n  hint: {}", io_hint(cause))]
     Io {
         action: &'static str,
         path: String,
-        source: std::io::Error,
+        /// Not a `source`: the message already says it, and error chains would say it twice.
+        cause: std::io::Error,
     },
     /// Building Arrow batches or Parquet files failed: a bug in earshot.
     #[error(
@@ -80,7 +81,7 @@ impl StoreError {
         StoreError::Io {
             action,
             path: path.display().to_string(),
-            source,
+            cause: source,
         }
     }
 }

@@ -572,6 +572,35 @@ impl Generation {
         let tmp_dir = self
             .data_dir
             .join(format!(".gen-tmp-{}-{number}", std::process::id()));
+        let final_dir = match self.publish(&tmp_dir, number, snapshot, manifest) {
+            Ok(dir) => dir,
+            Err(e) => {
+                // A full disk, say: leave nothing behind that would keep it full, and keep the
+                // closed parts in staging so a later checkpoint can still publish them.
+                self.undo(&tmp_dir);
+                return Err(e);
+            }
+        };
+        remove_old_generations(&self.data_dir, number)?;
+
+        for i in 0..PART_TABLES.len() {
+            let moved = std::mem::take(&mut self.closed[i]);
+            self.committed[i].extend(moved);
+        }
+        self.previous = Some(final_dir.clone());
+        Ok(final_dir)
+    }
+
+    /// Writes generation `number` in `tmp_dir` (links to committed parts, the closed parts moved
+    /// in, the derived tables, the manifest), then makes it current.
+    fn publish(
+        &self,
+        tmp_dir: &Path,
+        number: u64,
+        snapshot: &Snapshot,
+        manifest: &Manifest,
+    ) -> Result<PathBuf, StoreError> {
+        let tmp_dir = tmp_dir.to_path_buf();
         fs::create_dir(&tmp_dir).map_err(|e| StoreError::io("create", &tmp_dir, e))?;
         for (i, table) in PART_TABLES.iter().enumerate() {
             let dir = tmp_dir.join(table);
@@ -606,19 +635,35 @@ impl Generation {
             .data_dir
             .join(format!(".current-tmp-{}", std::process::id()));
         let _ = fs::remove_file(&tmp_link);
-        std::os::unix::fs::symlink(&name, &tmp_link)
-            .map_err(|e| StoreError::io("link", &tmp_link, e))?;
         let current = self.data_dir.join(CURRENT);
-        fs::rename(&tmp_link, &current).map_err(|e| StoreError::io("rename", &current, e))?;
-        sync_dir(&self.data_dir)?;
-        remove_old_generations(&self.data_dir, number)?;
-
-        for i in 0..PART_TABLES.len() {
-            let moved = std::mem::take(&mut self.closed[i]);
-            self.committed[i].extend(moved);
+        let switched = std::os::unix::fs::symlink(&name, &tmp_link)
+            .map_err(|e| StoreError::io("link", &tmp_link, e))
+            .and_then(|()| {
+                fs::rename(&tmp_link, &current).map_err(|e| StoreError::io("rename", &current, e))
+            });
+        if let Err(e) = switched {
+            // Not current: back to a temporary generation, for the caller to undo.
+            let _ = fs::remove_file(&tmp_link);
+            let _ = fs::rename(&final_dir, &tmp_dir);
+            return Err(e);
         }
-        self.previous = Some(final_dir.clone());
+        sync_dir(&self.data_dir)?;
         Ok(final_dir)
+    }
+
+    /// Undoes a failed [`Generation::publish`]: the closed parts go back to staging, the rest of
+    /// the temporary generation is removed.
+    fn undo(&self, tmp_dir: &Path) {
+        for (i, table) in PART_TABLES.iter().enumerate() {
+            for name in &self.closed[i] {
+                let moved = tmp_dir.join(table).join(name);
+                if moved.exists() {
+                    let _ = fs::rename(&moved, self.staging.join(table).join(name));
+                }
+            }
+        }
+        // If even this fails, the next writer on this directory clears it (see `open`).
+        let _ = fs::remove_dir_all(tmp_dir);
     }
 
     /// Publishes everything (see [`Generation::checkpoint`]) and closes the writer.
