@@ -528,19 +528,75 @@ fn parse_step(s: &str) -> Option<i64> {
     n.checked_mul(scale).filter(|v| *v > 0)
 }
 
+fn timeline_keys(q: &HashMap<String, String>) -> Result<(), String> {
+    match q
+        .keys()
+        .find(|k| !matches!(k.as_str(), "from" | "to" | "step"))
+    {
+        Some(k) => Err(format!(
+            "unknown parameter {k:?}: the timeline takes from, to and step"
+        )),
+        None => Ok(()),
+    }
+}
+
+/// The points a timeline request asks for: from `from` (a multiple of `step`) to `to`, in ms.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Window {
+    pub from: i64,
+    pub to: i64,
+    pub step: i64,
+}
+
+/// Reads a timeline request's parameters (`from`, `to`: RFC 3339; `step`: a duration) for a stream
+/// whose buckets are `width` ms wide and start from `lo` to before `hi`. Missing times default to
+/// the stream's span, a missing step to one bucket. Any other input is an error to show the caller.
+pub fn timeline_window(
+    q: &HashMap<String, String>,
+    width: i64,
+    lo: i64,
+    hi: i64,
+) -> Result<Window, String> {
+    timeline_keys(q)?;
+    let step = match q.get("step") {
+        None => width,
+        Some(s) => parse_step(s)
+            .ok_or_else(|| format!("step {s:?} is not a duration (use e.g. 10s, 60s, 5m, 1h)"))?,
+    };
+    if width <= 0 || step % width != 0 {
+        return Err(format!(
+            "step {step} ms is not a multiple of the bucket width ({width} ms)"
+        ));
+    }
+    let time = |name: &str, default: i64| -> Result<i64, String> {
+        match q.get(name) {
+            None => Ok(default),
+            Some(v) => earshot_contract::parse_rfc3339_ms(v).ok_or_else(|| {
+                format!("{name} {v:?} is not an RFC 3339 time such as 2024-08-13T00:00:00Z")
+            }),
+        }
+    };
+    let from = time("from", lo)?;
+    let to = time("to", hi)?;
+    if from >= to {
+        return Err("from must be before to".into());
+    }
+    let from = from.div_euclid(step).saturating_mul(step);
+    let span = (to.min(hi) as i128 - from.max(lo) as i128) / step as i128;
+    if span > 100_000 {
+        return Err("more than 100,000 points: narrow from/to or raise step".into());
+    }
+    Ok(Window { from, to, step })
+}
+
 async fn timeline(
     State(app): State<Arc<App>>,
     Path(id): Path<String>,
     Query(q): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Response {
-    for k in q.keys() {
-        if !matches!(k.as_str(), "from" | "to" | "step") {
-            return bad(format!(
-                "unknown parameter {k:?}: the timeline takes from, to and step"
-            ))
-            .into_response();
-        }
+    if let Err(e) = timeline_keys(&q) {
+        return bad(e).into_response();
     }
     let mut keys: Vec<_> = q.iter().collect();
     keys.sort();
@@ -565,42 +621,9 @@ async fn timeline(
         let width = span["w"].as_i64().unwrap_or(10_000);
         let (lo, hi) = (
             span["lo"].as_i64().unwrap_or(0),
-            span["hi"].as_i64().unwrap_or(0) + width,
+            span["hi"].as_i64().unwrap_or(0).saturating_add(width),
         );
-        let step = match q.get("step") {
-            None => width,
-            Some(s) => parse_step(s).ok_or_else(|| {
-                bad(format!(
-                    "step {s:?} is not a duration (use e.g. 10s, 60s, 5m, 1h)"
-                ))
-            })?,
-        };
-        if step % width != 0 {
-            return Err(bad(format!(
-                "step {step} ms is not a multiple of the bucket width ({width} ms)"
-            )));
-        }
-        let time = |name: &str, default: i64| -> Result<i64, ApiError> {
-            match q.get(name) {
-                None => Ok(default),
-                Some(v) => earshot_contract::parse_rfc3339_ms(v).ok_or_else(|| {
-                    bad(format!(
-                        "{name} {v:?} is not an RFC 3339 time such as 2024-08-13T00:00:00Z"
-                    ))
-                }),
-            }
-        };
-        let from = time("from", lo)?;
-        let to = time("to", hi)?;
-        if from >= to {
-            return Err(bad("from must be before to"));
-        }
-        let from = from.div_euclid(step) * step;
-        if (to.min(hi) - from.max(lo)) / step > 100_000 {
-            return Err(bad(
-                "more than 100,000 points: narrow from/to or raise step",
-            ));
-        }
+        let Window { from, to, step } = timeline_window(&q, width, lo, hi).map_err(bad)?;
         let rows = a
             .canned(
                 "timeline_step",
