@@ -168,7 +168,9 @@ impl Tables {
         Ok(Tables {
             ctx,
             limits,
-            threads: exec::QueryThreads::new(cores()),
+            // One core fewer than the machine has (at least one): the serving and consuming threads keep
+            // a core however busy the queries are.
+            threads: exec::QueryThreads::new(cores().saturating_sub(1).max(1)),
             admission: exec::Admission::new(limits.running, limits.queue),
             data_dir: data_dir.to_path_buf(),
             generation: Mutex::new(generation),
