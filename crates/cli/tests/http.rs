@@ -639,6 +639,16 @@ fn queries_too_deep_to_plan_are_refused_and_the_server_keeps_answering() {
             "parentheses",
         ),
         (format!("SELECT 1 -- {}", "x".repeat(1 << 20)), "bytes long"),
+        // Found by fuzzing: the parser backtracks at every level of these, so each level doubled
+        // its time (hours for a few hundred bytes) before the parse depth was bounded.
+        (
+            format!("SELECT {}1{}", "abs(".repeat(40), ")".repeat(40)),
+            "nests",
+        ),
+        (
+            format!("SELECT {}x", "(CAST(b * SELECT ".repeat(12)),
+            "nests",
+        ),
     ];
     for (sql, says) in &hostile {
         let short: String = sql.chars().take(60).collect();

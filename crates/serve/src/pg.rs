@@ -530,7 +530,7 @@ impl SimpleQueryHandler for Guarded {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        guard::check_shape(query).map_err(sql_error)?;
+        guard::check_parse(query).map_err(sql_error)?;
         let statements = PostgresCompatibilityParser::new()
             .parse(query)
             .map_err(|e| sql_error(SqlError::Query(e.to_string())))?;
@@ -639,7 +639,7 @@ impl QueryParser for GuardedParser {
     where
         C: ClientInfo + Unpin + Send + Sync,
     {
-        guard::check_shape(sql).map_err(sql_error)?;
+        guard::check_parse(sql).map_err(sql_error)?;
         let parsed = self.inner.parse_sql(client, sql, types).await?;
         if let Some((_, Some((statement, _)))) = &parsed {
             let state = self.tables.ctx.state();

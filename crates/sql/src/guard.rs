@@ -8,7 +8,7 @@
 
 use datafusion::execution::context::{SQLOptions, SessionState};
 use datafusion::logical_expr::LogicalPlan;
-use datafusion::sql::parser::{DFParser, Statement as DfStatement};
+use datafusion::sql::parser::{DFParserBuilder, Statement as DfStatement};
 use datafusion::sql::sqlparser::ast::{Set, Statement};
 use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 
@@ -128,11 +128,50 @@ pub fn check_shape(sql: &str) -> Result<(), SqlError> {
     Ok(())
 }
 
+/// How deep the parser may recurse (expressions, function arguments, subqueries). The SQL parser
+/// backtracks at each level when an alternative fails, so its time grows about twofold per level
+/// of some nestings (`abs(abs(abs(…` or `SELECT (CAST(b * SELECT (CAST(…`, found by fuzzing): at
+/// its default of 50 a 600-byte query kept a core busy for hours. At 16 the worst case measured is
+/// about 20 ms, and every canned query parses with room to spare (they need 12).
+pub const MAX_PARSE_DEPTH: usize = 16;
+
+/// Parses `sql` (any number of statements) within [`MAX_PARSE_DEPTH`].
+fn parse_bounded(sql: &str) -> Result<std::collections::VecDeque<DfStatement>, SqlError> {
+    let parsed = DFParserBuilder::new(sql)
+        .with_dialect(&PostgreSqlDialect {})
+        .with_recursion_limit(MAX_PARSE_DEPTH)
+        .build()
+        .and_then(|mut parser| parser.parse_statements());
+    parsed.map_err(|e| {
+        let text = e.to_string();
+        if text.contains("RecursionLimitExceeded") {
+            SqlError::TooComplex(format!(
+                "the query nests expressions, function calls or subqueries more than {MAX_PARSE_DEPTH} \
+                 deep, the limit for parsing it safely\n  hint: flatten it, e.g. name the inner \
+                 parts in a WITH clause"
+            ))
+        } else {
+            SqlError::Query(text)
+        }
+    })
+}
+
+/// The check made before another parser (the Postgres endpoint's) reads `sql`: its shape
+/// ([`check_shape`]), then a parse within [`MAX_PARSE_DEPTH`]. Only a parse that goes too deep is
+/// refused here; a parse that fails for another reason explored no deeper, so the other parser
+/// costs as little to give its own error.
+pub fn check_parse(sql: &str) -> Result<(), SqlError> {
+    check_shape(sql)?;
+    match parse_bounded(sql) {
+        Err(e @ SqlError::TooComplex(_)) => Err(e),
+        _ => Ok(()),
+    }
+}
+
 /// Parses exactly one statement (a trailing `;` is fine), after [`check_shape`].
 pub fn parse_one(sql: &str) -> Result<DfStatement, SqlError> {
     check_shape(sql)?;
-    let mut statements = DFParser::parse_sql_with_dialect(sql, &PostgreSqlDialect {})
-        .map_err(|e| SqlError::Query(e.to_string()))?;
+    let mut statements = parse_bounded(sql)?;
     match statements.len() {
         0 => Err(SqlError::Query("the query is empty".into())),
         1 => Ok(statements.pop_front().expect("one statement")),
@@ -262,4 +301,53 @@ pub fn first_words(s: &str, n: usize) -> String {
         .collect::<Vec<_>>()
         .join(" ")
         .to_ascii_uppercase()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by fuzzing (the first is `fuzz/corpus/sql_guard/regression-exponential-parse`):
+    /// nestings the parser backtracks through at every level, which ran for seconds to hours. Each
+    /// must now end at once, refused or parsed; the test waits at most a minute for all of them.
+    #[test]
+    fn nestings_the_parser_backtracks_through_end_at_once() {
+        let found = include_bytes!("../../../fuzz/corpus/sql_guard/regression-exponential-parse");
+        let mut cases = vec![String::from_utf8_lossy(found).into_owned()];
+        for n in 1..=40 {
+            for unit in [
+                "abs(",
+                "SELECT (abs(",
+                "SELECT (CAST(b * ",
+                "(CAST(CAST(b * SELECT ",
+            ] {
+                cases.push(format!("SELECT {}x", unit.repeat(n)));
+            }
+            cases.push(format!("SELECT {}1{}", "abs(".repeat(n), ")".repeat(n)));
+        }
+        let total = cases.len();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for sql in cases {
+                let refused = matches!(parse_one(&sql), Err(SqlError::TooComplex(_)));
+                if tx.send((sql.len(), refused)).is_err() {
+                    return;
+                }
+            }
+        });
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let mut refused = 0;
+        for _ in 0..total {
+            let wait = deadline.saturating_duration_since(std::time::Instant::now());
+            let (_, r) = rx
+                .recv_timeout(wait)
+                .expect("a parse ran for over a minute");
+            refused += usize::from(r);
+        }
+        // The deep ones are refused as too complex, naming the limit, not merely slow to fail.
+        assert!(refused > total / 2, "{refused} of {total} refused");
+        // A nesting that real queries use still parses.
+        let sql = format!("SELECT {}1{}", "abs(".repeat(8), ")".repeat(8));
+        assert!(parse_one(&sql).is_ok());
+    }
 }
