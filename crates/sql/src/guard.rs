@@ -307,12 +307,12 @@ pub fn first_words(s: &str, n: usize) -> String {
 mod tests {
     use super::*;
 
-    /// Found by fuzzing (the first is `fuzz/corpus/sql_guard/regression-exponential-parse`):
+    /// Found by fuzzing (the first is `fuzz/regressions/sql_guard-exponential-parse`):
     /// nestings the parser backtracks through at every level, which ran for seconds to hours. Each
     /// must now end at once, refused or parsed; the test waits at most a minute for all of them.
     #[test]
     fn nestings_the_parser_backtracks_through_end_at_once() {
-        let found = include_bytes!("../../../fuzz/corpus/sql_guard/regression-exponential-parse");
+        let found = include_bytes!("../../../fuzz/regressions/sql_guard-exponential-parse");
         let mut cases = vec![String::from_utf8_lossy(found).into_owned()];
         for n in 1..=40 {
             for unit in [
