@@ -932,3 +932,52 @@ fn heavy_queries_stop_at_their_limits_and_the_server_keeps_answering() {
     assert_eq!(ok.json()[0]["p"], "..x");
     assert_eq!(ok.json()[0]["n"], 10);
 }
+
+/// A Postgres client that sends a query and never reads its rows holds its connection, not a
+/// turn: the turn is given back at the query's deadline.
+#[test]
+fn a_client_that_stops_reading_gives_back_its_turn_at_the_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = data(dir.path(), 100);
+    let server = serve(
+        &data,
+        &[
+            "--pg",
+            "127.0.0.1:0",
+            "--query-timeout",
+            "2s",
+            "--max-queries",
+            "1",
+            "--queue-timeout",
+            "300ms",
+        ],
+        &[],
+    );
+    let pg_port = server.pg_port.unwrap();
+    // The wire protocol by hand: a startup message (protocol 3.0), then one simple query.
+    let mut stalled = TcpStream::connect(("127.0.0.1", pg_port)).unwrap();
+    let mut startup = 196_608u32.to_be_bytes().to_vec();
+    for s in ["user", "earshot", "database", "earshot", ""] {
+        startup.extend_from_slice(s.as_bytes());
+        startup.push(0);
+    }
+    let mut msg = ((startup.len() + 4) as u32).to_be_bytes().to_vec();
+    msg.extend_from_slice(&startup);
+    let sql = b"SELECT * FROM generate_series(1, 1000000000)\0";
+    msg.push(b'Q');
+    msg.extend_from_slice(&((sql.len() + 4) as u32).to_be_bytes());
+    msg.extend_from_slice(sql);
+    stalled.write_all(&msg).unwrap();
+    let started = Instant::now();
+    std::thread::sleep(Duration::from_millis(700));
+    // Its rows fill the socket buffers; it still holds the one turn...
+    let err = psql_fails(pg_port, "SELECT 1");
+    assert!(err.contains("53300"), "{err}");
+    // ...until its deadline, though it never reads.
+    std::thread::sleep(
+        Duration::from_secs(2).saturating_sub(started.elapsed()) + Duration::from_millis(700),
+    );
+    let r = http(server.port, "POST", "/v1/query", &[], b"SELECT 1 AS one");
+    assert_eq!(r.status, 200, "{}", r.text());
+    drop(stalled);
+}

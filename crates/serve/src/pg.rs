@@ -453,12 +453,13 @@ struct Guarded {
 
 impl Guarded {
     /// Wraps a response's rows so the query stops at the deadline and memory errors name the limit.
-    /// The rows are computed on the query threads, and `turn` is held until the last row is sent.
+    /// The rows are computed on the query threads, and the turn is held until the last row is sent
+    /// or the deadline, whichever comes first (see [`TurnUntil`]).
     fn limit(
         &self,
         response: Response,
         deadline: tokio::time::Instant,
-        turn: Arc<Turn>,
+        turn: Arc<TurnUntil>,
     ) -> Response {
         match response {
             Response::Query(q) => {
@@ -483,6 +484,26 @@ impl Guarded {
 
     fn deadline(&self) -> tokio::time::Instant {
         tokio::time::Instant::now() + self.limits.time
+    }
+}
+
+/// A query's turn, given back when its responses are dropped or at its deadline, whichever comes
+/// first: a client that stops reading its rows holds its connection, not a turn others wait for.
+struct TurnUntil {
+    _done: tokio::sync::oneshot::Sender<()>,
+}
+
+impl TurnUntil {
+    fn new(turn: Turn, deadline: tokio::time::Instant) -> Arc<TurnUntil> {
+        let (done, dropped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(async move {
+            let _turn = turn;
+            tokio::select! {
+                _ = dropped => {}
+                _ = tokio::time::sleep_until(deadline) => {}
+            }
+        });
+        Arc::new(TurnUntil { _done: done })
     }
 }
 
@@ -549,8 +570,9 @@ impl SimpleQueryHandler for Guarded {
                 .map(|tag| Response::Execution(Tag::new(tag)))
                 .collect());
         }
-        let turn = Arc::new(self.tables.admission.turn().await.map_err(sql_error)?);
+        let turn = self.tables.admission.turn().await.map_err(sql_error)?;
         let deadline = self.deadline();
+        let turn = TurnUntil::new(turn, deadline);
         let responses = tokio::time::timeout_at(
             deadline,
             self.tables
@@ -602,8 +624,9 @@ impl ExtendedQueryHandler for Guarded {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        let turn = Arc::new(self.tables.admission.turn().await.map_err(sql_error)?);
+        let turn = self.tables.admission.turn().await.map_err(sql_error)?;
         let deadline = self.deadline();
+        let turn = TurnUntil::new(turn, deadline);
         let response = tokio::time::timeout_at(
             deadline,
             self.tables.threads.enter(ExtendedQueryHandler::do_query(
