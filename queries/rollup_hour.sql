@@ -1,17 +1,19 @@
 -- rollup_hour: the timeline rolled up to hours, with distinct listeners from merged sketches.
--- Same columns as rollup_minute; the sketches of an hour's buckets are merged, so a listener
--- present in many buckets counts once.
+-- Same columns as rollup_minute, from the hour rollups: a listener present in many buckets of the
+-- hour counts once (empty when the bucket width does not divide an hour).
 -- param stream: the stream_id
-SELECT date_trunc('hour', bucket_start)      AS hour,
-       max(displayed_start)                  AS displayed_max,
-       max(roster_peak)                      AS roster_peak,
-       max(connected_peak)                   AS connected_peak,
-       sum(joins)                            AS joins,
-       sum(drops)                            AS drops,
-       hll_count(hll_merge(present_hll))     AS present_listeners,
-       hll_count(hll_merge(connected_hll))   AS connected_listeners,
-       bool_and("final")                     AS "final"
-FROM buckets
-WHERE stream_id = $stream
-GROUP BY 1
+SELECT r.bucket_start          AS hour,
+       d.displayed_max,
+       r.roster_peak,
+       r.connected_peak,
+       r.joins,
+       r.drops,
+       r.present_listeners,
+       r.connected_listeners,
+       r."final"
+FROM rollups r
+JOIN (SELECT date_trunc('hour', bucket_start) AS hour, max(displayed_start) AS displayed_max
+      FROM buckets WHERE stream_id = $stream GROUP BY 1) d
+  ON d.hour = r.bucket_start
+WHERE r.stream_id = $stream AND r.width_ms = 3600000
 ORDER BY 1;

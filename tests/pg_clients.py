@@ -158,7 +158,7 @@ def refusals(args):
         check("data intact after refusals", before == after, f"{before} vs {after}")
         tables = [r[0] for r in conn.execute(
             "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public' ORDER BY 1")]
-        check("no table was created", tables == ["buckets", "events", "rejects", "sessions", "streams"], tables)
+        check("no table was created", tables == ["buckets", "events", "rejects", "rollups", "sessions", "streams"], tables)
     check("/tmp/earshot-copy.csv not written", not pathlib.Path("/tmp/earshot-copy.csv").exists())
 
 

@@ -56,7 +56,7 @@ def main():
     inspector = sa.inspect(engine)
     tables = sorted(inspector.get_table_names())
     check("inspect(engine).get_table_names()",
-          tables == ["buckets", "events", "rejects", "sessions", "streams"], tables)
+          tables == ["buckets", "events", "rejects", "rollups", "sessions", "streams"], tables)
     # (inspector.get_columns() needs pg_get_serial_sequence, pg_sequence and more of pg_catalog than
     # the endpoint has: not supported yet.)
 

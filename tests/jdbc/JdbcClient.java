@@ -45,7 +45,7 @@ public class JdbcClient {
             }
             Collections.sort(tables);
             check("DatabaseMetaData.getTables",
-                    tables.equals(List.of("buckets", "events", "rejects", "sessions", "streams")), tables);
+                    tables.equals(List.of("buckets", "events", "rejects", "rollups", "sessions", "streams")), tables);
 
             Map<String, Integer> columns = new LinkedHashMap<>();
             try (ResultSet rs = md.getColumns(null, "public", "streams", "%")) {

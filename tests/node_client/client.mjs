@@ -45,7 +45,7 @@ try {
 
   const tables = (await client.query(
     "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public' ORDER BY table_name")).rows.map((r) => r.table_name);
-  check("the table list", JSON.stringify(tables) === JSON.stringify(["buckets", "events", "rejects", "sessions", "streams"]), tables);
+  check("the table list", JSON.stringify(tables) === JSON.stringify(["buckets", "events", "rejects", "rollups", "sessions", "streams"]), tables);
 
   try {
     await client.query("DROP TABLE streams");

@@ -234,6 +234,16 @@ fn measure(points: &mut Vec<Millis>, pred: impl Fn(Millis) -> bool) -> i64 {
         .sum()
 }
 
+/// The library's estimate of a set's sketch.
+fn estimate_of(listeners: &BTreeSet<ListenerKey>) -> i64 {
+    let mut s = Sketch::new();
+    for l in listeners {
+        s.insert(&l.0);
+    }
+    s.count() as i64
+}
+
+/// The sketch of a set, built by the library's inserts (never by the byte-level union).
 fn sketch_of(listeners: &BTreeSet<ListenerKey>) -> Vec<u8> {
     let mut s = Sketch::new();
     for l in listeners {
@@ -306,20 +316,14 @@ pub fn reference(events: &[(u32, Event)], settings: &Settings) -> (Snapshot, Tal
 
         let first = evs.iter().map(|c| c.event.ts).min().unwrap_or_default();
         let last = evs.iter().map(|c| c.event.ts).max().unwrap_or_default();
-        let (mut peak_roster, mut peak_connected) = (0, 0);
-        let mut b = first.div_euclid(w) * w;
-        while b <= last {
-            let end = b + w;
-            let instants: Vec<Millis> = std::iter::once(b)
-                .chain(all_points.iter().copied().filter(|t| *t > b && *t < end))
+        // The row of the window [lo, hi), evaluated at its start and at every change point in it.
+        let window = |lo: Millis, hi: Millis, start: Millis, width: i64| -> BucketRow {
+            let instants: Vec<Millis> = std::iter::once(lo)
+                .chain(all_points.iter().copied().filter(|t| *t > lo && *t < hi))
                 .collect();
-            let roster_peak = instants.iter().map(|t| roster(*t)).max().unwrap_or(0);
-            let connected_peak = instants.iter().map(|t| connected(*t)).max().unwrap_or(0);
-            peak_roster = peak_roster.max(roster_peak);
-            peak_connected = peak_connected.max(connected_peak);
             let count = |k: EventType| {
                 evs.iter()
-                    .filter(|c| c.event.kind == k && c.event.ts >= b && c.event.ts < end)
+                    .filter(|c| c.event.kind == k && c.event.ts >= lo && c.event.ts < hi)
                     .count() as i64
             };
             let present: BTreeSet<ListenerKey> = sessions
@@ -332,24 +336,47 @@ pub fn reference(events: &[(u32, Event)], settings: &Settings) -> (Snapshot, Tal
                 .filter(|s| instants.iter().any(|t| s.connected(*t, l)))
                 .map(|s| s.listener)
                 .collect();
-            snap.buckets.push(BucketRow {
+            BucketRow {
                 stream_id: stream_id.to_owned(),
-                bucket_start: b,
-                width_ms: w,
-                displayed_start: displayed(b),
-                roster_start: roster(b),
-                roster_peak,
-                connected_start: connected(b),
-                connected_peak,
+                bucket_start: start,
+                width_ms: width,
+                displayed_start: displayed(lo),
+                roster_start: roster(lo),
+                roster_peak: instants.iter().map(|t| roster(*t)).max().unwrap_or(0),
+                connected_start: connected(lo),
+                connected_peak: instants.iter().map(|t| connected(*t)).max().unwrap_or(0),
                 joins: count(EventType::Join),
                 connects: count(EventType::Connect),
                 leaves: count(EventType::Leave),
                 drops: count(EventType::Drop),
                 present_hll: sketch_of(&present),
                 connected_hll: sketch_of(&connected_set),
+                present_listeners: estimate_of(&present),
+                connected_listeners: estimate_of(&connected_set),
                 is_final: true,
-            });
-            b = end;
+            }
+        };
+        let (mut peak_roster, mut peak_connected) = (0, 0);
+        let (lo, hi) = (first.div_euclid(w) * w, (last.div_euclid(w) + 1) * w);
+        let mut b = lo;
+        while b < hi {
+            let row = window(b, b + w, b, w);
+            peak_roster = peak_roster.max(row.roster_peak);
+            peak_connected = peak_connected.max(row.connected_peak);
+            snap.buckets.push(row);
+            b += w;
+        }
+        // Rollups: the same definitions over each whole minute or hour, clipped to the buckets.
+        for width in earshot_core::ROLLUP_WIDTHS_MS {
+            if width % w != 0 {
+                continue;
+            }
+            let mut s = lo.div_euclid(width) * width;
+            while s < hi {
+                snap.rollups
+                    .push(window(s.max(lo), (s + width).min(hi), s, width));
+                s += width;
+            }
         }
 
         let listeners: BTreeSet<ListenerKey> = sessions.iter().map(|s| s.listener).collect();

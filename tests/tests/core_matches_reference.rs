@@ -79,6 +79,15 @@ fn assert_same(lines: &[(u32, String)], settings: Settings) -> [u64; 4] {
     for (g, w) in got.buckets.iter().zip(&want.buckets) {
         assert_eq!(g, w, "bucket differs for\n{}", dump());
     }
+    assert_eq!(
+        got.rollups.len(),
+        want.rollups.len(),
+        "rollup count differs for\n{}",
+        dump()
+    );
+    for (g, w) in got.rollups.iter().zip(&want.rollups) {
+        assert_eq!(g, w, "rollup differs for\n{}", dump());
+    }
     [
         got.sessions.len() as u64,
         got.buckets.len() as u64,

@@ -6,7 +6,12 @@
 //! pushes each node's sketch down into its subtree by merging (a HyperLogLog union is a register-wise
 //! max, so the result equals inserting into every bucket).
 
-use earshot_sketch::Sketch;
+use earshot_sketch::{Sketch, Union};
+
+use crate::BucketRow;
+
+/// The widths the buckets are rolled up to: a minute and an hour.
+pub const ROLLUP_WIDTHS_MS: [i64; 2] = [60_000, 3_600_000];
 
 /// One sketch per bucket, filled by ranges.
 #[derive(Debug)]
@@ -65,6 +70,77 @@ impl RangeSketches {
             .map(Option::unwrap_or_default)
             .collect()
     }
+}
+
+/// The rows of `buckets` (sorted by stream, then start) rolled up to each of [`ROLLUP_WIDTHS_MS`]
+/// that is a multiple of the stream's bucket width. A rollup row covers `[start, start + width)`,
+/// `start` a multiple of the width since the epoch, and holds what a timeline point of that step
+/// shows: the first bucket's `displayed_start`, `roster_start` and `connected_start` (the values
+/// at the point's start when the stream was already on), the largest peaks, the summed event counts,
+/// the union of the sketches and its estimates, and `final` once every bucket in it is.
+pub fn rollups(buckets: &[BucketRow]) -> Vec<BucketRow> {
+    let mut out = Vec::new();
+    for stream in buckets.chunk_by(|a, b| a.stream_id == b.stream_id) {
+        let w = stream[0].width_ms;
+        for width in ROLLUP_WIDTHS_MS {
+            if w <= 0 || width % w != 0 {
+                continue;
+            }
+            for part in stream.chunk_by(|a, b| {
+                a.bucket_start.div_euclid(width) == b.bucket_start.div_euclid(width)
+            }) {
+                out.push(roll(part, width));
+            }
+        }
+    }
+    out
+}
+
+fn roll(part: &[BucketRow], width: i64) -> BucketRow {
+    let first = &part[0];
+    let (mut present, mut connected) = (Union::new(), Union::new());
+    let mut row = BucketRow {
+        stream_id: first.stream_id.clone(),
+        bucket_start: first.bucket_start.div_euclid(width) * width,
+        width_ms: width,
+        displayed_start: first.displayed_start,
+        roster_start: first.roster_start,
+        roster_peak: 0,
+        connected_start: first.connected_start,
+        connected_peak: 0,
+        joins: 0,
+        connects: 0,
+        leaves: 0,
+        drops: 0,
+        present_hll: Vec::new(),
+        connected_hll: Vec::new(),
+        present_listeners: 0,
+        connected_listeners: 0,
+        is_final: true,
+    };
+    for b in part {
+        row.roster_peak = row.roster_peak.max(b.roster_peak);
+        row.connected_peak = row.connected_peak.max(b.connected_peak);
+        row.joins += b.joins;
+        row.connects += b.connects;
+        row.leaves += b.leaves;
+        row.drops += b.drops;
+        row.is_final &= b.is_final;
+        // The engine wrote these bytes; they cannot fail the reader's checks.
+        let added = present
+            .add_bytes(&b.present_hll)
+            .and_then(|()| connected.add_bytes(&b.connected_hll));
+        debug_assert!(added.is_ok());
+    }
+    row.present_listeners = count(&present);
+    row.connected_listeners = count(&connected);
+    row.present_hll = present.to_bytes().unwrap_or_else(|| Sketch::new().to_bytes());
+    row.connected_hll = connected.to_bytes().unwrap_or_else(|| Sketch::new().to_bytes());
+    row
+}
+
+fn count(u: &Union) -> i64 {
+    i64::try_from(earshot_sketch::round_estimate(u.estimate())).unwrap_or(i64::MAX)
 }
 
 #[cfg(test)]

@@ -22,7 +22,7 @@ use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 
 use earshot_contract::{Event, Millis};
 
-pub use buckets::RangeSketches;
+pub use buckets::{ROLLUP_WIDTHS_MS, RangeSketches, rollups};
 pub use gate::{TimeGate, Verdict};
 use stream::StreamAcc;
 
@@ -154,6 +154,9 @@ pub struct BucketRow {
     pub drops: i64,
     pub present_hll: Vec<u8>,
     pub connected_hll: Vec<u8>,
+    /// The estimates of the two sketches, stored so that a point of one row needs no sketch.
+    pub present_listeners: i64,
+    pub connected_listeners: i64,
     pub is_final: bool,
 }
 
@@ -187,6 +190,9 @@ pub struct StreamRow {
 pub struct Snapshot {
     pub streams: Vec<StreamRow>,
     pub buckets: Vec<BucketRow>,
+    /// The buckets rolled up to each of [`ROLLUP_WIDTHS_MS`] that the bucket width divides, sorted
+    /// by (stream, width, start).
+    pub rollups: Vec<BucketRow>,
     pub sessions: Vec<SessionRow>,
 }
 
@@ -341,6 +347,7 @@ impl Engine {
         for id in ids {
             self.streams[id].snapshot(id, &self.settings, final_through, &mut out, true);
         }
+        out.rollups = buckets::rollups(&out.buckets);
         out
     }
 

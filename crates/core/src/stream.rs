@@ -278,6 +278,8 @@ impl StreamAcc {
                 connects: counts[1],
                 leaves: counts[2],
                 drops: counts[3],
+                present_listeners: estimate(p.count()),
+                connected_listeners: estimate(c.count()),
                 present_hll: p.to_bytes(),
                 connected_hll: c.to_bytes(),
                 is_final: final_through.is_none_or(|f| start + w <= f),
@@ -390,4 +392,8 @@ mod tests {
         assert_eq!(union_length([(0, 10), (2, 4), (10, 12)].into_iter()), 12);
         assert_eq!(union_length(std::iter::empty()), 0);
     }
+}
+
+fn estimate(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
 }

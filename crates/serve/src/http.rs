@@ -70,6 +70,30 @@ struct Cache {
     generation: String,
     entries: HashMap<String, Arc<Cached>>,
     bytes: usize,
+    /// Each stream's buckets and rollups (`None`: no such stream), for this generation.
+    spans: HashMap<String, Option<Span>>,
+}
+
+impl Cache {
+    /// Empties the cache if `generation` is not the one it holds.
+    fn for_generation(&mut self, generation: &str) {
+        if self.generation != generation {
+            self.entries.clear();
+            self.spans.clear();
+            self.bytes = 0;
+            self.generation = generation.to_owned();
+        }
+    }
+}
+
+/// What a timeline of one stream can read: its bucket width, its first bucket's start, the end of
+/// its last bucket, and the widths of its rollups.
+#[derive(Clone, Debug)]
+struct Span {
+    width: i64,
+    lo: i64,
+    hi: i64,
+    rollups: Vec<i64>,
 }
 
 const CACHE_ENTRIES: usize = 4096;
@@ -358,6 +382,56 @@ impl App {
         json_rows(&schema, &batches)
     }
 
+    /// The stream's [`Span`], from the cache or three small queries once per generation.
+    async fn span(&self, id: &str) -> Result<Option<Span>, ApiError> {
+        let generation = self.generation();
+        {
+            let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+            cache.for_generation(&generation);
+            if let Some(span) = cache.spans.get(id) {
+                return Ok(span.clone());
+            }
+        }
+        let span = if self.stream_exists(id).await? {
+            let stream = Params::from_pairs([format!("stream={id}")])?;
+            let (schema, batches) = self
+                .run(
+                    "SELECT min(width_ms) AS w, CAST(min(bucket_start) AS BIGINT) AS lo, \
+                     CAST(max(bucket_start) AS BIGINT) AS hi FROM buckets WHERE stream_id = $stream",
+                    &stream,
+                )
+                .await?;
+            let row = json_rows(&schema, &batches)?
+                .first()
+                .cloned()
+                .unwrap_or(Value::Null);
+            let width = row["w"].as_i64().unwrap_or(10_000);
+            let (schema, batches) = self
+                .run(
+                    "SELECT DISTINCT width_ms AS w FROM rollups WHERE stream_id = $stream",
+                    &stream,
+                )
+                .await?;
+            let rollups = json_rows(&schema, &batches)?
+                .iter()
+                .filter_map(|r| r["w"].as_i64())
+                .collect();
+            Some(Span {
+                width,
+                lo: row["lo"].as_i64().unwrap_or(0),
+                hi: row["hi"].as_i64().unwrap_or(0).saturating_add(width),
+                rollups,
+            })
+        } else {
+            None
+        };
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.generation == generation {
+            cache.spans.insert(id.to_owned(), span.clone());
+        }
+        Ok(span)
+    }
+
     async fn stream_exists(&self, id: &str) -> Result<bool, ApiError> {
         let rows = self
             .run(
@@ -392,11 +466,7 @@ where
     let generation = app.generation();
     let hit = {
         let mut cache = app.cache.lock().unwrap_or_else(|p| p.into_inner());
-        if cache.generation != generation {
-            cache.entries.clear();
-            cache.bytes = 0;
-            cache.generation = generation.clone();
-        }
+        cache.for_generation(&generation);
         cache.entries.get(&key).cloned()
     };
     let entry = match hit {
@@ -589,6 +659,17 @@ pub fn timeline_window(
     Ok(Window { from, to, step })
 }
 
+/// The width of the rows a timeline at `step` reads: the widest rollup that divides the step, else
+/// the buckets. Coarser rows mean fewer sketches to merge, none when the step is their width.
+pub fn timeline_source(bucket_width: i64, rollups: &[i64], step: i64) -> i64 {
+    rollups
+        .iter()
+        .copied()
+        .filter(|&w| w > bucket_width && w > 0 && step % w == 0)
+        .max()
+        .unwrap_or(bucket_width)
+}
+
 async fn timeline(
     State(app): State<Arc<App>>,
     Path(id): Path<String>,
@@ -603,38 +684,29 @@ async fn timeline(
     let key = format!("timeline/{id}?{keys:?}");
     let a = app.clone();
     cached(&app, &headers, key, || async move {
-        if !a.stream_exists(&id).await? {
+        let Some(span) = a.span(&id).await? else {
             return Err(ApiError(
                 StatusCode::NOT_FOUND,
                 format!("no stream {id:?}: GET /v1/streams lists them"),
             ));
-        }
-        let span = a
-            .run(
-                "SELECT min(width_ms) AS w, CAST(min(bucket_start) AS BIGINT) AS lo, \
-                 CAST(max(bucket_start) AS BIGINT) AS hi FROM buckets WHERE stream_id = $stream",
-                &Params::from_pairs([format!("stream={id}")])?,
-            )
-            .await
-            .and_then(|(s, b)| json_rows(&s, &b))?;
-        let span = span.first().cloned().unwrap_or(Value::Null);
-        let width = span["w"].as_i64().unwrap_or(10_000);
-        let (lo, hi) = (
-            span["lo"].as_i64().unwrap_or(0),
-            span["hi"].as_i64().unwrap_or(0).saturating_add(width),
-        );
-        let Window { from, to, step } = timeline_window(&q, width, lo, hi).map_err(bad)?;
-        let rows = a
-            .canned(
-                "timeline_step",
-                &[
-                    format!("stream={id}"),
-                    format!("step_ms={step}"),
-                    format!("from={}", earshot_contract::format_rfc3339_ms(from)),
-                    format!("to={}", earshot_contract::format_rfc3339_ms(to)),
-                ],
-            )
-            .await?;
+        };
+        let Window { from, to, step } =
+            timeline_window(&q, span.width, span.lo, span.hi).map_err(bad)?;
+        let width = timeline_source(span.width, &span.rollups, step);
+        let mut params = vec![
+            format!("stream={id}"),
+            format!("width={width}"),
+            format!("from={}", earshot_contract::format_rfc3339_ms(from)),
+            format!("to={}", earshot_contract::format_rfc3339_ms(to)),
+        ];
+        // One stored row per point: its stored estimates, no sketch read. Else merge the rows.
+        let name = if step == width {
+            "timeline_points"
+        } else {
+            params.push(format!("step_ms={step}"));
+            "timeline_step"
+        };
+        let rows = a.canned(name, &params).await?;
         let points: Vec<Value> = rows
             .into_iter()
             .map(|mut r| {

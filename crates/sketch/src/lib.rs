@@ -13,6 +13,9 @@ use std::hash::{BuildHasher, Hasher};
 use hyperloglogplus::{HyperLogLog, HyperLogLogPlus};
 use serde::{Deserialize, Serialize};
 
+mod bytes;
+pub use bytes::{SketchBytes, Union, estimate_bytes, estimate_registers, round_estimate};
+
 /// Format version written in byte 0.
 pub const FORMAT_VERSION: u8 = 1;
 /// Precision (log2 of the register count) of every earshot sketch.
@@ -26,13 +29,13 @@ pub const HASH_SEED: u64 = 0x6561_7273_686f_7401;
 /// Relative standard error of an estimate, 1.04/√m.
 pub const STANDARD_ERROR: f64 = 1.04 / 128.0;
 
-const HEADER: usize = 4;
-const TRAILER: usize = 8;
-const SPARSE: u8 = 0;
-const DENSE: u8 = 1;
+pub(crate) const HEADER: usize = 4;
+pub(crate) const TRAILER: usize = 8;
+pub(crate) const SPARSE: u8 = 0;
+pub(crate) const DENSE: u8 = 1;
 /// Largest value a dense register can hold at precision 14: 64 − 14 + 1.
-const MAX_REGISTER: u8 = 64 - PRECISION + 1;
-const SPARSE_PRECISION: u32 = 25;
+pub(crate) const MAX_REGISTER: u8 = 64 - PRECISION + 1;
+pub(crate) const SPARSE_PRECISION: u32 = 25;
 const WORD_REGISTERS: usize = 5;
 
 /// Why bytes could not be read as a sketch.
@@ -102,12 +105,7 @@ impl Sketch {
 
     /// The estimate rounded to a whole number of listeners.
     pub fn count(&mut self) -> u64 {
-        let e = self.estimate();
-        if e.is_finite() && e > 0.0 {
-            e.round() as u64
-        } else {
-            0
-        }
+        round_estimate(self.estimate())
     }
 
     /// The serialized form (see `schemas/sketch.v1.md`). Equal sets give equal bytes.
@@ -139,68 +137,16 @@ impl Sketch {
 
     /// Reads a serialized sketch, checking every byte that could make the library misbehave.
     pub fn from_bytes(bytes: &[u8]) -> Result<Sketch, SketchError> {
-        if bytes.len() < HEADER + TRAILER {
-            return Err(SketchError::TooShort(bytes.len()));
-        }
-        if bytes[0] != FORMAT_VERSION {
-            return Err(SketchError::Version(bytes[0]));
-        }
-        if bytes[1] != PRECISION {
-            return Err(SketchError::Precision(bytes[1]));
-        }
-        if bytes[2] != HASH_ID {
-            return Err(SketchError::Hash(bytes[2]));
-        }
-        let (body, trailer) = bytes.split_at(bytes.len() - TRAILER);
-        let mut sum = [0u8; 8];
-        sum.copy_from_slice(trailer);
-        if xxhash_rust::xxh3::xxh3_64(body) != u64::from_le_bytes(sum) {
-            return Err(SketchError::Checksum);
-        }
-        let payload = &body[HEADER..];
         let mut shadow = Shadow::empty();
-        match body[3] {
-            SPARSE => {
-                if payload.len() < 4 {
-                    return Err(SketchError::Malformed("sparse sketch without a length"));
-                }
-                let n = u32::from_le_bytes([payload[0], payload[1], payload[2], payload[3]]);
-                let codes = &payload[4..];
-                if codes.len() != n as usize * 4 {
-                    return Err(SketchError::Malformed(
-                        "sparse length does not match its codes",
-                    ));
-                }
-                // The library switches to dense past this many bytes of varints; it never writes
-                // more sparse codes than that, so neither may we read them.
-                if n as usize > shadow.counts.2 {
-                    return Err(SketchError::Malformed("too many sparse codes"));
-                }
-                let mut prev: Option<u32> = None;
-                for chunk in codes.chunks_exact(4) {
-                    let c = u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
-                    if prev.is_some_and(|p| c <= p) {
-                        return Err(SketchError::Malformed(
-                            "sparse codes are not strictly increasing",
-                        ));
-                    }
-                    if !sparse_code_is_valid(c) {
-                        return Err(SketchError::Malformed("sparse code out of range"));
-                    }
-                    shadow.sparse.push(c);
-                    prev = Some(c);
+        match SketchBytes::parse(bytes)? {
+            SketchBytes::Sparse(codes) => {
+                for c in codes.chunks_exact(4) {
+                    shadow
+                        .sparse
+                        .push(u32::from_le_bytes([c[0], c[1], c[2], c[3]]));
                 }
             }
-            DENSE => {
-                if payload.len() != REGISTERS {
-                    return Err(SketchError::Malformed("dense sketch of the wrong length"));
-                }
-                if payload.iter().any(|&r| r > MAX_REGISTER) {
-                    return Err(SketchError::Malformed("register value out of range"));
-                }
-                shadow.registers = Some(ShadowRegisters::pack(payload));
-            }
-            _ => return Err(SketchError::Malformed("unknown representation")),
+            SketchBytes::Dense(regs) => shadow.registers = Some(ShadowRegisters::pack(regs)),
         }
         Ok(Sketch {
             inner: shadow.build(),
@@ -208,7 +154,7 @@ impl Sketch {
     }
 }
 
-fn sparse_code_is_valid(c: u32) -> bool {
+pub(crate) fn sparse_code_is_valid(c: u32) -> bool {
     if c & 1 == 1 {
         // index (25 bits) << 7 | zeros (6 bits) << 1 | 1; zeros counts within the low 64−25 bits.
         let zeros = (c >> 1) & 0x3f;

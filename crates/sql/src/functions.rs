@@ -1,6 +1,9 @@
 //! `hll_merge(sketch)` and `hll_count(sketch)` over earshot's sketch bytes.
 //!
-//! Bad bytes are a query error naming the function and what is wrong, never a panic.
+//! Both work on the stored bytes (`earshot_sketch::Union`, `estimate_bytes`): a merge is an
+//! element-wise max over dense registers, with every byte-format check kept, and no sketch
+//! structure is built unless the estimate needs the library's bias table. Bad bytes are a query
+//! error naming the function and what is wrong, never a panic.
 
 use std::sync::Arc;
 
@@ -10,14 +13,14 @@ use datafusion::common::{DataFusionError, Result, ScalarValue};
 use datafusion::logical_expr::{
     Accumulator, AggregateUDF, ColumnarValue, ScalarUDF, Volatility, create_udaf, create_udf,
 };
-use earshot_sketch::Sketch;
+use earshot_sketch::{SketchError, Union, estimate_bytes, round_estimate};
 
-fn read(function: &str, bytes: &[u8]) -> Result<Sketch> {
-    Sketch::from_bytes(bytes).map_err(|e| {
+fn bad_sketch(function: &str) -> impl Fn(SketchError) -> DataFusionError + '_ {
+    move |e| {
         DataFusionError::Execution(format!(
             "{function}: {e} (expects a sketch column such as buckets.connected_hll)"
         ))
-    })
+    }
 }
 
 fn binary<'a>(function: &str, a: &'a ArrayRef) -> Result<&'a BinaryArray> {
@@ -44,7 +47,8 @@ pub fn hll_count_udf() -> ScalarUDF {
                 match v {
                     None => out.append_null(),
                     Some(bytes) => {
-                        let n = read("hll_count", bytes)?.count();
+                        let e = estimate_bytes(bytes).map_err(bad_sketch("hll_count"))?;
+                        let n = round_estimate(e);
                         out.append_value(i64::try_from(n).unwrap_or(i64::MAX));
                     }
                 }
@@ -75,23 +79,21 @@ pub fn hll_merge_udaf() -> AggregateUDF {
 
 #[derive(Debug, Default)]
 struct MergeAccumulator {
-    union: Option<Sketch>,
+    union: Union,
 }
 
 impl MergeAccumulator {
     fn absorb(&mut self, a: &ArrayRef) -> Result<()> {
         for bytes in binary("hll_merge", a)?.iter().flatten() {
-            let s = read("hll_merge", bytes)?;
-            match &mut self.union {
-                Some(u) => u.merge(&s),
-                None => self.union = Some(s),
-            }
+            self.union
+                .add_bytes(bytes)
+                .map_err(bad_sketch("hll_merge"))?;
         }
         Ok(())
     }
 
     fn value(&mut self) -> ScalarValue {
-        ScalarValue::Binary(self.union.as_mut().map(Sketch::to_bytes))
+        ScalarValue::Binary(self.union.to_bytes())
     }
 }
 
@@ -105,7 +107,7 @@ impl Accumulator for MergeAccumulator {
     }
 
     fn size(&self) -> usize {
-        std::mem::size_of_val(self) + if self.union.is_some() { 16 * 1024 } else { 0 }
+        std::mem::size_of_val(self) + self.union.heap_bytes()
     }
 
     fn state(&mut self) -> Result<Vec<ScalarValue>> {

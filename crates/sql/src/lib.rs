@@ -240,6 +240,14 @@ async fn register_tables(ctx: &SessionContext, generation: &Path) -> Result<(), 
         let schema = earshot_store::table_schema(table)
             .ok_or_else(|| SqlError::Query(format!("no schema for table {table}")))?;
         let _ = ctx.deregister_table(table);
+        if !location.exists() {
+            // A generation written before this table existed (`rollups`): empty, not an error.
+            let empty = datafusion::datasource::MemTable::try_new(schema, vec![vec![]])
+                .map_err(|e| SqlError::Query(format!("cannot open table {table}: {e}")))?;
+            ctx.register_table(table, Arc::new(empty))
+                .map_err(|e| SqlError::Query(format!("cannot open table {table}: {e}")))?;
+            continue;
+        }
         ctx.register_parquet(table, &path, ParquetReadOptions::default().schema(&schema))
             .await
             .map_err(|e| SqlError::Query(format!("cannot open table {table}: {e}")))?;

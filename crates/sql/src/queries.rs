@@ -39,6 +39,7 @@ pub const EMBEDDED: &[(&str, &str)] = embedded!(
     "event_counts",
     "rejects_by_reason",
     "timeline_step",
+    "timeline_points",
 );
 
 impl NamedQuery {

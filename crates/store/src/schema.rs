@@ -1,11 +1,13 @@
-//! The Arrow schemas of the five tables (`../shared/design/tables.md`). Names and units are public.
+//! The Arrow schemas of the six tables (`../shared/design/tables.md`). Names and units are public.
 
 use std::sync::Arc;
 
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 
 /// The tables every generation holds, in the order they are written.
-pub const TABLES: [&str; 5] = ["streams", "buckets", "sessions", "events", "rejects"];
+pub const TABLES: [&str; 6] = [
+    "streams", "buckets", "rollups", "sessions", "events", "rejects",
+];
 
 fn ts() -> DataType {
     DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into()))
@@ -41,7 +43,8 @@ pub fn table_schema(table: &str) -> Option<SchemaRef> {
             f("joined_hll", Binary, false),
             f("connected_hll", Binary, false),
         ],
-        "buckets" => vec![
+        // `rollups` holds the buckets rolled up to a minute and an hour, in the same columns.
+        "buckets" | "rollups" => vec![
             f("stream_id", Utf8, false),
             f("bucket_start", ts(), false),
             f("width_ms", Int64, false),
@@ -57,6 +60,9 @@ pub fn table_schema(table: &str) -> Option<SchemaRef> {
             f("present_hll", Binary, false),
             f("connected_hll", Binary, false),
             f("final", Boolean, false),
+            // Estimates of the two sketches; null in generations written before they were stored.
+            f("present_listeners", Int64, true),
+            f("connected_listeners", Int64, true),
         ],
         "sessions" => vec![
             f("stream_id", Utf8, false),

@@ -13,7 +13,7 @@ use arrow::array::{
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use earshot_contract::{Event, Millis};
-use earshot_core::{Settings, Snapshot};
+use earshot_core::{BucketRow, Settings, Snapshot};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::errors::ParquetError;
@@ -128,6 +128,11 @@ fn parquet_err<'a>(
 /// away when its page overflows, so they are written plain.
 const UNIQUE_COLUMNS: [&str; 4] = ["event_id", "source", "session_id", "listener_key"];
 
+/// Tables with a sketch per row, read by time window.
+const SKETCH_TABLES: [&str; 2] = ["buckets", "rollups"];
+/// Rows per data page in those tables: 64 dense sketches are about 1 MiB before compression.
+const SKETCH_PAGE_ROWS: usize = 64;
+
 /// A Parquet file being written under the temporary generation directory. Encoding and compression
 /// run on a thread of their own, so the thread that counts only builds Arrow columns: batches go to
 /// the encoder through a short queue, and [`TableFile::finish`] waits for the file to be complete
@@ -154,6 +159,14 @@ impl TableFile {
             .set_created_by(format!("earshot {}", env!("CARGO_PKG_VERSION")));
         for column in UNIQUE_COLUMNS {
             props = props.set_column_dictionary_enabled(ColumnPath::from(column), false);
+        }
+        if SKETCH_TABLES.contains(&table) {
+            // Small pages, so that a query for a window reads (and decompresses) the sketches of
+            // that window only: DataFusion skips the pages the page index puts outside it. The
+            // page size is checked once per write batch, so that is small too.
+            props = props
+                .set_data_page_row_count_limit(SKETCH_PAGE_ROWS)
+                .set_write_batch_size(SKETCH_PAGE_ROWS);
         }
         let mut writer = ArrowWriter::try_new(file, schema.clone(), Some(props.build()))
             .map_err(parquet_err(table, &path))?;
@@ -779,43 +792,8 @@ fn write_derived(dir: &Path, snap: &Snapshot) -> Result<(), StoreError> {
     }
     t.finish()?;
 
-    let mut t = TableFile::create(dir, "buckets", "buckets.parquet".into())?;
-    for chunk in snap.buckets.chunks(BATCH_ROWS) {
-        let mut id = StringBuilder::new();
-        let mut start = TimestampMillisecondBuilder::new();
-        let mut ints: [Int64Builder; 10] = Default::default();
-        let mut hll: [BinaryBuilder; 2] = Default::default();
-        let mut fin = BooleanBuilder::new();
-        for b in chunk {
-            id.append_value(&b.stream_id);
-            start.append_value(b.bucket_start);
-            let values = [
-                Some(b.width_ms),
-                b.displayed_start,
-                Some(b.roster_start),
-                Some(b.roster_peak),
-                Some(b.connected_start),
-                Some(b.connected_peak),
-                Some(b.joins),
-                Some(b.connects),
-                Some(b.leaves),
-                Some(b.drops),
-            ];
-            for (col, v) in ints.iter_mut().zip(values) {
-                col.append_option(v);
-            }
-            hll[0].append_value(&b.present_hll);
-            hll[1].append_value(&b.connected_hll);
-            fin.append_value(b.is_final);
-        }
-        let mut cols: Vec<ArrayRef> = vec![Arc::new(id.finish()), utc(&mut start)];
-        cols.extend(ints.iter_mut().map(|b| Arc::new(b.finish()) as ArrayRef));
-        cols.push(Arc::new(hll[0].finish()));
-        cols.push(Arc::new(hll[1].finish()));
-        cols.push(Arc::new(fin.finish()));
-        t.write(cols)?;
-    }
-    t.finish()?;
+    write_buckets(dir, "buckets", &snap.buckets)?;
+    write_buckets(dir, "rollups", &snap.rollups)?;
 
     let mut t = TableFile::create(dir, "sessions", "sessions.parquet".into())?;
     for chunk in snap.sessions.chunks(BATCH_ROWS) {
@@ -856,6 +834,51 @@ fn write_derived(dir: &Path, snap: &Snapshot) -> Result<(), StoreError> {
             Arc::new(client.finish()),
             Arc::new(region.finish()),
         ];
+        t.write(cols)?;
+    }
+    t.finish()
+}
+
+/// `buckets` or `rollups`: the same columns, rows sorted by stream, width and start.
+fn write_buckets(dir: &Path, table: &'static str, rows: &[BucketRow]) -> Result<(), StoreError> {
+    let mut t = TableFile::create(dir, table, format!("{table}.parquet"))?;
+    for chunk in rows.chunks(BATCH_ROWS) {
+        let mut id = StringBuilder::new();
+        let mut start = TimestampMillisecondBuilder::new();
+        let mut ints: [Int64Builder; 10] = Default::default();
+        let mut hll: [BinaryBuilder; 2] = Default::default();
+        let mut fin = BooleanBuilder::new();
+        let mut estimates: [Int64Builder; 2] = Default::default();
+        for b in chunk {
+            id.append_value(&b.stream_id);
+            start.append_value(b.bucket_start);
+            let values = [
+                Some(b.width_ms),
+                b.displayed_start,
+                Some(b.roster_start),
+                Some(b.roster_peak),
+                Some(b.connected_start),
+                Some(b.connected_peak),
+                Some(b.joins),
+                Some(b.connects),
+                Some(b.leaves),
+                Some(b.drops),
+            ];
+            for (col, v) in ints.iter_mut().zip(values) {
+                col.append_option(v);
+            }
+            hll[0].append_value(&b.present_hll);
+            hll[1].append_value(&b.connected_hll);
+            fin.append_value(b.is_final);
+            estimates[0].append_value(b.present_listeners);
+            estimates[1].append_value(b.connected_listeners);
+        }
+        let mut cols: Vec<ArrayRef> = vec![Arc::new(id.finish()), utc(&mut start)];
+        cols.extend(ints.iter_mut().map(|b| Arc::new(b.finish()) as ArrayRef));
+        cols.push(Arc::new(hll[0].finish()));
+        cols.push(Arc::new(hll[1].finish()));
+        cols.push(Arc::new(fin.finish()));
+        cols.extend(estimates.iter_mut().map(|b| Arc::new(b.finish()) as ArrayRef));
         t.write(cols)?;
     }
     t.finish()

@@ -1,0 +1,516 @@
+//! Sketch work straight on the stored bytes: a union that is an element-wise max over the dense
+//! registers (or a merge of sorted sparse codes), and an estimate computed from those registers,
+//! with no `hyperloglogplus` structure built except in the one range where the library corrects
+//! its raw estimate with its empirical bias table (see [`estimate_registers`]).
+//!
+//! Everything here must give what the library gives, bit for bit: the same bytes for a union as
+//! [`Sketch::merge`] followed by [`Sketch::to_bytes`], the same `f64` as [`Sketch::estimate`].
+//! `tests` checks both against the library on random sparse, dense and mixed sketches.
+
+use crate::{
+    DENSE, FORMAT_VERSION, HASH_ID, HEADER, MAX_REGISTER, PRECISION, REGISTERS, SPARSE,
+    SPARSE_PRECISION, Sketch, SketchError, TRAILER, sparse_code_is_valid,
+};
+
+/// Most bytes the library keeps its sparse codes in (as delta varints) before it turns dense:
+/// the size of its packed dense registers, 4 bytes per 5 six-bit registers.
+pub(crate) const SPARSE_LIMIT_BYTES: usize = 4 * REGISTERS / 5;
+/// The library counts sparse sketches by linear counting over 2^24 registers (not 2^25).
+const SPARSE_REGISTERS: usize = 1 << (SPARSE_PRECISION - 1);
+/// Linear counting is used below this estimate (the library's threshold for precision 14).
+const LINEAR_THRESHOLD: f64 = 11_500.0;
+/// Registers up to this value keep every partial sum of 2^-r exact in an `f64` (14 + 38 ≤ 52
+/// bits), so an integer sum gives exactly what the library's sequential float sum gives.
+const EXACT_REGISTER: u8 = 38;
+
+/// A checked view of a sketch's bytes, borrowing them.
+#[derive(Clone, Copy, Debug)]
+pub enum SketchBytes<'a> {
+    /// Strictly increasing sparse codes, each 4 bytes little-endian.
+    Sparse(&'a [u8]),
+    /// One byte per register.
+    Dense(&'a [u8]),
+}
+
+impl<'a> SketchBytes<'a> {
+    /// Checks what [`Sketch::from_bytes`] checks, in the same order, and borrows the payload.
+    pub fn parse(bytes: &'a [u8]) -> Result<SketchBytes<'a>, SketchError> {
+        if bytes.len() < HEADER + TRAILER {
+            return Err(SketchError::TooShort(bytes.len()));
+        }
+        if bytes[0] != FORMAT_VERSION {
+            return Err(SketchError::Version(bytes[0]));
+        }
+        if bytes[1] != PRECISION {
+            return Err(SketchError::Precision(bytes[1]));
+        }
+        if bytes[2] != HASH_ID {
+            return Err(SketchError::Hash(bytes[2]));
+        }
+        let (body, trailer) = bytes.split_at(bytes.len() - TRAILER);
+        let mut sum = [0u8; 8];
+        sum.copy_from_slice(trailer);
+        if xxhash_rust::xxh3::xxh3_64(body) != u64::from_le_bytes(sum) {
+            return Err(SketchError::Checksum);
+        }
+        let payload = &body[HEADER..];
+        match body[3] {
+            SPARSE => {
+                let Some((n, codes)) = payload.split_first_chunk::<4>() else {
+                    return Err(SketchError::Malformed("sparse sketch without a length"));
+                };
+                let n = u32::from_le_bytes(*n) as usize;
+                if codes.len() != n * 4 {
+                    return Err(SketchError::Malformed(
+                        "sparse length does not match its codes",
+                    ));
+                }
+                if n > SPARSE_LIMIT_BYTES {
+                    return Err(SketchError::Malformed("too many sparse codes"));
+                }
+                let mut prev: Option<u32> = None;
+                for c in sparse_codes(codes) {
+                    if prev.is_some_and(|p| c <= p) {
+                        return Err(SketchError::Malformed(
+                            "sparse codes are not strictly increasing",
+                        ));
+                    }
+                    if !sparse_code_is_valid(c) {
+                        return Err(SketchError::Malformed("sparse code out of range"));
+                    }
+                    prev = Some(c);
+                }
+                // The library turns dense once its delta-varint list passes this size, so it never
+                // writes a longer sparse sketch; reading one would count it differently.
+                let mut last = 0u32;
+                let varints: usize = sparse_codes(codes)
+                    .map(|c| varint_len(c - std::mem::replace(&mut last, c)))
+                    .sum();
+                if varints > SPARSE_LIMIT_BYTES {
+                    return Err(SketchError::Malformed("too many sparse codes"));
+                }
+                Ok(SketchBytes::Sparse(codes))
+            }
+            DENSE => {
+                if payload.len() != REGISTERS {
+                    return Err(SketchError::Malformed("dense sketch of the wrong length"));
+                }
+                // A max over all bytes vectorises; `any` would stop early but not vectorise.
+                if payload.iter().fold(0u8, |m, &r| m.max(r)) > MAX_REGISTER {
+                    return Err(SketchError::Malformed("register value out of range"));
+                }
+                Ok(SketchBytes::Dense(payload))
+            }
+            _ => Err(SketchError::Malformed("unknown representation")),
+        }
+    }
+
+    /// The estimate [`Sketch::estimate`] gives for these bytes.
+    pub fn estimate(self) -> f64 {
+        match self {
+            SketchBytes::Sparse(codes) => sparse_estimate(codes.len() / 4),
+            SketchBytes::Dense(regs) => estimate_registers(regs),
+        }
+    }
+}
+
+fn sparse_codes(codes: &[u8]) -> impl Iterator<Item = u32> + '_ {
+    codes
+        .chunks_exact(4)
+        .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+}
+
+/// The estimate of the sketch in `bytes`, checked as [`Sketch::from_bytes`] checks it.
+pub fn estimate_bytes(bytes: &[u8]) -> Result<f64, SketchError> {
+    Ok(SketchBytes::parse(bytes)?.estimate())
+}
+
+/// The estimate rounded as [`Sketch::count`] rounds it.
+pub fn round_estimate(e: f64) -> u64 {
+    if e.is_finite() && e > 0.0 {
+        e.round() as u64
+    } else {
+        0
+    }
+}
+
+fn linear_count(registers: usize, zeros: usize) -> f64 {
+    registers as f64 * (registers as f64 / zeros as f64).ln()
+}
+
+fn sparse_estimate(codes: usize) -> f64 {
+    linear_count(SPARSE_REGISTERS, SPARSE_REGISTERS - codes)
+}
+
+/// The library's estimate for dense registers: linear counting while it is below the threshold,
+/// else the raw HyperLogLog estimate, which above 5 m needs no correction. Between the two the
+/// library subtracts a bias interpolated from its empirical table; that table is private to it,
+/// so in that range (roughly 11,500 to 82,000 listeners) the registers are handed to the library.
+pub fn estimate_registers(regs: &[u8]) -> f64 {
+    debug_assert_eq!(regs.len(), REGISTERS);
+    let mut histogram = [0u32; 64];
+    for &r in regs {
+        histogram[usize::from(r & 63)] += 1;
+    }
+    let zeros = histogram[0] as usize;
+    if zeros != 0 {
+        let lc = linear_count(REGISTERS, zeros);
+        if lc <= LINEAR_THRESHOLD {
+            return lc;
+        }
+    }
+    let m = REGISTERS as f64;
+    let alpha = 0.7213 / (1.0 + 1.079 / m);
+    let raw = alpha * m * m / inverse_power_sum(regs, &histogram);
+    if raw <= 5.0 * m {
+        return library_estimate(regs);
+    }
+    raw
+}
+
+/// Σ 2^-r over the registers, equal to the library's left-to-right `f64` sum.
+fn inverse_power_sum(regs: &[u8], histogram: &[u32; 64]) -> f64 {
+    let top = histogram.iter().rposition(|&n| n != 0).unwrap_or(0);
+    if top <= usize::from(EXACT_REGISTER) {
+        // Every partial sum is a multiple of 2^-38 below 2^15: exact in 53 bits, so the sum in any
+        // order is the exact sum, which the integer gives.
+        let exact: u64 = histogram[..=top]
+            .iter()
+            .enumerate()
+            .map(|(r, &n)| u64::from(n) << (usize::from(EXACT_REGISTER) - r))
+            .sum();
+        exact as f64 / (1u64 << EXACT_REGISTER) as f64
+    } else {
+        regs.iter().map(|&r| 1.0 / (1u64 << r) as f64).sum()
+    }
+}
+
+fn library_estimate(regs: &[u8]) -> f64 {
+    let mut shadow = crate::Shadow::empty();
+    shadow.registers = Some(crate::ShadowRegisters::pack(regs));
+    Sketch {
+        inner: shadow.build(),
+    }
+    .estimate()
+}
+
+/// The union of sketches given as bytes, kept as the library would keep it: sparse codes while
+/// their delta-varint encoding fits the library's sparse limit, dense registers after.
+#[derive(Clone, Debug, Default)]
+pub struct Union {
+    state: State,
+}
+
+#[derive(Clone, Debug, Default)]
+enum State {
+    /// Nothing added yet.
+    #[default]
+    Empty,
+    Sparse(Vec<u32>),
+    Dense(Box<[u8]>),
+}
+
+impl Union {
+    pub fn new() -> Union {
+        Union::default()
+    }
+
+    /// True until a sketch is added.
+    pub fn is_empty(&self) -> bool {
+        matches!(self.state, State::Empty)
+    }
+
+    /// Adds the sketch in `bytes` (checked first; on an error the union is unchanged).
+    pub fn add_bytes(&mut self, bytes: &[u8]) -> Result<(), SketchError> {
+        let parsed = SketchBytes::parse(bytes)?;
+        self.add(parsed);
+        Ok(())
+    }
+
+    /// Adds a checked sketch.
+    pub fn add(&mut self, sketch: SketchBytes<'_>) {
+        match (&mut self.state, sketch) {
+            (State::Dense(acc), SketchBytes::Dense(regs)) => {
+                for (a, &r) in acc.iter_mut().zip(regs) {
+                    *a = (*a).max(r);
+                }
+            }
+            (State::Dense(acc), SketchBytes::Sparse(codes)) => {
+                for c in sparse_codes(codes) {
+                    set_greater(acc, c);
+                }
+            }
+            (State::Empty, SketchBytes::Dense(regs)) => self.state = State::Dense(regs.into()),
+            (State::Empty, SketchBytes::Sparse(codes)) => {
+                self.state = State::Sparse(sparse_codes(codes).collect());
+                self.settle();
+            }
+            (State::Sparse(mine), SketchBytes::Sparse(codes)) => {
+                let merged = merge_sorted(mine, sparse_codes(codes));
+                *mine = merged;
+                self.settle();
+            }
+            (State::Sparse(mine), SketchBytes::Dense(regs)) => {
+                let mut acc: Box<[u8]> = regs.into();
+                for &c in mine.iter() {
+                    set_greater(&mut acc, c);
+                }
+                self.state = State::Dense(acc);
+            }
+        }
+    }
+
+    /// Turns dense once the sparse codes outgrow the library's limit, as the library does.
+    fn settle(&mut self) {
+        if let State::Sparse(codes) = &self.state
+            && varint_bytes(codes) > SPARSE_LIMIT_BYTES
+        {
+            let mut acc = vec![0u8; REGISTERS].into_boxed_slice();
+            for &c in codes {
+                set_greater(&mut acc, c);
+            }
+            self.state = State::Dense(acc);
+        }
+    }
+
+    /// The estimate of the union (0 when empty).
+    pub fn estimate(&self) -> f64 {
+        match &self.state {
+            State::Empty => 0.0,
+            State::Sparse(codes) => sparse_estimate(codes.len()),
+            State::Dense(regs) => estimate_registers(regs),
+        }
+    }
+
+    /// The union in the byte format, equal to what [`Sketch::to_bytes`] gives for the library's
+    /// union of the same sketches; `None` when nothing was added.
+    pub fn to_bytes(&self) -> Option<Vec<u8>> {
+        let mut out = vec![FORMAT_VERSION, PRECISION, HASH_ID, 0];
+        match &self.state {
+            State::Empty => return None,
+            State::Sparse(codes) => {
+                out[3] = SPARSE;
+                out.reserve(4 + codes.len() * 4 + TRAILER);
+                out.extend_from_slice(&(codes.len() as u32).to_le_bytes());
+                for c in codes {
+                    out.extend_from_slice(&c.to_le_bytes());
+                }
+            }
+            State::Dense(regs) => {
+                out[3] = DENSE;
+                out.reserve(REGISTERS + TRAILER);
+                out.extend_from_slice(regs);
+            }
+        }
+        let sum = xxhash_rust::xxh3::xxh3_64(&out);
+        out.extend_from_slice(&sum.to_le_bytes());
+        Some(out)
+    }
+
+    /// Heap bytes held.
+    pub fn heap_bytes(&self) -> usize {
+        match &self.state {
+            State::Empty => 0,
+            State::Sparse(codes) => codes.capacity() * 4,
+            State::Dense(regs) => regs.len(),
+        }
+    }
+}
+
+fn merge_sorted(a: &[u32], b: impl Iterator<Item = u32>) -> Vec<u32> {
+    let mut out = Vec::with_capacity(a.len() + 16);
+    let mut a = a.iter().copied().peekable();
+    let mut b = b.peekable();
+    loop {
+        let next = match (a.peek(), b.peek()) {
+            (None, None) => break,
+            (Some(&x), None) => {
+                a.next();
+                x
+            }
+            (None, Some(&y)) => {
+                b.next();
+                y
+            }
+            (Some(&x), Some(&y)) => {
+                if x <= y {
+                    a.next();
+                    if x == y {
+                        b.next();
+                    }
+                    x
+                } else {
+                    b.next();
+                    y
+                }
+            }
+        };
+        out.push(next);
+    }
+    out
+}
+
+/// Bytes the library's delta-varint list takes for these sorted codes.
+fn varint_bytes(codes: &[u32]) -> usize {
+    let mut last = 0u32;
+    codes
+        .iter()
+        .map(|&c| varint_len(c - std::mem::replace(&mut last, c)))
+        .sum()
+}
+
+fn varint_len(d: u32) -> usize {
+    (32 - d.leading_zeros()).max(1).div_ceil(7) as usize
+}
+
+/// Raises a dense register to what a sparse code says, as the library decodes codes.
+fn set_greater(regs: &mut [u8], code: u32) {
+    let shift = SPARSE_PRECISION - u32::from(PRECISION);
+    let (zeros, index) = if code & 1 == 1 {
+        (
+            ((code >> 1) & 0x3f) + shift,
+            (code >> (32 - u32::from(PRECISION))) as usize,
+        )
+    } else {
+        let index = (code >> (shift + 1)) & ((1 << PRECISION) - 1);
+        let rest = code << (32 - SPARSE_PRECISION + u32::from(PRECISION) - 1);
+        (rest.leading_zeros() + 1, index as usize)
+    };
+    let zeros = zeros as u8;
+    if regs[index] < zeros {
+        regs[index] = zeros;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// splitmix64: a fixed, dependency-free stream of test values.
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^ (z >> 31)
+        }
+    }
+
+    /// A sketch of `n` values drawn from a universe of `universe`, so random sketches overlap.
+    fn random_sketch(rng: &mut Rng, n: u64, universe: u64) -> Sketch {
+        let mut s = Sketch::new();
+        for _ in 0..n {
+            s.insert(&(rng.next() % universe).to_le_bytes());
+        }
+        s
+    }
+
+    const SIZES: [u64; 12] = [
+        0, 1, 7, 120, 900, 2_500, 4_000, 9_000, 14_000, 40_000, 120_000, 600_000,
+    ];
+
+    #[test]
+    fn estimates_equal_the_library_on_random_sketches() {
+        let mut rng = Rng(7);
+        for &n in &SIZES {
+            for universe in [n.max(1) * 4, u64::MAX] {
+                let mut s = random_sketch(&mut rng, n, universe);
+                let bytes = s.to_bytes();
+                let want = Sketch::from_bytes(&bytes).unwrap().estimate();
+                assert_eq!(
+                    estimate_bytes(&bytes).unwrap().to_bits(),
+                    want.to_bits(),
+                    "n = {n}"
+                );
+                assert_eq!(want.to_bits(), s.estimate().to_bits());
+            }
+        }
+    }
+
+    #[test]
+    fn unions_equal_the_library_on_random_sparse_dense_and_mixed_sketches() {
+        let mut rng = Rng(11);
+        for round in 0..60 {
+            let k = 1 + (rng.next() % 9) as usize;
+            let universe = [5_000u64, 60_000, 1 << 40][round % 3];
+            let sketches: Vec<Sketch> = (0..k)
+                .map(|_| {
+                    let n = SIZES[(rng.next() % SIZES.len() as u64) as usize] / [1, 3][round % 2];
+                    random_sketch(&mut rng, n, universe)
+                })
+                .collect();
+            let mut lib = Sketch::new();
+            let mut union = Union::new();
+            for s in &sketches {
+                lib.merge(s);
+                union.add_bytes(&s.clone().to_bytes()).unwrap();
+            }
+            let want = lib.to_bytes();
+            assert_eq!(union.to_bytes().unwrap(), want, "round {round}");
+            assert_eq!(
+                union.estimate().to_bits(),
+                lib.estimate().to_bits(),
+                "round {round}"
+            );
+            assert_eq!(estimate_bytes(&want).unwrap().to_bits(), lib.estimate().to_bits());
+        }
+    }
+
+    #[test]
+    fn sparse_unions_turn_dense_where_the_library_does() {
+        // Sparse sketches whose union crosses the sparse limit: big steps until it is near, then
+        // one value at a time, so the crossing is checked to the byte.
+        let mut rng = Rng(3);
+        let mut lib = Sketch::new();
+        let mut union = Union::new();
+        let mut saw = [false; 2];
+        while !matches!(union.state, State::Dense(_)) {
+            let near = match &union.state {
+                State::Sparse(codes) => varint_bytes(codes) + 400 > SPARSE_LIMIT_BYTES,
+                _ => false,
+            };
+            let mut s = random_sketch(&mut rng, if near { 1 } else { 150 }, u64::MAX);
+            lib.merge(&s);
+            union.add_bytes(&s.to_bytes()).unwrap();
+            let (a, b) = (union.to_bytes().unwrap(), lib.to_bytes());
+            assert_eq!(a, b);
+            saw[usize::from(a[3])] = true;
+        }
+        assert_eq!(saw, [true, true], "the test must cross from sparse to dense");
+    }
+
+    #[test]
+    fn high_registers_take_the_sequential_sum() {
+        // Registers above 38 are rare (2^-38 per value) but legal; the estimate must still match.
+        let mut rng = Rng(5);
+        for _ in 0..20 {
+            let mut regs: Vec<u8> = (0..REGISTERS).map(|_| 8 + (rng.next() % 12) as u8).collect();
+            for _ in 0..1 + rng.next() % 40 {
+                regs[(rng.next() % REGISTERS as u64) as usize] =
+                    39 + (rng.next() % u64::from(MAX_REGISTER - 38)) as u8;
+            }
+            let mut bytes = vec![FORMAT_VERSION, PRECISION, HASH_ID, DENSE];
+            bytes.extend(&regs);
+            let sum = xxhash_rust::xxh3::xxh3_64(&bytes);
+            bytes.extend(sum.to_le_bytes());
+            let want = Sketch::from_bytes(&bytes).unwrap().estimate();
+            assert_eq!(estimate_bytes(&bytes).unwrap().to_bits(), want.to_bits());
+        }
+    }
+
+    #[test]
+    fn bad_bytes_leave_the_union_unchanged() {
+        let mut rng = Rng(9);
+        let mut good = random_sketch(&mut rng, 30_000, u64::MAX).to_bytes();
+        let mut union = Union::new();
+        union.add_bytes(&good).unwrap();
+        let before = union.to_bytes();
+        good[50] ^= 1;
+        assert_eq!(union.add_bytes(&good), Err(SketchError::Checksum));
+        assert_eq!(union.add_bytes(&[1, 14]), Err(SketchError::TooShort(2)));
+        assert_eq!(union.to_bytes(), before);
+        assert!(Union::new().to_bytes().is_none());
+    }
+}
