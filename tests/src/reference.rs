@@ -366,9 +366,16 @@ pub fn reference(events: &[(u32, Event)], settings: &Settings) -> (Snapshot, Tal
             snap.buckets.push(row);
             b += w;
         }
-        // Rollups: the same definitions over each whole minute or hour, clipped to the buckets.
+        // Rollups: the buckets again, then the same definitions over each whole minute or hour,
+        // clipped to the buckets.
+        snap.rollups.extend(
+            snap.buckets
+                .iter()
+                .filter(|b| b.stream_id == stream_id)
+                .cloned(),
+        );
         for width in earshot_core::ROLLUP_WIDTHS_MS {
-            if width % w != 0 {
+            if width <= w || width % w != 0 {
                 continue;
             }
             let mut s = lo.div_euclid(width) * width;

@@ -189,6 +189,12 @@ fn get(port: u16, path: &str) -> Reply {
     http(port, "GET", path, &[], b"")
 }
 
+/// An RFC 3339 instant aligned down to a multiple of `ms` since the epoch.
+fn aligned(t: &str, ms: i64) -> String {
+    let at = earshot_contract::parse_rfc3339_ms(t).unwrap();
+    earshot_contract::format_rfc3339_ms(at.div_euclid(ms) * ms)
+}
+
 fn cli_json(data: &Path, sql: &str) -> Value {
     let out = earshot()
         .args(["sql", "--format", "json", "--data"])
@@ -313,6 +319,45 @@ fn the_api_answers_with_the_tables_figures_and_clear_errors() {
     )
     .json();
     assert_eq!(w["points"].as_array().unwrap().len(), 5);
+
+    // Whatever rows a step reads (the stored buckets, the minute or hour rollups, merged or not),
+    // every point equals the query-time merge of the buckets' own sketches and figures.
+    let (from, to) = (
+        points[0]["start"].as_str().unwrap(),
+        "2100-01-01T00:00:00.000Z",
+    );
+    for (step, ms) in [
+        ("10s", 10_000),
+        ("30s", 30_000),
+        ("60s", 60_000),
+        ("5m", 300_000),
+        ("1h", 3_600_000),
+    ] {
+        let served = get(
+            s.port,
+            &format!("/v1/streams/hall/timeline?step={step}&to={to}"),
+        )
+        .json();
+        let out = earshot()
+            .args(["sql", "--format", "json", "--data"])
+            .arg(&data)
+            .args([
+                "-f",
+                "timeline_step",
+                "--param",
+                "stream=hall",
+                "--param",
+                "width=10000",
+            ])
+            .args(["--param", &format!("step_ms={ms}")])
+            .args(["--param", &format!("from={}", aligned(from, ms))])
+            .args(["--param", &format!("to={to}")])
+            .output()
+            .unwrap();
+        let merged: Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+        assert_eq!(served["points"], merged, "step {step}");
+    }
 
     // Errors: 404 and 400 with messages, never 500.
     let r = get(s.port, "/v1/streams/nope");

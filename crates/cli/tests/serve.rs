@@ -152,7 +152,9 @@ fn psql_and_psycopg_read_the_tables_and_cannot_change_them() {
     let server = serve(&data, &[], None);
 
     let tables = ok(psql(server.port, "earshot", None, &["-c", "\\dt"]));
-    for t in ["buckets", "events", "rejects", "rollups", "sessions", "streams"] {
+    for t in [
+        "buckets", "events", "rejects", "rollups", "sessions", "streams",
+    ] {
         assert!(tables.contains(&format!("public | {t} ")), "{tables}");
     }
     let described = ok(psql(server.port, "earshot", None, &["-c", "\\d streams"]));

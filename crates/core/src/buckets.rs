@@ -72,8 +72,9 @@ impl RangeSketches {
     }
 }
 
-/// The rows of `buckets` (sorted by stream, then start) rolled up to each of [`ROLLUP_WIDTHS_MS`]
-/// that is a multiple of the stream's bucket width. A rollup row covers `[start, start + width)`,
+/// The rows of `buckets` (sorted by stream, then start) rolled up to the stream's bucket width (a
+/// copy, so that a timeline at any step reads this one table) and to each of [`ROLLUP_WIDTHS_MS`]
+/// that is a larger multiple of the bucket width. A rollup row covers `[start, start + width)`,
 /// `start` a multiple of the width since the epoch, and holds what a timeline point of that step
 /// shows: the first bucket's `displayed_start`, `roster_start` and `connected_start` (the values
 /// at the point's start when the stream was already on), the largest peaks, the summed event counts,
@@ -82,8 +83,9 @@ pub fn rollups(buckets: &[BucketRow]) -> Vec<BucketRow> {
     let mut out = Vec::new();
     for stream in buckets.chunk_by(|a, b| a.stream_id == b.stream_id) {
         let w = stream[0].width_ms;
+        out.extend(stream.iter().cloned());
         for width in ROLLUP_WIDTHS_MS {
-            if w <= 0 || width % w != 0 {
+            if w <= 0 || width <= w || width % w != 0 {
                 continue;
             }
             for part in stream.chunk_by(|a, b| {
@@ -134,8 +136,12 @@ fn roll(part: &[BucketRow], width: i64) -> BucketRow {
     }
     row.present_listeners = count(&present);
     row.connected_listeners = count(&connected);
-    row.present_hll = present.to_bytes().unwrap_or_else(|| Sketch::new().to_bytes());
-    row.connected_hll = connected.to_bytes().unwrap_or_else(|| Sketch::new().to_bytes());
+    row.present_hll = present
+        .to_bytes()
+        .unwrap_or_else(|| Sketch::new().to_bytes());
+    row.connected_hll = connected
+        .to_bytes()
+        .unwrap_or_else(|| Sketch::new().to_bytes());
     row
 }
 

@@ -190,8 +190,8 @@ pub struct StreamRow {
 pub struct Snapshot {
     pub streams: Vec<StreamRow>,
     pub buckets: Vec<BucketRow>,
-    /// The buckets rolled up to each of [`ROLLUP_WIDTHS_MS`] that the bucket width divides, sorted
-    /// by (stream, width, start).
+    /// The buckets themselves and rolled up to each of [`ROLLUP_WIDTHS_MS`] that the bucket width
+    /// divides, sorted by (stream, width, start).
     pub rollups: Vec<BucketRow>,
     pub sessions: Vec<SessionRow>,
 }

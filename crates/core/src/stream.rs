@@ -382,6 +382,10 @@ impl<'a> Sweep<'a> {
     }
 }
 
+fn estimate(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -392,8 +396,4 @@ mod tests {
         assert_eq!(union_length([(0, 10), (2, 4), (10, 12)].into_iter()), 12);
         assert_eq!(union_length(std::iter::empty()), 0);
     }
-}
-
-fn estimate(n: u64) -> i64 {
-    i64::try_from(n).unwrap_or(i64::MAX)
 }

@@ -706,25 +706,22 @@ async fn timeline(
             params.push(format!("step_ms={step}"));
             "timeline_step"
         };
-        let rows = a.canned(name, &params).await?;
-        let points: Vec<Value> = rows
-            .into_iter()
-            .map(|mut r| {
-                let start = r["start_ms"].as_i64().unwrap_or(0);
-                if let Some(o) = r.as_object_mut() {
-                    o.remove("start_ms");
-                    let mut with_start = serde_json::Map::new();
-                    with_start.insert(
-                        "start".into(),
-                        json!(earshot_contract::format_rfc3339_ms(start)),
-                    );
-                    with_start.extend(std::mem::take(o));
-                    return Value::Object(with_start);
-                }
-                r
-            })
-            .collect();
-        json_body(&json!({ "stream_id": id, "step_ms": step, "points": points }))
+        let q = NamedQuery::embedded(name).ok_or_else(|| {
+            ApiError(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("query {name} missing"),
+            )
+        })?;
+        let (schema, batches) = a.run(&q.sql, &Params::from_pairs(params)?).await?;
+        // The points are the query's rows as they are, written once: no second pass over them.
+        let mut body = serde_json::to_vec(&json!({ "stream_id": id, "step_ms": step }))
+            .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+        body.pop();
+        body.extend_from_slice(b",\"points\":");
+        output::write(&mut body, &schema, &batches, Format::Json)
+            .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+        body.extend_from_slice(b"}\n");
+        Ok(("application/json", body))
     })
     .await
 }

@@ -454,7 +454,10 @@ mod tests {
                 lib.estimate().to_bits(),
                 "round {round}"
             );
-            assert_eq!(estimate_bytes(&want).unwrap().to_bits(), lib.estimate().to_bits());
+            assert_eq!(
+                estimate_bytes(&want).unwrap().to_bits(),
+                lib.estimate().to_bits()
+            );
         }
     }
 
@@ -478,7 +481,11 @@ mod tests {
             assert_eq!(a, b);
             saw[usize::from(a[3])] = true;
         }
-        assert_eq!(saw, [true, true], "the test must cross from sparse to dense");
+        assert_eq!(
+            saw,
+            [true, true],
+            "the test must cross from sparse to dense"
+        );
     }
 
     #[test]
@@ -486,7 +493,9 @@ mod tests {
         // Registers above 38 are rare (2^-38 per value) but legal; the estimate must still match.
         let mut rng = Rng(5);
         for _ in 0..20 {
-            let mut regs: Vec<u8> = (0..REGISTERS).map(|_| 8 + (rng.next() % 12) as u8).collect();
+            let mut regs: Vec<u8> = (0..REGISTERS)
+                .map(|_| 8 + (rng.next() % 12) as u8)
+                .collect();
             for _ in 0..1 + rng.next() % 40 {
                 regs[(rng.next() % REGISTERS as u64) as usize] =
                     39 + (rng.next() % u64::from(MAX_REGISTER - 38)) as u8;

@@ -120,8 +120,22 @@ fn parquet_err<'a>(
             Ok(io) => StoreError::io("write", path, *io),
             Err(other) => encode_err(table)(other.to_string()),
         },
-        other => encode_err(table)(other.to_string()),
+        other => {
+            let text = other.to_string();
+            match os_error_in(&text) {
+                Some(io) => StoreError::io("write", path, io),
+                None => encode_err(table)(text),
+            }
+        }
     }
+}
+
+/// The file-system error a Parquet error carries only as text: the writer's final flush
+/// (`into_inner`) reports "fail to get inner writer: … (os error 28)".
+fn os_error_in(text: &str) -> Option<std::io::Error> {
+    let (_, rest) = text.rsplit_once("(os error ")?;
+    let code: i32 = rest.split_once(')')?.0.parse().ok()?;
+    Some(std::io::Error::from_raw_os_error(code))
 }
 
 /// Columns whose values are (nearly) unique per row: a dictionary would only be built to be thrown
@@ -878,7 +892,11 @@ fn write_buckets(dir: &Path, table: &'static str, rows: &[BucketRow]) -> Result<
         cols.push(Arc::new(hll[0].finish()));
         cols.push(Arc::new(hll[1].finish()));
         cols.push(Arc::new(fin.finish()));
-        cols.extend(estimates.iter_mut().map(|b| Arc::new(b.finish()) as ArrayRef));
+        cols.extend(
+            estimates
+                .iter_mut()
+                .map(|b| Arc::new(b.finish()) as ArrayRef),
+        );
         t.write(cols)?;
     }
     t.finish()
@@ -887,6 +905,23 @@ fn write_buckets(dir: &Path, table: &'static str, rows: &[BucketRow]) -> Result<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_full_disk_in_a_writer_message_is_a_full_disk() {
+        let e = ParquetError::General(
+            "fail to get inner writer: \"No space left on device (os error 28)\"".into(),
+        );
+        let err = parquet_err("rejects", Path::new("/d/x.parquet"))(e);
+        assert!(
+            err.to_string()
+                .contains("the disk holding the data directory is full"),
+            "{err}"
+        );
+        let other = parquet_err("rejects", Path::new("/d/x.parquet"))(ParquetError::General(
+            "schema mismatch".into(),
+        ));
+        assert!(!other.to_string().contains("disk"), "{other}");
+    }
 
     #[test]
     fn hex_and_decimal_match_the_formatter() {
