@@ -68,9 +68,12 @@ impl<'a> SketchBytes<'a> {
                 if n > SPARSE_LIMIT_BYTES {
                     return Err(SketchError::Malformed("too many sparse codes"));
                 }
-                let mut prev: Option<u32> = None;
-                for c in sparse_codes(codes) {
-                    if prev.is_some_and(|p| c <= p) {
+                // One pass: order, ranges, and the size of the library's delta-varint list,
+                // which turns dense past the limit, so it never writes a longer sparse sketch
+                // (reading one would count it differently).
+                let (mut last, mut varints) = (0u32, 0usize);
+                for (i, c) in sparse_codes(codes).enumerate() {
+                    if i > 0 && c <= last {
                         return Err(SketchError::Malformed(
                             "sparse codes are not strictly increasing",
                         ));
@@ -78,14 +81,9 @@ impl<'a> SketchBytes<'a> {
                     if !sparse_code_is_valid(c) {
                         return Err(SketchError::Malformed("sparse code out of range"));
                     }
-                    prev = Some(c);
+                    varints += varint_len(c - last);
+                    last = c;
                 }
-                // The library turns dense once its delta-varint list passes this size, so it never
-                // writes a longer sparse sketch; reading one would count it differently.
-                let mut last = 0u32;
-                let varints: usize = sparse_codes(codes)
-                    .map(|c| varint_len(c - std::mem::replace(&mut last, c)))
-                    .sum();
                 if varints > SPARSE_LIMIT_BYTES {
                     return Err(SketchError::Malformed("too many sparse codes"));
                 }
@@ -148,11 +146,12 @@ fn sparse_estimate(codes: usize) -> f64 {
 /// so in that range (roughly 11,500 to 82,000 listeners) the registers are handed to the library.
 pub fn estimate_registers(regs: &[u8]) -> f64 {
     debug_assert_eq!(regs.len(), REGISTERS);
-    let mut histogram = [0u32; 64];
-    for &r in regs {
-        histogram[usize::from(r & 63)] += 1;
-    }
-    let zeros = histogram[0] as usize;
+    // Counted in byte lanes, 255 registers at a time, so the loop vectorises (wrapping adds: the
+    // dev profile's overflow checks would stop it vectorising).
+    let zeros: usize = regs
+        .chunks(255)
+        .map(|c| usize::from(c.iter().fold(0u8, |n, &r| n.wrapping_add(u8::from(r == 0)))))
+        .sum();
     if zeros != 0 {
         let lc = linear_count(REGISTERS, zeros);
         if lc <= LINEAR_THRESHOLD {
@@ -161,7 +160,7 @@ pub fn estimate_registers(regs: &[u8]) -> f64 {
     }
     let m = REGISTERS as f64;
     let alpha = 0.7213 / (1.0 + 1.079 / m);
-    let raw = alpha * m * m / inverse_power_sum(regs, &histogram);
+    let raw = alpha * m * m / inverse_power_sum(regs);
     if raw <= 5.0 * m {
         return library_estimate(regs);
     }
@@ -169,17 +168,17 @@ pub fn estimate_registers(regs: &[u8]) -> f64 {
 }
 
 /// Σ 2^-r over the registers, equal to the library's left-to-right `f64` sum.
-fn inverse_power_sum(regs: &[u8], histogram: &[u32; 64]) -> f64 {
-    let top = histogram.iter().rposition(|&n| n != 0).unwrap_or(0);
-    if top <= usize::from(EXACT_REGISTER) {
+fn inverse_power_sum(regs: &[u8]) -> f64 {
+    if regs.iter().fold(0u8, |m, &r| m.max(r)) <= EXACT_REGISTER {
         // Every partial sum is a multiple of 2^-38 below 2^15: exact in 53 bits, so the sum in any
-        // order is the exact sum, which the integer gives.
-        let exact: u64 = histogram[..=top]
-            .iter()
-            .enumerate()
-            .map(|(r, &n)| u64::from(n) << (usize::from(EXACT_REGISTER) - r))
-            .sum();
-        exact as f64 / (1u64 << EXACT_REGISTER) as f64
+        // order is the exact sum. Eight lanes, each 2^-r built from its exponent bits, vectorise.
+        let mut acc = [0.0f64; 8];
+        for chunk in regs.chunks_exact(8) {
+            for (a, &r) in acc.iter_mut().zip(chunk) {
+                *a += f64::from_bits((1023 - u64::from(r)) << 52);
+            }
+        }
+        acc.iter().sum()
     } else {
         regs.iter().map(|&r| 1.0 / (1u64 << r) as f64).sum()
     }
@@ -262,8 +261,10 @@ impl Union {
 
     /// Turns dense once the sparse codes outgrow the library's limit, as the library does.
     fn settle(&mut self) {
+        // Each code takes 1 to 5 varint bytes: only between those bounds is the sum needed.
         if let State::Sparse(codes) = &self.state
-            && varint_bytes(codes) > SPARSE_LIMIT_BYTES
+            && codes.len() * 5 > SPARSE_LIMIT_BYTES
+            && (codes.len() > SPARSE_LIMIT_BYTES || varint_bytes(codes) > SPARSE_LIMIT_BYTES)
         {
             let mut acc = vec![0u8; REGISTERS].into_boxed_slice();
             for &c in codes {
