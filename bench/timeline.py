@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Uncached dashboard timelines: what a dashboard waits for when its user picks a new window.
 
-Usage: bench/timeline.py --data DIR [--requests 40] [--pollers 200] [--secs 10] [--bin PATH]
+Usage: bench/timeline.py --data DIR [--requests 100] [--pollers 200] [--secs 10] [--bin PATH]
 
 Starts `earshot serve --http` on DIR and asks GET /v1/streams/{id}/timeline for windows no request
 has asked before (each one minute later than the previous), one client, nothing else running:
@@ -73,7 +73,7 @@ def post(url, sql):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", required=True)
-    ap.add_argument("--requests", type=int, default=40)
+    ap.add_argument("--requests", type=int, default=100)
     ap.add_argument("--pollers", type=int, default=200)
     ap.add_argument("--secs", type=int, default=10)
     ap.add_argument("--bin", default=str(ROOT / "target/debug/earshot"))
@@ -101,6 +101,11 @@ def main():
             f"FROM read_parquet('{gen / 'buckets.parquet'}') WHERE stream_id = ?", [stream]).fetchone()
         hi += width
         first_minute = (lo // 60_000 + 1) * 60_000
+        # One request first: the server looks up the stream's span once per generation, and the
+        # files' metadata is read on first use. Every timed request is new to the response cache.
+        t0 = time.perf_counter()
+        get(f"{base}/v1/streams/{stream}/timeline")
+        print(f"first timeline after start (span lookup, cold metadata): {(time.perf_counter() - t0) * 1e3:.1f} ms")
         print(f"data: {gen}; stream {stream}; {(hi - lo) // width} buckets of {width // 1000} s; "
               f"{a.requests} new windows per step, one client; milliseconds")
         print(f"{'step':6}{'points':>8}{'earshot p50':>13}{'p90':>8}{'p99':>8}{'max':>8}"
@@ -130,6 +135,7 @@ def main():
             print(f"{label:6}{points:8}{statistics.median(times):13.1f}{pct(times, 90):8.1f}"
                   f"{pct(times, 99):8.1f}{max(times):8.1f}{statistics.median(duck):12.1f}"
                   f"{pct(duck, 99):8.1f}{statistics.median(times) / statistics.median(duck):10.2f}x")
+        alternatives(base, stream, width, first_minute, a.requests)
         pollers(base, stream, first_minute, a)
     finally:
         server.terminate()
@@ -149,6 +155,37 @@ def check_against_merge(base, stream, width, step, frm, to, body):
     for r, p in zip(rows, served):
         for k in ["present_listeners", "connected_listeners"] + SHARED:
             assert r[k] == p[k], f"step {step}: {k} {r[k]} merged vs {p[k]} served at {p['start']}"
+
+
+def canned(name, **params):
+    """A canned query's SQL with its parameters written in as literals (POST /v1/query takes none)."""
+    sql = (ROOT / f"queries/{name}.sql").read_text()
+    for k, v in params.items():
+        lit = f"TIMESTAMP '{iso(v)[:-1]}'" if k in ("from", "to") else (f"'{v}'" if isinstance(v, str) else str(v))
+        sql = re.sub(rf"\${k}\b", lit, sql)
+    return sql
+
+
+def alternatives(base, stream, width, first_minute, requests):
+    """The same one-hour windows answered three ways through POST /v1/query, to decide between them:
+    merging the buckets' sketches at query time, reading the buckets' stored estimates, and reading
+    the minute rollups' stored rows."""
+    print("== the alternatives, one-hour windows through POST /v1/query (ms):")
+    ways = [
+        ("10s: merge buckets at query time", lambda f, t: canned("timeline_step", stream=stream, width=width, step_ms=10_000, **{"from": f, "to": t})),
+        ("10s: buckets' stored estimates", lambda f, t: canned("timeline_points", stream=stream, width=width, **{"from": f, "to": t})),
+        ("60s: merge buckets at query time", lambda f, t: canned("timeline_step", stream=stream, width=width, step_ms=60_000, **{"from": f, "to": t})),
+        ("60s: minute rollups, stored", lambda f, t: canned("timeline_points", stream=stream, width=60_000, **{"from": f, "to": t})),
+    ]
+    for label, make in ways:
+        times = []
+        for i in range(requests):
+            frm = first_minute + i * 60_000
+            sql = make(frm, frm + 3_600_000)
+            t = time.perf_counter()
+            post(f"{base}/v1/query", sql)
+            times.append((time.perf_counter() - t) * 1e3)
+        print(f"  {label:36} p50 {statistics.median(times):7.1f}  p99 {pct(times, 99):7.1f}")
 
 
 def pollers(base, stream, first_minute, a):
