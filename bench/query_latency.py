@@ -82,7 +82,7 @@ def main():
          lambda: db.execute(REACH.format(p="?"), [stream]).fetchall()),
         ("queries/reach.sql (+ hll_count)",
          lambda: pg.execute(canned["reach"], {"s": stream}).fetchall(), None),
-        ("queries/rollup_minute.sql (hll_merge)",
+        ("queries/rollup_minute.sql (rollups)",
          lambda: pg.execute(canned["rollup_minute"], {"s": stream}).fetchall(), None),
     ]
     print(f"data: {gen}; stream {stream}; {a.runs} runs after 10 warm-up runs; milliseconds")
