@@ -10,7 +10,7 @@ use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_mai
 use earshot_bench::{simulated_lines, valid_events};
 use earshot_contract::{Pseudonymizer, parse_event};
 use earshot_core::{Engine, Settings, Snapshot};
-use earshot_sketch::{Sketch, hash_bytes};
+use earshot_sketch::{Sketch, Union, estimate_bytes, hash_bytes};
 use earshot_store::{Generation, Manifest};
 
 const LISTENERS: u64 = 2_000;
@@ -111,6 +111,19 @@ fn sketch(c: &mut Criterion) {
                 },
                 BatchSize::SmallInput,
             )
+        });
+        // What hll_merge and hll_count do: on the stored bytes, no library structure.
+        let mut o = other.clone();
+        let other_bytes = o.to_bytes();
+        g.bench_function(format!("union on bytes + to_bytes {name}"), |b| {
+            b.iter(|| {
+                let mut u = Union::new();
+                u.add_bytes(black_box(&bytes)).and_then(|()| u.add_bytes(&other_bytes))?;
+                Ok::<_, earshot_sketch::SketchError>(u.to_bytes())
+            })
+        });
+        g.bench_function(format!("estimate on bytes {name}"), |b| {
+            b.iter(|| estimate_bytes(black_box(&bytes)))
         });
     }
     g.finish();
