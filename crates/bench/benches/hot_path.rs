@@ -118,7 +118,8 @@ fn sketch(c: &mut Criterion) {
         g.bench_function(format!("union on bytes + to_bytes {name}"), |b| {
             b.iter(|| {
                 let mut u = Union::new();
-                u.add_bytes(black_box(&bytes)).and_then(|()| u.add_bytes(&other_bytes))?;
+                u.add_bytes(black_box(&bytes))
+                    .and_then(|()| u.add_bytes(&other_bytes))?;
                 Ok::<_, earshot_sketch::SketchError>(u.to_bytes())
             })
         });
