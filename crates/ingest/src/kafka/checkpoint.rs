@@ -1,0 +1,88 @@
+//! A checkpoint: the tables and the offsets they stop at, published as one generation.
+
+use super::*;
+
+#[allow(clippy::too_many_arguments)]
+pub(super) fn checkpoint(
+    pipe: &mut Pipeline,
+    manifest: &mut Manifest,
+    position: &mut KafkaPosition,
+    positions: &Mutex<Positions>,
+    final_through: Option<earshot_contract::Millis>,
+    consumer: &BaseConsumer<ConsumerCtx>,
+    dead_letters: Option<&BaseProducer<ProducerCtx>>,
+    on_checkpoint: &mut dyn FnMut(&Checkpoint<'_>),
+) -> Result<(), IngestError> {
+    let t = Instant::now();
+    // Dead letters first: a checkpoint never names a reject whose copy is still in flight.
+    if let Some(producer) = dead_letters {
+        producer
+            .flush(Duration::from_secs(30))
+            .map_err(|e| KafkaProblem::Produce {
+                topic: "the dead-letter topic".into(),
+                detail: e.to_string(),
+            })?;
+        let failed = producer.context().failed.load(Ordering::Relaxed);
+        if failed > 0 {
+            tracing::warn!(
+                failed,
+                last = ?producer.context().last_error.take(),
+                "dead-letter deliveries failed (the rejects table still has every reject)"
+            );
+        }
+    }
+    let snapshot = pipe.engine.snapshot(final_through);
+    pipe.fill(manifest, &snapshot);
+    let mut next = positions
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .next
+        .clone();
+    // Events still waiting in the gate are not in the tables: the checkpoint stops before the
+    // first of them, and a restart reads them again (so they are not counted as read yet).
+    let mut stored_position = position.clone();
+    for (p, n) in next.iter_mut() {
+        let waiting: Vec<At> = pipe.gate.waiting(*p as u32).copied().collect();
+        if let Some(first) = waiting.first() {
+            *n = (*n).min(first.position as i64);
+        }
+        for w in &waiting {
+            manifest.messages -= 1;
+            stored_position.bytes -= w.bytes;
+            if let Some(m) = stored_position.messages.get_mut(p) {
+                *m -= 1;
+            }
+        }
+    }
+    position.next_offsets = next.clone();
+    pipe.summary.bytes = position.bytes;
+    position.checkpoints += 1;
+    stored_position.next_offsets = next.clone();
+    stored_position.checkpoints = position.checkpoints;
+    manifest.kafka = Some(stored_position);
+    let generation = pipe.generation.checkpoint(&snapshot, manifest)?;
+    // Only now tell the group, for lag monitoring; a failure here loses nothing.
+    let assigned = positions
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .assigned
+        .clone();
+    let mut tpl = TopicPartitionList::new();
+    for p in assigned {
+        if let Some(&n) = next.get(&p) {
+            let _ = tpl.add_partition_offset(&position.topic, p, Offset::Offset(n));
+        }
+    }
+    if tpl.count() > 0
+        && let Err(e) = consumer.commit(&tpl, CommitMode::Async)
+    {
+        tracing::debug!(%e, "offset commit failed (monitoring only)");
+    }
+    on_checkpoint(&Checkpoint {
+        summary: &pipe.summary,
+        position,
+        generation: &generation,
+        took: t.elapsed(),
+    });
+    Ok(())
+}
