@@ -290,27 +290,3 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
     print_summary(&summary, &data);
     Ok(())
 }
-
-#[derive(Args)]
-pub struct ConsumeOnlyArgs {
-    #[command(flatten)]
-    pub cluster: ClusterArgs,
-    #[arg(long, default_value = "earshot-consume-only")]
-    pub group: String,
-    /// How many messages to read.
-    #[arg(long)]
-    pub count: u64,
-}
-
-/// `earshot consume-only`: prints `{"messages": N, "seconds": S}`.
-pub fn consume_only(a: &ConsumeOnlyArgs) -> anyhow::Result<()> {
-    let (brokers, topic) = a.cluster.require()?;
-    let took =
-        earshot_ingest::kafka::consume_only(brokers, topic, &a.group, &a.cluster.config, a.count)?;
-    println!(
-        "{{\"messages\": {}, \"seconds\": {}}}",
-        a.count,
-        took.as_secs_f64()
-    );
-    Ok(())
-}

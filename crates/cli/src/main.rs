@@ -41,9 +41,6 @@ enum Command {
     Run(kafka::RunArgs),
     /// Send NDJSON lines to a Kafka topic, keyed by session_id.
     Produce(kafka::ProduceArgs),
-    /// Benchmark baseline: read N messages of a topic and do nothing with them.
-    #[command(hide = true)]
-    ConsumeOnly(kafka::ConsumeOnlyArgs),
     /// Run read-only SQL over a data directory: a query, a query file, stdin, or a prompt.
     Sql(sql::SqlArgs),
     /// Serve a data directory to SQL clients over the Postgres wire protocol.
@@ -415,7 +412,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Run(a) => kafka::run(a)?,
         Command::Produce(a) => kafka::produce(&a)?,
-        Command::ConsumeOnly(a) => kafka::consume_only(&a)?,
         Command::Ingest(a) => {
             let settings = a.settings.settings()?;
             let p = pseudonyms();

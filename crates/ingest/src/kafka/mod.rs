@@ -12,9 +12,9 @@
 //! applied twice, so redelivery, rebalances and restarts change no figure.
 //!
 //! The files: `consume` (the loop of [`ingest_kafka`]), `checkpoint` (publishing a generation with
-//! its offsets), `resume` (rebuilding the engine from the stored events), `produce` (the producer)
-//! and `baseline` (a bare consumer that `bench/kafka` compares against). This file holds what they
-//! share: settings, errors, the clients' contexts and the topic's metadata.
+//! its offsets), `resume` (rebuilding the engine from the stored events) and `produce` (the
+//! producer). This file holds what they share: settings, errors, the clients' contexts and the
+//! topic's metadata. The bare consumer `bench/kafka` compares against lives in `earshot-bench`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -39,13 +39,11 @@ use rdkafka::types::RDKafkaRespErr;
 
 use crate::{At, IngestError, Pipeline, Summary, key_check, new_manifest};
 
-mod baseline;
 mod checkpoint;
 mod consume;
 mod produce;
 mod resume;
 
-pub use baseline::consume_only;
 pub use consume::ingest_kafka;
 pub use produce::{Pace, Produced, produce};
 /// Settings earshot relies on; `-X` may not change them.
