@@ -1,9 +1,9 @@
 -- timeline_points: the timeline at the width of stored rows, one row per point, reading no sketch.
--- Reads the rollups of width $width: the bucket width, 60000 (minutes) or 3600000 (hours). The same
+-- Reads the rollups of width $width: the bucket width, or 30 s, 1, 5 or 15 min, or 1 h. The same
 -- columns as timeline_step; the listener counts are the estimates stored with each row (equal to
 -- hll_count of its sketch).
 -- param stream: the stream_id
--- param width: the width of the rows read, in milliseconds: the bucket width, 60000 or 3600000
+-- param width: the width of the rows read, in milliseconds: the bucket width, 30000, 60000, 300000, 900000 or 3600000
 -- param from: the first instant wanted
 -- param to: the instant after the last one wanted
 SELECT bucket_start                          AS start,

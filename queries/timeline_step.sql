@@ -1,10 +1,10 @@
 -- timeline_step: the timeline at a step coarser than the rows it reads, merging them, as dashboards poll it.
--- Reads the rollups of width $width (the bucket width, 60000 or 3600000), of which $step_ms is a
--- multiple. Each point starts at a multiple of the step since the epoch. displayed, roster and
+-- Reads the rollups of width $width (the bucket width, or 30 s, 1, 5 or 15 min, or 1 h), of which
+-- $step_ms is a multiple. Each point starts at a multiple of the step since the epoch. displayed, roster and
 -- connected are the values at the point's start; *_peak the maxima within it; the listener counts
 -- merge the rows' sketches; final is true once every bucket of the point is final.
 -- param stream: the stream_id
--- param width: the width of the rows read, in milliseconds: the bucket width, 60000 or 3600000
+-- param width: the width of the rows read, in milliseconds: the bucket width, 30000, 60000, 300000, 900000 or 3600000
 -- param step_ms: the step in milliseconds
 -- param from: the first instant wanted (aligned down to the step by the caller)
 -- param to: the instant after the last one wanted

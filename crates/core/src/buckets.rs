@@ -10,8 +10,9 @@ use earshot_sketch::{Sketch, Union};
 
 use crate::BucketRow;
 
-/// The widths the buckets are rolled up to: a minute and an hour.
-pub const ROLLUP_WIDTHS_MS: [i64; 2] = [60_000, 3_600_000];
+/// The widths the buckets are rolled up to: the steps dashboards zoom through, from 30 seconds to
+/// an hour.
+pub const ROLLUP_WIDTHS_MS: [i64; 5] = [30_000, 60_000, 300_000, 900_000, 3_600_000];
 
 /// One sketch per bucket, filled by ranges.
 #[derive(Debug)]

@@ -43,7 +43,7 @@ pub fn table_schema(table: &str) -> Option<SchemaRef> {
             f("joined_hll", Binary, false),
             f("connected_hll", Binary, false),
         ],
-        // `rollups` holds the buckets rolled up to a minute and an hour, in the same columns.
+        // `rollups` holds the buckets and their roll-ups to 30 s … 1 h, in the same columns.
         "buckets" | "rollups" => vec![
             f("stream_id", Utf8, false),
             f("bucket_start", ts(), false),
