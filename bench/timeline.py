@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
 """Uncached dashboard timelines: what a dashboard waits for when its user picks a new window.
 
-Usage: bench/timeline.py --data DIR [--requests 100] [--pollers 200] [--secs 10] [--bin PATH]
+Usage: bench/timeline.py --data DIR [--requests 300] [--pollers 200] [--secs 10] [--bin PATH]
 
 Starts `earshot serve --http` on DIR and asks GET /v1/streams/{id}/timeline for windows no request
-has asked before (each one minute later than the previous), one client, nothing else running:
+has asked before (each 20 s later than the previous), one client, nothing else running:
   10s  one-hour windows at 10 s steps (one bucket per point: the stored estimates, no sketch)
   30s  one-hour windows at 30 s steps (three buckets' sketches merged per point)
   60s  one-hour windows at 60 s steps (the minute rollups: no sketch)
@@ -73,7 +73,7 @@ def post(url, sql):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", required=True)
-    ap.add_argument("--requests", type=int, default=100)
+    ap.add_argument("--requests", type=int, default=300)
     ap.add_argument("--pollers", type=int, default=200)
     ap.add_argument("--secs", type=int, default=10)
     ap.add_argument("--bin", default=str(ROOT / "target/debug/earshot"))
@@ -114,13 +114,14 @@ def main():
             times, duck = [], []
             points = 0
             for i in range(a.requests):
-                frm = first_minute + i * 60_000
+                frm = first_minute + i * 20_000
                 to = frm + span * 1000 if span else hi
                 url = f"{base}/v1/streams/{stream}/timeline?step={label}&from={iso(frm)}&to={iso(to)}"
                 ms, body = get(url)
                 times.append(ms)
                 points = len(body["points"])
                 frm_aligned = frm // step * step
+                to = -(-to // step) * step  # the server asks for whole points: `to` aligned up
                 sql = DUCK.format(step=step, path=gen / "buckets.parquet")
                 args = [stream, dt.datetime.fromtimestamp(frm_aligned / 1000, dt.timezone.utc),
                         dt.datetime.fromtimestamp(to / 1000, dt.timezone.utc)]

@@ -20,6 +20,7 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(w) = timeline_window(&q, width, lo, hi) {
         assert!(w.step > 0 && w.from < w.to, "{w:?}");
         assert_eq!(w.from.rem_euclid(w.step), 0, "{w:?}");
+        assert!(w.to.rem_euclid(w.step) == 0 || w.to == i64::MAX, "{w:?}");
     }
     let _ = Params::from_pairs(q.iter().map(|(k, v)| format!("{k}={v}")));
 });

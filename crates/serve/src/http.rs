@@ -610,7 +610,7 @@ fn timeline_keys(q: &HashMap<String, String>) -> Result<(), String> {
     }
 }
 
-/// The points a timeline request asks for: from `from` (a multiple of `step`) to `to`, in ms.
+/// The points a timeline request asks for: from `from` to `to` (both multiples of `step`), in ms.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Window {
     pub from: i64,
@@ -651,7 +651,13 @@ pub fn timeline_window(
     if from >= to {
         return Err("from must be before to".into());
     }
+    // Whole points only: `from` aligned down to the step, `to` up, so the last point covers its
+    // whole step whichever rows it is read from (a minute rollup, or the buckets merged).
     let from = from.div_euclid(step).saturating_mul(step);
+    let to = match to.checked_rem_euclid(step) {
+        Some(0) | None => to,
+        Some(r) => to.saturating_add(step - r),
+    };
     let span = (to.min(hi) as i128 - from.max(lo) as i128) / step as i128;
     if span > 100_000 {
         return Err("more than 100,000 points: narrow from/to or raise step".into());
