@@ -265,6 +265,8 @@ impl StreamAcc {
                 .get(&(b0 + k as i64))
                 .copied()
                 .unwrap_or_default();
+            // `to_bytes` folds each sketch once; its estimate is then read from the bytes.
+            let (present_hll, connected_hll) = (p.to_bytes(), c.to_bytes());
             out.buckets.push(BucketRow {
                 stream_id: stream_id.to_owned(),
                 bucket_start: start,
@@ -278,10 +280,10 @@ impl StreamAcc {
                 connects: counts[1],
                 leaves: counts[2],
                 drops: counts[3],
-                present_listeners: estimate(p.count()),
-                connected_listeners: estimate(c.count()),
-                present_hll: p.to_bytes(),
-                connected_hll: c.to_bytes(),
+                present_listeners: estimate(&present_hll),
+                connected_listeners: estimate(&connected_hll),
+                present_hll,
+                connected_hll,
                 is_final: final_through.is_none_or(|f| start + w <= f),
             });
         }
@@ -382,8 +384,10 @@ impl<'a> Sweep<'a> {
     }
 }
 
-fn estimate(n: u64) -> i64 {
-    i64::try_from(n).unwrap_or(i64::MAX)
+/// The estimate of sketch bytes the engine has just written (they pass every check).
+fn estimate(bytes: &[u8]) -> i64 {
+    let e = earshot_sketch::estimate_bytes(bytes).unwrap_or(0.0);
+    i64::try_from(earshot_sketch::round_estimate(e)).unwrap_or(i64::MAX)
 }
 
 #[cfg(test)]

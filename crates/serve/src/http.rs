@@ -371,14 +371,23 @@ impl App {
         h.2 += 1;
     }
 
-    async fn canned(&self, name: &str, params: &[String]) -> Result<Vec<Value>, ApiError> {
+    /// Runs the canned query `name` (a file of `queries/`) with `params`.
+    async fn canned_batches(
+        &self,
+        name: &str,
+        params: &[String],
+    ) -> Result<(SchemaRef, Vec<RecordBatch>), ApiError> {
         let q = NamedQuery::embedded(name).ok_or_else(|| {
             ApiError(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 format!("query {name} missing"),
             )
         })?;
-        let (schema, batches) = self.run(&q.sql, &Params::from_pairs(params)?).await?;
+        self.run(&q.sql, &Params::from_pairs(params)?).await
+    }
+
+    async fn canned(&self, name: &str, params: &[String]) -> Result<Vec<Value>, ApiError> {
+        let (schema, batches) = self.canned_batches(name, params).await?;
         json_rows(&schema, &batches)
     }
 
@@ -712,13 +721,7 @@ async fn timeline(
             params.push(format!("step_ms={step}"));
             "timeline_step"
         };
-        let q = NamedQuery::embedded(name).ok_or_else(|| {
-            ApiError(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("query {name} missing"),
-            )
-        })?;
-        let (schema, batches) = a.run(&q.sql, &Params::from_pairs(params)?).await?;
+        let (schema, batches) = a.canned_batches(name, &params).await?;
         // The points are the query's rows as they are, written once: no second pass over them.
         let mut body = serde_json::to_vec(&json!({ "stream_id": id, "step_ms": step }))
             .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;

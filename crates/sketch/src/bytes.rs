@@ -510,6 +510,35 @@ mod tests {
         }
     }
 
+    /// Sparse bytes of `n` codes 2^15 apart: each takes 3 varint bytes in the library's list.
+    fn spread_sparse(n: u32) -> Vec<u8> {
+        let mut bytes = vec![FORMAT_VERSION, PRECISION, HASH_ID, SPARSE];
+        bytes.extend(n.to_le_bytes());
+        for k in 1..=n {
+            // index25 << 7 | zeros << 1 | 1, with zeros = 1: a valid code.
+            bytes.extend(((k << 15) | (1 << 1) | 1).to_le_bytes());
+        }
+        let sum = xxhash_rust::xxh3::xxh3_64(&bytes);
+        bytes.extend(sum.to_le_bytes());
+        bytes
+    }
+
+    #[test]
+    fn sparse_bytes_longer_than_the_library_writes_are_refused() {
+        // 4,369 codes take 13,107 varint bytes, the library's limit; 4,370 take 13,110.
+        let fits = spread_sparse(4_369);
+        assert!(estimate_bytes(&fits).is_ok());
+        assert_eq!(
+            Sketch::from_bytes(&fits).unwrap().estimate().to_bits(),
+            estimate_bytes(&fits).unwrap().to_bits()
+        );
+        let over = spread_sparse(4_370);
+        let refused = SketchError::Malformed("too many sparse codes");
+        assert_eq!(estimate_bytes(&over), Err(refused.clone()));
+        assert_eq!(Sketch::from_bytes(&over).unwrap_err(), refused);
+        assert_eq!(Union::new().add_bytes(&over), Err(refused));
+    }
+
     #[test]
     fn bad_bytes_leave_the_union_unchanged() {
         let mut rng = Rng(9);

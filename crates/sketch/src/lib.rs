@@ -39,7 +39,7 @@ pub(crate) const SPARSE_PRECISION: u32 = 25;
 const WORD_REGISTERS: usize = 5;
 
 /// Why bytes could not be read as a sketch.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SketchError {
     #[error("sketch is {0} bytes, too short to be an earshot sketch")]
     TooShort(usize),
