@@ -8,6 +8,7 @@
 
 pub mod http;
 pub mod pg;
+pub mod timeline;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
