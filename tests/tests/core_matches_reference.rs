@@ -218,3 +218,103 @@ proptest! {
         let _ = assert_same(&scenario(seed, lateness), settings);
     }
 }
+
+/// Runs `events` through a live engine, publishing every few events: each publish must equal the
+/// full snapshot of the same state. The engine goes live after `live_after` events (a resume that
+/// replayed the rest first).
+fn assert_publishes_equal_snapshots(
+    lines: &[(u32, String)],
+    settings: Settings,
+    every: usize,
+    live_after: usize,
+) -> [u64; 3] {
+    let events = parse_all(lines, &Pseudonymizer::new(b"live"));
+    let mut engine = earshot_core::Engine::new(settings);
+    let mut gate = earshot_core::TimeGate::new();
+    let mut ignore = |_: Event, _: usize, _| {};
+    let check = |engine: &mut earshot_core::Engine, at: usize, final_through| {
+        let published = engine.publish(final_through);
+        let full = engine.snapshot(final_through);
+        let where_ = || format!("after {at} events, final through {final_through:?}");
+        assert_eq!(published.streams, full.streams, "streams {}", where_());
+        assert_eq!(published.buckets.len(), full.buckets.len(), "{}", where_());
+        for (g, w) in published.buckets.iter().zip(&full.buckets) {
+            assert_eq!(g, w, "bucket {}", where_());
+        }
+        assert_eq!(published.rollups, full.rollups, "rollups {}", where_());
+        assert_eq!(
+            engine.session_rows(),
+            full.sessions,
+            "sessions {}",
+            where_()
+        );
+    };
+    for (i, (p, e)) in events.iter().enumerate() {
+        if i == live_after {
+            engine.go_live();
+        }
+        gate.offer(&mut engine, *p, e.clone(), i, &mut ignore);
+        if i >= live_after && i % every == every - 1 {
+            let final_through = engine.watermark(*p);
+            check(&mut engine, i, final_through);
+        }
+    }
+    let mut partitions: Vec<u32> = events.iter().map(|(p, _)| *p).collect();
+    partitions.sort_unstable();
+    partitions.dedup();
+    for p in partitions {
+        gate.finish(&mut engine, p, &mut ignore);
+    }
+    check(&mut engine, events.len(), None);
+    let stats = engine.live_stats();
+    [stats.publishes, stats.full_rebuilds, stats.refilled_buckets]
+}
+
+#[test]
+fn live_publishes_equal_snapshots_on_many_seeds() {
+    let mut totals = [0u64; 3];
+    for seed in 0..150 {
+        let every = 1 + (seed as usize % 7);
+        let t = assert_publishes_equal_snapshots(
+            &scenario(seed, 60_000),
+            Settings::default(),
+            every,
+            (seed as usize % 3) * 10,
+        );
+        for (a, b) in totals.iter_mut().zip(t) {
+            *a += b;
+        }
+    }
+    // Most publishes must be incremental, and buckets must have been refilled, or the comparison
+    // would only exercise the rebuild from every session.
+    println!("stream publishes, full rebuilds, refilled buckets: {totals:?}");
+    let [publishes, rebuilds, refilled] = totals;
+    assert!(
+        publishes > 4_000 && rebuilds * 4 < publishes && refilled > 500,
+        "{totals:?}"
+    );
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 150, .. ProptestConfig::default() })]
+
+    #[test]
+    fn live_publishes_equal_snapshots_on_random_streams(
+        seed in any::<u64>(),
+        liveness in prop_oneof![Just(30_000i64), 1_000i64..90_000],
+        bucket in prop_oneof![Just(10_000i64), Just(1_000), 500i64..40_000],
+        lateness in prop_oneof![Just(60_000i64), 0i64..120_000],
+        min_listen in prop_oneof![Just(60_000i64), 0i64..120_000],
+        every in 1usize..12,
+        live_after in 0usize..40,
+    ) {
+        let settings = Settings {
+            liveness_ms: liveness,
+            bucket_ms: bucket,
+            lateness_ms: lateness,
+            min_listen_ms: min_listen,
+            max_jump_ms: Settings::default().max_jump_ms,
+        };
+        assert_publishes_equal_snapshots(&scenario(seed, lateness), settings, every, live_after);
+    }
+}

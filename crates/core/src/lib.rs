@@ -14,6 +14,7 @@
 
 mod buckets;
 mod gate;
+mod live;
 mod session;
 mod stream;
 
@@ -205,6 +206,9 @@ pub struct MemoryUse {
     pub session_bytes: usize,
     /// The `event_id` de-duplication set.
     pub dedup_bytes: usize,
+    /// The incremental figures of a live engine ([`Engine::go_live`]): per-listener state, open
+    /// sessions, change points (sketches not counted).
+    pub live_bytes: usize,
 }
 
 impl MemoryUse {
@@ -212,6 +216,18 @@ impl MemoryUse {
     pub fn bytes_per_session(&self) -> f64 {
         self.session_bytes as f64 / self.sessions.max(1) as f64
     }
+}
+
+/// How a live engine's publishes went, summed over streams (see [`Engine::go_live`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LiveStats {
+    /// Streams published.
+    pub publishes: u64,
+    /// Of those, how many rebuilt the stream's figures from every session: an event changed a
+    /// bucket behind the horizon (or the stream had just gone live).
+    pub full_rebuilds: u64,
+    /// Buckets whose sketches were refilled because a session left them.
+    pub refilled_buckets: u64,
 }
 
 /// The streaming state of contract §2–§4 for any number of streams and partitions.
@@ -225,6 +241,8 @@ pub struct Engine {
     streams: HashMap<String, StreamAcc, FastHash>,
     arrival: u64,
     tally: Tally,
+    /// Whether each stream keeps its figures current as events arrive ([`Engine::go_live`]).
+    live: bool,
 }
 
 impl Engine {
@@ -236,6 +254,7 @@ impl Engine {
             streams: HashMap::with_hasher(FastHash::new()),
             arrival: 0,
             tally: Tally::default(),
+            live: false,
         }
     }
 
@@ -312,6 +331,9 @@ impl Engine {
             Some(s) => s.apply(event, self.arrival, &settings),
             None => {
                 let mut s = StreamAcc::new(event.ts);
+                if self.live {
+                    s.go_live(&settings);
+                }
                 s.apply(event, self.arrival, &settings);
                 self.streams.insert(event.stream_id.clone(), s);
             }
@@ -330,6 +352,7 @@ impl Engine {
             sessions: self.session_count(),
             session_bytes: self.streams.values().map(|s| s.session_bytes()).sum(),
             dedup_bytes: self.dedup_bytes(),
+            live_bytes: self.streams.values().map(|s| s.live_bytes()).sum(),
         }
     }
 
@@ -348,6 +371,59 @@ impl Engine {
             self.streams[id].snapshot(id, &self.settings, final_through, &mut out, true);
         }
         out.rollups = buckets::rollups(&out.buckets);
+        out
+    }
+
+    /// From now on, every stream keeps its `streams` and `buckets` figures current as events
+    /// arrive, so that [`Engine::publish`] costs what changed since the last publish rather than
+    /// a pass over every session. (An engine that publishes once, at the end of a file, does not
+    /// need it: [`Engine::snapshot`] is cheaper for a single pass.)
+    pub fn go_live(&mut self) {
+        self.live = true;
+        let settings = self.settings;
+        for s in self.streams.values_mut() {
+            s.go_live(&settings);
+        }
+    }
+
+    /// The `streams`, `buckets` and `rollups` rows as of now, equal to those of
+    /// [`Engine::snapshot`]; `sessions` is left empty (see [`Engine::session_rows`]). Goes live
+    /// first if the engine was not.
+    pub fn publish(&mut self, final_through: Option<Millis>) -> Snapshot {
+        self.go_live();
+        let mut ids: Vec<String> = self.streams.keys().cloned().collect();
+        ids.sort();
+        let settings = self.settings;
+        let mut out = Snapshot::default();
+        for id in ids {
+            if let Some(s) = self.streams.get_mut(&id) {
+                s.publish(&id, &settings, final_through, &mut out);
+            }
+        }
+        out.rollups = buckets::rollups(&out.buckets);
+        out
+    }
+
+    /// How the publishes went so far.
+    pub fn live_stats(&self) -> LiveStats {
+        let mut out = LiveStats::default();
+        for s in self.streams.values() {
+            let l = s.live_stats();
+            out.publishes += l.publishes;
+            out.full_rebuilds += l.full_rebuilds;
+            out.refilled_buckets += l.refilled_buckets;
+        }
+        out
+    }
+
+    /// The rows of `sessions`, sorted by stream and session id (what [`Engine::snapshot`] gives).
+    pub fn session_rows(&self) -> Vec<SessionRow> {
+        let mut ids: Vec<&String> = self.streams.keys().collect();
+        ids.sort();
+        let mut out = Vec::with_capacity(self.session_count());
+        for id in ids {
+            self.streams[id].session_rows(id, &mut out);
+        }
         out
     }
 

@@ -170,6 +170,17 @@ impl Sessions {
         &mut self.chunks[i / CHUNK][i % CHUNK]
     }
 
+    /// Session number `i` (numbers count up from 0 in order of creation).
+    pub fn get(&self, i: u32) -> &SessionAcc {
+        let i = i as usize;
+        &self.chunks[i / CHUNK][i % CHUNK]
+    }
+
+    /// The number of session `id`, if it exists.
+    pub fn find(&self, id: &str) -> Option<u32> {
+        self.index.get(&self.digest(id)).copied()
+    }
+
     /// The session `id`, created by `make` if it is new; the flag says whether it was new.
     pub fn get_or_insert(
         &mut self,

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use earshot_contract::{Event, EventType, ListenerKey, Millis, StreamState};
 use earshot_sketch::Sketch;
 
+use crate::live::{Context, Footprint, Live};
 use crate::session::{End, Labels, Sessions, Stamp};
 use crate::{
     BucketRow, EndType, RangeSketches, SessionRow, Settings, Snapshot, StreamRow, nearest_rank,
@@ -23,6 +24,8 @@ pub(crate) struct StreamAcc {
     scheduled: Option<(Millis, Millis)>,
     /// Per bucket index: joins, connects, leaves, drops.
     event_counts: BTreeMap<i64, [i64; 4]>,
+    /// The figures kept current as events arrive (see [`Live`]), when the engine publishes often.
+    live: Option<Box<Live>>,
 }
 
 impl StreamAcc {
@@ -36,7 +39,26 @@ impl StreamAcc {
             live_state: None,
             scheduled: None,
             event_counts: BTreeMap::new(),
+            live: None,
         }
+    }
+
+    /// Keeps the figures current from now on; they are rebuilt from the sessions at the next
+    /// publish.
+    pub(crate) fn go_live(&mut self, settings: &Settings) {
+        if self.live.is_none() {
+            self.live = Some(Box::new(Live::new(settings)));
+        }
+    }
+
+    pub(crate) fn live_stats(&self) -> crate::LiveStats {
+        self.live
+            .as_ref()
+            .map_or_else(Default::default, |l| l.stats())
+    }
+
+    pub(crate) fn live_bytes(&self) -> usize {
+        self.live.as_ref().map_or(0, |l| l.heap_bytes())
     }
 
     /// The number of buckets the stream would span with an event at `ts`.
@@ -57,6 +79,9 @@ impl StreamAcc {
     pub(crate) fn apply(&mut self, e: &Event, arrival: u64, settings: &Settings) {
         self.first_event = self.first_event.min(e.ts);
         self.last_event = self.last_event.max(e.ts);
+        if let Some(live) = &mut self.live {
+            live.extend(self.first_event, self.last_event, &self.sessions);
+        }
         let at = (e.ts, arrival);
         let counter = match e.kind {
             EventType::Join => Some(0),
@@ -74,6 +99,9 @@ impl StreamAcc {
             EventType::Display => {
                 if let Some(d) = e.displayed {
                     self.displays.push((e.ts, d));
+                    if let Some(live) = &mut self.live {
+                        live.display(e.ts, d);
+                    }
                 }
             }
             EventType::StreamState => {
@@ -92,6 +120,30 @@ impl StreamAcc {
         let (Some(session_id), Some(listener)) = (e.session_id.as_deref(), e.listener_key) else {
             return;
         };
+        let before = match self.live {
+            Some(_) => self
+                .sessions
+                .find(session_id)
+                .map(|i| (i, Footprint::of(self.sessions.get(i)))),
+            None => None,
+        };
+        self.change_session(e, at, session_id, listener, settings);
+        if let Some(live) = &mut self.live {
+            let i = before
+                .as_ref()
+                .map_or(self.sessions.len() as u32 - 1, |b| b.0);
+            live.change(i, before.as_ref().map(|b| &b.1), &self.sessions);
+        }
+    }
+
+    fn change_session(
+        &mut self,
+        e: &Event,
+        at: Stamp,
+        session_id: &str,
+        listener: ListenerKey,
+        settings: &Settings,
+    ) {
         let labels = &mut self.labels;
         let (s, new) = self.sessions.get_or_insert(session_id, || {
             (
@@ -129,6 +181,117 @@ impl StreamAcc {
             }
             _ => {}
         }
+    }
+
+    fn session_row(
+        &self,
+        stream_id: &str,
+        id: &str,
+        s: &crate::session::SessionAcc,
+        listened_ms: i64,
+    ) -> SessionRow {
+        SessionRow {
+            stream_id: stream_id.to_owned(),
+            session_id: id.to_string(),
+            listener_key: s.listener,
+            join_ts: s.first.0,
+            connect_ts: s.connect_ts(),
+            end_ts: s.end_ts(),
+            end_type: s.end.as_ref().map(|e| e.kind),
+            end_reason: s
+                .end
+                .as_ref()
+                .and_then(|e| self.labels.name(e.reason).map(str::to_owned)),
+            listened_ms,
+            heartbeats: u64::from(s.heartbeats),
+            client: self.labels.name(s.client).map(str::to_owned),
+            region: self.labels.name(s.region).map(str::to_owned),
+        }
+    }
+
+    /// The stream's `sessions` rows, sorted by session id.
+    pub(crate) fn session_rows(&self, stream_id: &str, out: &mut Vec<SessionRow>) {
+        let mut ordered: Vec<(&str, &crate::session::SessionAcc)> = self
+            .sessions
+            .iter()
+            .map(|s| (self.sessions.id(s), s))
+            .collect();
+        ordered.sort_unstable_by_key(|(id, _)| *id);
+        for (id, s) in ordered {
+            let listened = s.connected().map(|(a, b)| b - a).sum();
+            out.push(self.session_row(stream_id, id, s, listened));
+        }
+    }
+
+    /// The stream's `streams` row and `buckets` rows from the figures kept current (the stream
+    /// goes live first if it was not).
+    pub(crate) fn publish(
+        &mut self,
+        stream_id: &str,
+        settings: &Settings,
+        final_through: Option<Millis>,
+        out: &mut Snapshot,
+    ) {
+        self.go_live(settings);
+        let Some(live) = self.live.as_mut() else {
+            return;
+        };
+        let ctx = Context {
+            sessions: &self.sessions,
+            first_event: self.first_event,
+            last_event: self.last_event,
+        };
+        let w = settings.bucket_ms;
+        let counts = &self.event_counts;
+        let f = live.publish(&ctx, &self.displays, |b| {
+            let c = counts
+                .get(&b.start.div_euclid(w))
+                .copied()
+                .unwrap_or_default();
+            out.buckets.push(BucketRow {
+                stream_id: stream_id.to_owned(),
+                bucket_start: b.start,
+                width_ms: w,
+                displayed_start: b.displayed_start,
+                roster_start: b.roster.0,
+                roster_peak: b.roster.1,
+                connected_start: b.connected.0,
+                connected_peak: b.connected.1,
+                joins: c[0],
+                connects: c[1],
+                leaves: c[2],
+                drops: c[3],
+                present_hll: b.present_hll.to_vec(),
+                connected_hll: b.connected_hll.to_vec(),
+                present_listeners: b.present_listeners,
+                connected_listeners: b.connected_listeners,
+                is_final: final_through.is_none_or(|f| b.start + w <= f),
+            });
+        });
+        let live_at = self.live_state.or(f.earliest_connect);
+        let scheduled_start = self.scheduled.map(|(_, s)| s);
+        out.streams.push(StreamRow {
+            stream_id: stream_id.to_owned(),
+            scheduled_start,
+            live_at,
+            start_delay_ms: live_at.zip(scheduled_start).map(|(l, s)| l - s),
+            first_event: self.first_event,
+            last_event: self.last_event,
+            sessions: self.sessions.len() as i64,
+            peak_displayed: self.displays.iter().map(|d| d.1).max(),
+            peak_roster: f.peak_roster,
+            peak_connected: f.peak_connected,
+            listeners_joined: f.listeners_joined,
+            listeners_connected: f.listeners_connected,
+            listeners_connected_60s: f.listeners_connected_60s,
+            failed_joins: f.failed_joins,
+            abandoned_before_audio: f.abandoned_before_audio,
+            ghost_sessions: f.ghost_sessions,
+            ttfa_ms_p50: f.ttfa_ms_p50,
+            ttfa_ms_p90: f.ttfa_ms_p90,
+            joined_hll: f.joined_hll,
+            connected_hll: f.connected_hll,
+        });
     }
 
     pub(crate) fn snapshot(
@@ -217,23 +380,8 @@ impl StreamAcc {
             if !rows {
                 continue;
             }
-            out.sessions.push(SessionRow {
-                stream_id: stream_id.to_owned(),
-                session_id: id.to_string(),
-                listener_key: s.listener,
-                join_ts: join,
-                connect_ts,
-                end_ts: end,
-                end_type: s.end.as_ref().map(|e| e.kind),
-                end_reason: s
-                    .end
-                    .as_ref()
-                    .and_then(|e| self.labels.name(e.reason).map(str::to_owned)),
-                listened_ms: listened,
-                heartbeats: u64::from(s.heartbeats),
-                client: self.labels.name(s.client).map(str::to_owned),
-                region: self.labels.name(s.region).map(str::to_owned),
-            });
+            out.sessions
+                .push(self.session_row(stream_id, id, s, listened));
         }
 
         roster_changes.sort_unstable();
@@ -327,7 +475,7 @@ impl StreamAcc {
 }
 
 /// Length of the union of half-open intervals given in order of their start.
-fn union_length(intervals: impl Iterator<Item = (Millis, Millis)>) -> i64 {
+pub(crate) fn union_length(intervals: impl Iterator<Item = (Millis, Millis)>) -> i64 {
     let mut total = 0i64;
     let mut cur: Option<(Millis, Millis)> = None;
     for (a, b) in intervals {
@@ -385,7 +533,7 @@ impl<'a> Sweep<'a> {
 }
 
 /// The estimate of sketch bytes the engine has just written (they pass every check).
-fn estimate(bytes: &[u8]) -> i64 {
+pub(crate) fn estimate(bytes: &[u8]) -> i64 {
     let e = earshot_sketch::estimate_bytes(bytes).unwrap_or(0.0);
     i64::try_from(earshot_sketch::round_estimate(e)).unwrap_or(i64::MAX)
 }
