@@ -62,9 +62,14 @@ pub struct ConsumeArgs {
     /// Stop once no message has arrived for this long (e.g. 10s); without it, run until stopped.
     #[arg(long, value_parser = parse_duration_ms)]
     pub exit_when_idle: Option<i64>,
-    /// How often the tables and the consumed offsets are published together.
+    /// How often every table and the consumed offsets are published together.
     #[arg(long, default_value = "5s", value_parser = parse_duration_ms)]
     pub checkpoint_interval: i64,
+    /// How old what dashboards read may be: between checkpoints, `streams`, `buckets` and
+    /// `rollups` are published (over the last checkpoint's other tables) as soon as a message has
+    /// waited half this long.
+    #[arg(long, default_value = "1s", value_parser = parse_duration_ms)]
+    pub freshness: i64,
     /// Also produce every rejected message to this topic, with headers giving the reason.
     #[arg(long, value_name = "TOPIC")]
     pub dead_letter_topic: Option<String>,
@@ -75,6 +80,9 @@ impl ConsumeArgs {
         let (brokers, topic) = cluster.require()?;
         if self.checkpoint_interval <= 0 {
             anyhow::bail!("--checkpoint-interval must be positive");
+        }
+        if self.freshness <= 0 {
+            anyhow::bail!("--freshness must be positive");
         }
         Ok(KafkaSource {
             brokers: brokers.to_owned(),
@@ -87,6 +95,7 @@ impl ConsumeArgs {
             config: cluster.config.clone(),
             exit_when_idle: self.exit_when_idle.map(millis),
             checkpoint_every: millis(self.checkpoint_interval),
+            freshness: millis(self.freshness),
             dead_letter_topic: self.dead_letter_topic.clone(),
             connect_timeout: millis(cluster.connect_timeout),
         })

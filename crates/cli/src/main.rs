@@ -38,7 +38,7 @@ enum Command {
     /// directory.
     Ingest(IngestArgs),
     /// Consume a Kafka topic into a data directory and serve it (Postgres wire, HTTP) while it runs.
-    Run(kafka::RunArgs),
+    Run(Box<kafka::RunArgs>),
     /// Send NDJSON lines to a Kafka topic, keyed by session_id.
     Produce(kafka::ProduceArgs),
     /// Run read-only SQL over a data directory: a query, a query file, stdin, or a prompt.
@@ -410,7 +410,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let settings = a.settings.settings()?;
             kafka::ingest(&a.cluster, &a.consume, &a.data, settings)?;
         }
-        Command::Run(a) => kafka::run(a)?,
+        Command::Run(a) => kafka::run(*a)?,
         Command::Produce(a) => kafka::produce(&a)?,
         Command::Ingest(a) => {
             let settings = a.settings.settings()?;

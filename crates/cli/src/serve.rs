@@ -139,7 +139,7 @@ pub fn serve(a: ServeArgs, until: impl std::future::Future<Output = ()>) -> anyh
             }
             None => None,
         };
-        let _follow = earshot_serve::follow_generations(tables, Duration::from_millis(500));
+        let _follow = earshot_serve::follow_generations(tables, Duration::from_millis(100));
         // The addresses go to standard output; a server must not die because whoever started it
         // stopped reading (a closed pipe makes `println!` panic), so write errors are ignored.
         let mut banner = String::new();

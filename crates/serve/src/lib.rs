@@ -50,7 +50,7 @@ pub fn follow_generations(tables: Arc<Tables>, every: Duration) -> tokio::task::
         loop {
             tick.tick().await;
             match tables.refresh().await {
-                Ok(true) => tracing::info!("serving a new generation of the tables"),
+                Ok(true) => tracing::debug!("serving a new generation of the tables"),
                 Ok(false) => {}
                 Err(e) => tracing::warn!("cannot follow the data directory: {e}"),
             }

@@ -599,7 +599,7 @@ impl Generation {
         let tmp_dir = self
             .data_dir
             .join(format!(".gen-tmp-{}-{number}", std::process::id()));
-        let final_dir = match self.publish(&tmp_dir, number, snapshot, manifest) {
+        let final_dir = match self.publish(&tmp_dir, number, snapshot, Some(manifest)) {
             Ok(dir) => dir,
             Err(e) => {
                 // A full disk, say: leave nothing behind that would keep it full, and keep the
@@ -618,14 +618,40 @@ impl Generation {
         Ok(final_dir)
     }
 
-    /// Writes generation `number` in `tmp_dir` (links to committed parts, the closed parts moved
-    /// in, the derived tables, the manifest), then makes it current.
+    /// Publishes new `streams`, `buckets` and `rollups` (from `snapshot`; its sessions are not
+    /// read) over the last checkpoint, whose events, rejects, sessions and manifest are linked
+    /// unchanged: the dashboards' tables move on between checkpoints, and a restart still resumes
+    /// from the checkpoint (the manifest's offsets are its). Needs a checkpoint first.
+    pub fn publish_figures(&mut self, snapshot: &Snapshot) -> Result<PathBuf, StoreError> {
+        if self.previous.is_none() {
+            return Err(closed("sessions"));
+        }
+        let number = next_generation_number(&self.data_dir)?;
+        let tmp_dir = self
+            .data_dir
+            .join(format!(".gen-tmp-{}-{number}", std::process::id()));
+        let final_dir = match self.publish(&tmp_dir, number, snapshot, None) {
+            Ok(dir) => dir,
+            Err(e) => {
+                self.undo(&tmp_dir);
+                return Err(e);
+            }
+        };
+        remove_old_generations(&self.data_dir, number)?;
+        self.previous = Some(final_dir.clone());
+        Ok(final_dir)
+    }
+
+    /// Writes generation `number` in `tmp_dir`, then makes it current. With a manifest: links to
+    /// the committed parts, the closed parts moved in, every derived table and the manifest.
+    /// Without: links to the committed parts, new `streams`, `buckets` and `rollups`, and the
+    /// previous generation's `sessions` and manifest.
     fn publish(
         &self,
         tmp_dir: &Path,
         number: u64,
         snapshot: &Snapshot,
-        manifest: &Manifest,
+        manifest: Option<&Manifest>,
     ) -> Result<PathBuf, StoreError> {
         let tmp_dir = tmp_dir.to_path_buf();
         fs::create_dir(&tmp_dir).map_err(|e| StoreError::io("create", &tmp_dir, e))?;
@@ -639,20 +665,36 @@ impl Generation {
                         .map_err(|e| StoreError::io("link", &to, e))?;
                 }
             }
-            for name in &self.closed[i] {
-                let to = dir.join(name);
-                fs::rename(self.staging.join(table).join(name), &to)
-                    .map_err(|e| StoreError::io("move", &to, e))?;
+            if manifest.is_some() {
+                for name in &self.closed[i] {
+                    let to = dir.join(name);
+                    fs::rename(self.staging.join(table).join(name), &to)
+                        .map_err(|e| StoreError::io("move", &to, e))?;
+                }
             }
             sync_dir(&dir)?;
         }
-        write_derived(&tmp_dir, snapshot)?;
+        write_figures(&tmp_dir, snapshot)?;
         let manifest_path = tmp_dir.join("manifest.json");
-        let json = serde_json::to_vec_pretty(manifest).map_err(|e| StoreError::Encode {
-            table: "manifest",
-            message: e.to_string(),
-        })?;
-        fs::write(&manifest_path, json).map_err(|e| StoreError::io("write", &manifest_path, e))?;
+        match (manifest, &self.previous) {
+            (Some(manifest), _) => {
+                write_sessions(&tmp_dir, snapshot)?;
+                let json = serde_json::to_vec_pretty(manifest).map_err(|e| StoreError::Encode {
+                    table: "manifest",
+                    message: e.to_string(),
+                })?;
+                fs::write(&manifest_path, json)
+                    .map_err(|e| StoreError::io("write", &manifest_path, e))?;
+            }
+            (None, Some(prev)) => {
+                for name in ["sessions.parquet", "manifest.json"] {
+                    let to = tmp_dir.join(name);
+                    fs::hard_link(prev.join(name), &to)
+                        .map_err(|e| StoreError::io("link", &to, e))?;
+                }
+            }
+            (None, None) => return Err(closed("sessions")),
+        }
         sync_dir(&tmp_dir)?;
 
         let name = format!("gen-{number:06}");
@@ -754,7 +796,8 @@ fn remove_old_generations(data_dir: &Path, newest: u64) -> Result<(), StoreError
     Ok(())
 }
 
-fn write_derived(dir: &Path, snap: &Snapshot) -> Result<(), StoreError> {
+/// `streams`, `buckets` and `rollups`.
+fn write_figures(dir: &Path, snap: &Snapshot) -> Result<(), StoreError> {
     let mut t = TableFile::create(dir, "streams", "streams.parquet".into())?;
     for chunk in snap.streams.chunks(BATCH_ROWS) {
         let mut id = StringBuilder::new();
@@ -807,8 +850,10 @@ fn write_derived(dir: &Path, snap: &Snapshot) -> Result<(), StoreError> {
     t.finish()?;
 
     write_buckets(dir, "buckets", &snap.buckets)?;
-    write_buckets(dir, "rollups", &snap.rollups)?;
+    write_buckets(dir, "rollups", &snap.rollups)
+}
 
+fn write_sessions(dir: &Path, snap: &Snapshot) -> Result<(), StoreError> {
     let mut t = TableFile::create(dir, "sessions", "sessions.parquet".into())?;
     for chunk in snap.sessions.chunks(BATCH_ROWS) {
         let mut strs: [StringBuilder; 3] = Default::default();

@@ -31,7 +31,8 @@ pub(super) fn checkpoint(
             );
         }
     }
-    let snapshot = pipe.engine.snapshot(final_through);
+    let mut snapshot = pipe.engine.publish(final_through);
+    snapshot.sessions = pipe.engine.session_rows();
     pipe.fill(manifest, &snapshot);
     let mut next = positions
         .lock()
@@ -84,5 +85,24 @@ pub(super) fn checkpoint(
         generation: &generation,
         took: t.elapsed(),
     });
+    Ok(())
+}
+
+/// Between checkpoints: `streams`, `buckets` and `rollups` from the engine's live figures, over
+/// the last checkpoint's other tables (see [`Generation::publish_figures`]).
+pub(super) fn publish_figures(
+    pipe: &mut Pipeline,
+    final_through: Option<earshot_contract::Millis>,
+) -> Result<(), IngestError> {
+    let t = Instant::now();
+    let snapshot = pipe.engine.publish(final_through);
+    let figures = t.elapsed();
+    let generation = pipe.generation.publish_figures(&snapshot)?;
+    tracing::debug!(
+        generation = %generation.display(),
+        figures_ms = figures.as_secs_f64() * 1e3,
+        total_ms = t.elapsed().as_secs_f64() * 1e3,
+        "published the figures"
+    );
     Ok(())
 }

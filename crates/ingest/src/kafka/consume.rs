@@ -1,6 +1,6 @@
 //! The consumer's loop: poll, take each message through the pipeline, checkpoint on time.
 
-use super::checkpoint::checkpoint;
+use super::checkpoint::{checkpoint, publish_figures};
 use super::produce::send_with_backpressure;
 use super::resume::resume;
 use super::*;
@@ -18,6 +18,8 @@ pub fn ingest_kafka(
 ) -> Result<Summary, IngestError> {
     let started = Instant::now();
     let (mut pipe, mut position) = resume(source, data_dir, settings, pseudonyms)?;
+    // Publishing every second must cost what changed, not a pass over every session.
+    pipe.engine.go_live();
     position.group = source.group.clone();
 
     let positions = Arc::new(Mutex::new(Positions {
@@ -102,6 +104,8 @@ pub fn ingest_kafka(
     let mut last_message = Instant::now();
     let mut last_checkpoint = Instant::now();
     let mut dirty = false;
+    // When the oldest message not yet in the published figures arrived.
+    let mut unpublished_since: Option<Instant> = None;
     let mut outage: Option<Instant> = None;
     let mut skipped_redelivered = 0u64;
     let mut unassigned_since = Instant::now();
@@ -180,6 +184,7 @@ pub fn ingest_kafka(
                 eof.remove(&p);
                 last_message = Instant::now();
                 dirty = true;
+                unpublished_since.get_or_insert(last_message);
                 let payload = m.payload().unwrap_or(&[]);
                 position.bytes += payload.len() as u64;
                 *position.messages.entry(p).or_default() += 1;
@@ -279,7 +284,14 @@ pub fn ingest_kafka(
                 on_checkpoint,
             )?;
             dirty = false;
+            unpublished_since = None;
             last_checkpoint = Instant::now();
+        } else if unpublished_since.is_some_and(|t| t.elapsed() >= source.freshness / 2) {
+            // Half the freshness: what waits for the next publish is at most that old, and the
+            // publish itself and a reader's pickup fit in the other half.
+            let final_through = live_final_through(&pipe.engine, &positions, &eof);
+            publish_figures(&mut pipe, final_through)?;
+            unpublished_since = None;
         }
     };
     // At the end every bucket is final, as at the end of a file; after a stop the live rule holds.

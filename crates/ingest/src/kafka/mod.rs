@@ -79,8 +79,11 @@ pub struct KafkaSource {
     pub config: Vec<(String, String)>,
     /// Stop once no message has arrived for this long (catch-up jobs, tests).
     pub exit_when_idle: Option<Duration>,
-    /// How often the tables (and with them the offsets) are published.
+    /// How often every table (and with them the offsets) is published.
     pub checkpoint_every: Duration,
+    /// How old what dashboards read (`streams`, `buckets`, `rollups`) may be: between checkpoints
+    /// it is published from the engine's live figures whenever a message has waited half this.
+    pub freshness: Duration,
     /// Rejected messages are also produced here, with headers saying why.
     pub dead_letter_topic: Option<String>,
     /// How long to keep trying to reach the cluster at start before giving up.
