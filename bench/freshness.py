@@ -13,6 +13,7 @@ p50/p99 of both, and the process's peak RSS. Needs tansu on PATH and confluent-k
 import json
 import os
 import re
+import shutil
 import socket
 import statistics
 import subprocess
@@ -129,8 +130,9 @@ def run(listeners, work):
         produce(broker, lines[:half])
         http = free_port()
         data = os.path.join(work, f"data-{listeners}")
+        shutil.rmtree(data, ignore_errors=True)
         log = os.path.join(work, f"run-{listeners}.log")
-        env = dict(os.environ, RUST_LOG="earshot_ingest=debug,warn", EARSHOT_PSEUDONYM_KEY="bench")
+        env = dict(os.environ, EARSHOT_LOG="earshot_ingest=debug,warn", EARSHOT_PSEUDONYM_KEY="bench")
         proc = subprocess.Popen([BIN, "run", "--kafka", broker, "--topic", "events", "--data", data,
                                  "--http", f"127.0.0.1:{http}"],
                                 stdout=subprocess.DEVNULL, stderr=open(log, "wb"), env=env)

@@ -81,6 +81,70 @@ impl RangeSketches {
 /// at the point's start when the stream was already on), the largest peaks, the summed event counts,
 /// the union of the sketches and its estimates, and `final` once every bucket in it is.
 pub fn rollups(buckets: &[BucketRow]) -> Vec<BucketRow> {
+    rollups_cached(buckets, &mut RollupCache::default())
+}
+
+/// The rollup rows of the previous call, each with a digest of the bucket rows it was made from:
+/// a window whose buckets did not change since is copied, not merged again (a live engine
+/// publishes every second, and most windows are long final).
+#[derive(Debug, Default)]
+pub struct RollupCache {
+    rows: std::collections::HashMap<(String, i64, i64), (u64, BucketRow)>,
+}
+
+fn digest(rows: &[BucketRow]) -> u64 {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    for b in rows {
+        for v in [
+            b.bucket_start,
+            b.width_ms,
+            b.displayed_start.unwrap_or(i64::MIN),
+            i64::from(b.displayed_start.is_some()),
+            b.roster_start,
+            b.roster_peak,
+            b.connected_start,
+            b.connected_peak,
+            b.joins,
+            b.connects,
+            b.leaves,
+            b.drops,
+            i64::from(b.is_final),
+            b.present_hll.len() as i64,
+        ] {
+            h.update(&v.to_le_bytes());
+        }
+        h.update(&b.present_hll);
+        h.update(&b.connected_hll);
+    }
+    h.digest()
+}
+
+/// [`rollups`], copying the windows whose buckets are unchanged since the last call from `cache`.
+pub fn rollups_cached(buckets: &[BucketRow], cache: &mut RollupCache) -> Vec<BucketRow> {
+    let mut used = std::collections::HashMap::with_capacity(cache.rows.len());
+    let mut roll_cached = |part: &[BucketRow], width: i64| -> BucketRow {
+        let d = digest(part);
+        let key = (
+            part[0].stream_id.clone(),
+            width,
+            part[0].bucket_start.div_euclid(width),
+        );
+        let row = match cache.rows.remove(&key) {
+            Some((old, row)) if old == d => row,
+            _ => roll(part, width),
+        };
+        used.insert(key, (d, row.clone()));
+        row
+    };
+    let out = rollups_with(buckets, &mut roll_cached);
+    cache.rows = used;
+    out
+}
+
+fn rollups_with(
+    buckets: &[BucketRow],
+    roll: &mut dyn FnMut(&[BucketRow], i64) -> BucketRow,
+) -> Vec<BucketRow> {
     let mut out = Vec::new();
     for stream in buckets.chunk_by(|a, b| a.stream_id == b.stream_id) {
         let w = stream[0].width_ms;

@@ -23,7 +23,7 @@ use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 
 use earshot_contract::{Event, Millis};
 
-pub use buckets::{ROLLUP_WIDTHS_MS, RangeSketches, rollups};
+pub use buckets::{ROLLUP_WIDTHS_MS, RangeSketches, RollupCache, rollups, rollups_cached};
 pub use gate::{TimeGate, Verdict};
 use stream::StreamAcc;
 
@@ -243,6 +243,7 @@ pub struct Engine {
     tally: Tally,
     /// Whether each stream keeps its figures current as events arrive ([`Engine::go_live`]).
     live: bool,
+    rollup_cache: RollupCache,
 }
 
 impl Engine {
@@ -255,6 +256,7 @@ impl Engine {
             arrival: 0,
             tally: Tally::default(),
             live: false,
+            rollup_cache: RollupCache::default(),
         }
     }
 
@@ -400,7 +402,7 @@ impl Engine {
                 s.publish(&id, &settings, final_through, &mut out);
             }
         }
-        out.rollups = buckets::rollups(&out.buckets);
+        out.rollups = buckets::rollups_cached(&out.buckets, &mut self.rollup_cache);
         out
     }
 

@@ -98,8 +98,11 @@ pub(super) fn publish_figures(
     let snapshot = pipe.engine.publish(final_through);
     let figures = t.elapsed();
     let generation = pipe.generation.publish_figures(&snapshot)?;
+    let stats = pipe.engine.live_stats();
     tracing::debug!(
         generation = %generation.display(),
+        full_rebuilds = stats.full_rebuilds,
+        refilled_buckets = stats.refilled_buckets,
         figures_ms = figures.as_secs_f64() * 1e3,
         total_ms = t.elapsed().as_secs_f64() * 1e3,
         "published the figures"

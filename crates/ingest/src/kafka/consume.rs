@@ -106,6 +106,7 @@ pub fn ingest_kafka(
     let mut dirty = false;
     // When the oldest message not yet in the published figures arrived.
     let mut unpublished_since: Option<Instant> = None;
+    let mut last_publish = Instant::now();
     let mut outage: Option<Instant> = None;
     let mut skipped_redelivered = 0u64;
     let mut unassigned_since = Instant::now();
@@ -115,10 +116,15 @@ pub fn ingest_kafka(
         if stop.load(Ordering::Relaxed) {
             break false;
         }
-        match consumer.poll(Duration::from_millis(100)) {
-            None => {}
+        // Nothing waiting: caught up, so whatever arrived can be published at once.
+        let mut caught_up = false;
+        // With figures waiting to be published, look again soon: an empty poll means caught up.
+        let wait = if unpublished_since.is_some() { 5 } else { 100 };
+        match consumer.poll(Duration::from_millis(wait)) {
+            None => caught_up = true,
             Some(Err(KafkaError::PartitionEOF(p))) => {
                 eof.insert(p);
+                caught_up = true;
             }
             Some(Err(e)) => {
                 if let KafkaError::MessageConsumptionFatal(_) = e {
@@ -286,12 +292,18 @@ pub fn ingest_kafka(
             dirty = false;
             unpublished_since = None;
             last_checkpoint = Instant::now();
-        } else if unpublished_since.is_some_and(|t| t.elapsed() >= source.freshness / 2) {
-            // Half the freshness: what waits for the next publish is at most that old, and the
-            // publish itself and a reader's pickup fit in the other half.
+            last_publish = last_checkpoint;
+        } else if unpublished_since.is_some_and(|t| {
+            // Under load, once a message has waited half the freshness (the publish itself and a
+            // reader's pickup fit in the other half); caught up, at once, but not more than ten
+            // times per freshness interval.
+            t.elapsed() >= source.freshness / 2
+                || (caught_up && last_publish.elapsed() >= source.freshness / 10)
+        }) {
             let final_through = live_final_through(&pipe.engine, &positions, &eof);
             publish_figures(&mut pipe, final_through)?;
             unpublished_since = None;
+            last_publish = Instant::now();
         }
     };
     // At the end every bucket is final, as at the end of a file; after a stop the live rule holds.
