@@ -396,10 +396,19 @@ impl Engine {
         let mut ids: Vec<String> = self.streams.keys().cloned().collect();
         ids.sort();
         let settings = self.settings;
+        // No counted event can be older than the oldest watermark among the partitions that have
+        // one, so nothing before it changes again (short of a new partition with old events).
+        let floor = self
+            .clocks
+            .iter()
+            .flatten()
+            .filter_map(|c| c.second)
+            .min()
+            .map(|t| t.saturating_sub(settings.lateness_ms));
         let mut out = Snapshot::default();
         for id in ids {
             if let Some(s) = self.streams.get_mut(&id) {
-                s.publish(&id, &settings, final_through, &mut out);
+                s.publish(&id, &settings, final_through, floor, &mut out);
             }
         }
         out.rollups = buckets::rollups_cached(&out.buckets, &mut self.rollup_cache);

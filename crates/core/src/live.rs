@@ -18,7 +18,8 @@
 //!   the listener's sessions; session classes, time-to-first-audio and the earliest connect are
 //!   counters and ordered multisets.
 //!
-//! Buckets older than the horizon (the newest event minus twice the lateness and the liveness) keep
+//! Buckets older than the horizon (the newest event minus twice the lateness and the liveness, and
+//! no later than the oldest partition watermark, under which no event counts) keep
 //! only their serialized row: their change points are dropped and their sketches freed. An event
 //! that would change one of them (a partition far behind, a new partition with old events) sets
 //! `full_rebuild`, and the next publish rebuilds this stream's incremental state from every session,
@@ -282,6 +283,8 @@ pub(crate) struct Context<'a> {
     pub sessions: &'a Sessions,
     pub first_event: Millis,
     pub last_event: Millis,
+    /// The oldest watermark among the partitions that have one: no counted event is older.
+    pub floor: Option<Millis>,
 }
 
 /// The incremental state of one stream.
@@ -840,7 +843,12 @@ impl Live {
     /// Moves the horizon up behind the newest event: older change points are dropped, sessions
     /// ended before it leave `recent`, and buckets before it keep only their bytes.
     fn advance_horizon(&mut self, ctx: &Context<'_>) {
-        let target = (ctx.last_event.saturating_sub(self.margin))
+        // Behind the newest event by the margin, and behind every partition's watermark, so that
+        // a partition catching up from behind does not fall under it.
+        let newest = ctx.last_event.saturating_sub(self.margin);
+        let target = ctx
+            .floor
+            .map_or(newest, |f| f.min(newest))
             .div_euclid(self.w)
             .max(self.b0)
             * self.w;

@@ -230,6 +230,7 @@ impl StreamAcc {
         stream_id: &str,
         settings: &Settings,
         final_through: Option<Millis>,
+        floor: Option<Millis>,
         out: &mut Snapshot,
     ) {
         self.go_live(settings);
@@ -240,6 +241,7 @@ impl StreamAcc {
             sessions: &self.sessions,
             first_event: self.first_event,
             last_event: self.last_event,
+            floor,
         };
         let w = settings.bucket_ms;
         let counts = &self.event_counts;

@@ -2,110 +2,118 @@
 
 use super::*;
 
-#[allow(clippy::too_many_arguments)]
-pub(super) fn checkpoint(
-    pipe: &mut Pipeline,
-    manifest: &mut Manifest,
-    position: &mut KafkaPosition,
-    positions: &Mutex<Positions>,
-    final_through: Option<earshot_contract::Millis>,
-    consumer: &BaseConsumer<ConsumerCtx>,
-    dead_letters: Option<&BaseProducer<ProducerCtx>>,
-    on_checkpoint: &mut dyn FnMut(&Checkpoint<'_>),
-) -> Result<(), IngestError> {
-    let t = Instant::now();
-    // Dead letters first: a checkpoint never names a reject whose copy is still in flight.
-    if let Some(producer) = dead_letters {
-        producer
-            .flush(Duration::from_secs(30))
-            .map_err(|e| KafkaProblem::Produce {
-                topic: "the dead-letter topic".into(),
-                detail: e.to_string(),
-            })?;
-        let failed = producer.context().failed.load(Ordering::Relaxed);
-        if failed > 0 {
-            tracing::warn!(
-                failed,
-                last = ?producer.context().last_error.take(),
-                "dead-letter deliveries failed (the rejects table still has every reject)"
-            );
-        }
-    }
-    let mut snapshot = pipe.engine.publish(final_through);
-    snapshot.sessions = pipe.engine.session_rows();
-    pipe.fill(manifest, &snapshot);
-    let mut next = positions
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .next
-        .clone();
-    // Events still waiting in the gate are not in the tables: the checkpoint stops before the
-    // first of them, and a restart reads them again (so they are not counted as read yet).
-    let mut stored_position = position.clone();
-    for (p, n) in next.iter_mut() {
-        let waiting: Vec<At> = pipe.gate.waiting(*p as u32).copied().collect();
-        if let Some(first) = waiting.first() {
-            *n = (*n).min(first.position as i64);
-        }
-        for w in &waiting {
-            manifest.messages -= 1;
-            stored_position.bytes -= w.bytes;
-            if let Some(m) = stored_position.messages.get_mut(p) {
-                *m -= 1;
+use super::consume::KafkaIngest;
+
+impl KafkaIngest<'_> {
+    /// Publishes every table with the offsets they stop at, as one generation; then tells the
+    /// group (monitoring only) and the caller.
+    pub(super) fn checkpoint(
+        &mut self,
+        final_through: Option<earshot_contract::Millis>,
+        on_checkpoint: &mut dyn FnMut(&Checkpoint<'_>),
+    ) -> Result<(), IngestError> {
+        let t = Instant::now();
+        // Dead letters first: a checkpoint never names a reject whose copy is still in flight.
+        if let Some((_, producer)) = &self.dead_letters {
+            producer
+                .flush(Duration::from_secs(30))
+                .map_err(|e| KafkaProblem::Produce {
+                    topic: "the dead-letter topic".into(),
+                    detail: e.to_string(),
+                })?;
+            let failed = producer.context().failed.load(Ordering::Relaxed);
+            if failed > 0 {
+                tracing::warn!(
+                    failed,
+                    last = ?producer.context().last_error.take(),
+                    "dead-letter deliveries failed (the rejects table still has every reject)"
+                );
             }
         }
-    }
-    position.next_offsets = next.clone();
-    pipe.summary.bytes = position.bytes;
-    position.checkpoints += 1;
-    stored_position.next_offsets = next.clone();
-    stored_position.checkpoints = position.checkpoints;
-    manifest.kafka = Some(stored_position);
-    let generation = pipe.generation.checkpoint(&snapshot, manifest)?;
-    // Only now tell the group, for lag monitoring; a failure here loses nothing.
-    let assigned = positions
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .assigned
-        .clone();
-    let mut tpl = TopicPartitionList::new();
-    for p in assigned {
-        if let Some(&n) = next.get(&p) {
-            let _ = tpl.add_partition_offset(&position.topic, p, Offset::Offset(n));
+        let pipe = &mut self.pipe;
+        let manifest = &mut self.manifest;
+        let position = &mut self.position;
+        let mut snapshot = pipe.engine.publish(final_through);
+        snapshot.sessions = pipe.engine.session_rows();
+        pipe.fill(manifest, &snapshot);
+        let mut next = self
+            .positions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .next
+            .clone();
+        // Events still waiting in the gate are not in the tables: the checkpoint stops before the
+        // first of them, and a restart reads them again (so they are not counted as read yet).
+        let mut stored_position = position.clone();
+        for (p, n) in next.iter_mut() {
+            let waiting: Vec<At> = pipe.gate.waiting(*p as u32).copied().collect();
+            if let Some(first) = waiting.first() {
+                *n = (*n).min(first.position as i64);
+            }
+            for w in &waiting {
+                manifest.messages -= 1;
+                stored_position.bytes -= w.bytes;
+                if let Some(m) = stored_position.messages.get_mut(p) {
+                    *m -= 1;
+                }
+            }
         }
+        position.next_offsets = next.clone();
+        pipe.summary.bytes = position.bytes;
+        position.checkpoints += 1;
+        stored_position.next_offsets = next.clone();
+        stored_position.checkpoints = position.checkpoints;
+        manifest.kafka = Some(stored_position);
+        let generation = pipe.generation.checkpoint(&snapshot, manifest)?;
+        // Only now tell the group, for lag monitoring; a failure here loses nothing.
+        let assigned = self
+            .positions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .assigned
+            .clone();
+        let mut tpl = TopicPartitionList::new();
+        for p in assigned {
+            if let Some(&n) = next.get(&p) {
+                let _ = tpl.add_partition_offset(&position.topic, p, Offset::Offset(n));
+            }
+        }
+        if tpl.count() > 0
+            && let Err(e) = self.consumer.commit(&tpl, CommitMode::Async)
+        {
+            tracing::debug!(%e, "offset commit failed (monitoring only)");
+        }
+        on_checkpoint(&Checkpoint {
+            summary: &pipe.summary,
+            position,
+            generation: &generation,
+            took: t.elapsed(),
+        });
+        self.published(true);
+        Ok(())
     }
-    if tpl.count() > 0
-        && let Err(e) = consumer.commit(&tpl, CommitMode::Async)
-    {
-        tracing::debug!(%e, "offset commit failed (monitoring only)");
-    }
-    on_checkpoint(&Checkpoint {
-        summary: &pipe.summary,
-        position,
-        generation: &generation,
-        took: t.elapsed(),
-    });
-    Ok(())
-}
 
-/// Between checkpoints: `streams`, `buckets` and `rollups` from the engine's live figures, over
-/// the last checkpoint's other tables (see [`Generation::publish_figures`]).
-pub(super) fn publish_figures(
-    pipe: &mut Pipeline,
-    final_through: Option<earshot_contract::Millis>,
-) -> Result<(), IngestError> {
-    let t = Instant::now();
-    let snapshot = pipe.engine.publish(final_through);
-    let figures = t.elapsed();
-    let generation = pipe.generation.publish_figures(&snapshot)?;
-    let stats = pipe.engine.live_stats();
-    tracing::debug!(
-        generation = %generation.display(),
-        full_rebuilds = stats.full_rebuilds,
-        refilled_buckets = stats.refilled_buckets,
-        figures_ms = figures.as_secs_f64() * 1e3,
-        total_ms = t.elapsed().as_secs_f64() * 1e3,
-        "published the figures"
-    );
-    Ok(())
+    /// Between checkpoints: `streams`, `buckets` and `rollups` from the engine's live figures,
+    /// over the last checkpoint's other tables (see [`Generation::publish_figures`]).
+    pub(super) fn publish_figures(
+        &mut self,
+        final_through: Option<earshot_contract::Millis>,
+    ) -> Result<(), IngestError> {
+        let t = Instant::now();
+        let pipe = &mut self.pipe;
+        let snapshot = pipe.engine.publish(final_through);
+        let figures = t.elapsed();
+        let generation = pipe.generation.publish_figures(&snapshot)?;
+        let stats = pipe.engine.live_stats();
+        tracing::debug!(
+            generation = %generation.display(),
+            full_rebuilds = stats.full_rebuilds,
+            refilled_buckets = stats.refilled_buckets,
+            figures_ms = figures.as_secs_f64() * 1e3,
+            total_ms = t.elapsed().as_secs_f64() * 1e3,
+            "published the figures"
+        );
+        self.published(false);
+        Ok(())
+    }
 }
