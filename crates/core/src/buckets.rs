@@ -6,6 +6,8 @@
 //! pushes each node's sketch down into its subtree by merging (a HyperLogLog union is a register-wise
 //! max, so the result equals inserting into every bucket).
 
+use std::sync::Arc;
+
 use earshot_sketch::{Sketch, Union};
 
 use crate::BucketRow;
@@ -84,56 +86,74 @@ pub fn rollups(buckets: &[BucketRow]) -> Vec<BucketRow> {
     rollups_cached(buckets, &mut RollupCache::default())
 }
 
-/// The rollup rows of the previous call, each with a digest of the bucket rows it was made from:
-/// a window whose buckets did not change since is copied, not merged again (a live engine
-/// publishes every second, and most windows are long final).
+/// The rollup rows of the previous call, each with the bucket rows it was made from: a window
+/// whose buckets are the same rows (the same sketch bytes, shared, and the same figures) is copied,
+/// not merged again. A live engine publishes every second, and most windows are long final; it
+/// hands out the same bytes for a bucket until the bucket changes. (Holding the inputs' bytes
+/// keeps their addresses from being reused, so the same address is the same bytes.)
 #[derive(Debug, Default)]
 pub struct RollupCache {
-    rows: std::collections::HashMap<(String, i64, i64), (u64, BucketRow)>,
+    rows: std::collections::HashMap<(String, i64, i64), (Vec<Input>, BucketRow)>,
 }
 
-fn digest(rows: &[BucketRow]) -> u64 {
-    let mut h = xxhash_rust::xxh3::Xxh3::new();
-    for b in rows {
-        for v in [
-            b.bucket_start,
-            b.width_ms,
-            b.displayed_start.unwrap_or(i64::MIN),
-            i64::from(b.displayed_start.is_some()),
-            b.roster_start,
-            b.roster_peak,
-            b.connected_start,
-            b.connected_peak,
-            b.joins,
-            b.connects,
-            b.leaves,
-            b.drops,
-            i64::from(b.is_final),
-            b.present_hll.len() as i64,
-        ] {
-            h.update(&v.to_le_bytes());
+/// A bucket row as a rollup's input: its bytes by identity, its figures by value.
+#[derive(Debug)]
+struct Input {
+    present: Arc<[u8]>,
+    connected: Arc<[u8]>,
+    /// Everything but the sketches (their estimates follow from their bytes).
+    figures: [i64; 13],
+}
+
+impl Input {
+    fn of(b: &BucketRow) -> Input {
+        Input {
+            present: b.present_hll.clone(),
+            connected: b.connected_hll.clone(),
+            figures: [
+                b.bucket_start,
+                b.width_ms,
+                b.displayed_start.unwrap_or(i64::MIN),
+                i64::from(b.displayed_start.is_some()),
+                b.roster_start,
+                b.roster_peak,
+                b.connected_start,
+                b.connected_peak,
+                b.joins,
+                b.connects,
+                b.leaves,
+                b.drops,
+                i64::from(b.is_final),
+            ],
         }
-        h.update(&b.present_hll);
-        h.update(&b.connected_hll);
     }
-    h.digest()
+
+    fn same(&self, b: &BucketRow) -> bool {
+        Arc::ptr_eq(&self.present, &b.present_hll)
+            && Arc::ptr_eq(&self.connected, &b.connected_hll)
+            && self.figures == Input::of(b).figures
+    }
 }
 
 /// [`rollups`], copying the windows whose buckets are unchanged since the last call from `cache`.
 pub fn rollups_cached(buckets: &[BucketRow], cache: &mut RollupCache) -> Vec<BucketRow> {
     let mut used = std::collections::HashMap::with_capacity(cache.rows.len());
     let mut roll_cached = |part: &[BucketRow], width: i64| -> BucketRow {
-        let d = digest(part);
         let key = (
             part[0].stream_id.clone(),
             width,
             part[0].bucket_start.div_euclid(width),
         );
-        let row = match cache.rows.remove(&key) {
-            Some((old, row)) if old == d => row,
-            _ => roll(part, width),
+        let (inputs, row) = match cache.rows.remove(&key) {
+            Some((inputs, row))
+                if inputs.len() == part.len()
+                    && inputs.iter().zip(part).all(|(i, b)| i.same(b)) =>
+            {
+                (inputs, row)
+            }
+            _ => (part.iter().map(Input::of).collect(), roll(part, width)),
         };
-        used.insert(key, (d, row.clone()));
+        used.insert(key, (inputs, row.clone()));
         row
     };
     let out = rollups_with(buckets, &mut roll_cached);
@@ -179,8 +199,8 @@ fn roll(part: &[BucketRow], width: i64) -> BucketRow {
         connects: 0,
         leaves: 0,
         drops: 0,
-        present_hll: Vec::new(),
-        connected_hll: Vec::new(),
+        present_hll: Arc::from(Vec::new()),
+        connected_hll: Arc::from(Vec::new()),
         present_listeners: 0,
         connected_listeners: 0,
         is_final: true,
@@ -203,10 +223,12 @@ fn roll(part: &[BucketRow], width: i64) -> BucketRow {
     row.connected_listeners = count(&connected);
     row.present_hll = present
         .to_bytes()
-        .unwrap_or_else(|| Sketch::new().to_bytes());
+        .unwrap_or_else(|| Sketch::new().to_bytes())
+        .into();
     row.connected_hll = connected
         .to_bytes()
-        .unwrap_or_else(|| Sketch::new().to_bytes());
+        .unwrap_or_else(|| Sketch::new().to_bytes())
+        .into();
     row
 }
 

@@ -153,8 +153,10 @@ pub struct BucketRow {
     pub connects: i64,
     pub leaves: i64,
     pub drops: i64,
-    pub present_hll: Vec<u8>,
-    pub connected_hll: Vec<u8>,
+    /// Shared, not copied: a live engine hands out the bytes it keeps for a bucket until the
+    /// bucket changes, and rollups keep the bytes of the buckets they were made from.
+    pub present_hll: std::sync::Arc<[u8]>,
+    pub connected_hll: std::sync::Arc<[u8]>,
     /// The estimates of the two sketches, stored so that a point of one row needs no sketch.
     pub present_listeners: i64,
     pub connected_listeners: i64,
@@ -244,6 +246,8 @@ pub struct Engine {
     /// Whether each stream keeps its figures current as events arrive ([`Engine::go_live`]).
     live: bool,
     rollup_cache: RollupCache,
+    /// A counted event changed some session since [`Engine::take_sessions_changed`] last asked.
+    sessions_changed: bool,
 }
 
 impl Engine {
@@ -257,6 +261,7 @@ impl Engine {
             tally: Tally::default(),
             live: false,
             rollup_cache: RollupCache::default(),
+            sessions_changed: false,
         }
     }
 
@@ -328,6 +333,7 @@ impl Engine {
         }
         self.arrival += 1;
         self.tally.counted += 1;
+        self.sessions_changed |= event.session_id.is_some();
         let settings = self.settings;
         match self.streams.get_mut(event.stream_id.as_str()) {
             Some(s) => s.apply(event, self.arrival, &settings),
@@ -413,6 +419,13 @@ impl Engine {
         }
         out.rollups = buckets::rollups_cached(&out.buckets, &mut self.rollup_cache);
         out
+    }
+
+    /// Whether the `sessions` rows may differ from those of the last call (a counted event of
+    /// some session arrived since); resets the flag. A checkpoint that finds them unchanged keeps
+    /// the previous `sessions` file.
+    pub fn take_sessions_changed(&mut self) -> bool {
+        std::mem::take(&mut self.sessions_changed)
     }
 
     /// How the publishes went so far.

@@ -240,8 +240,8 @@ struct Row {
 
 #[derive(Debug)]
 struct Serialized {
-    present_hll: Vec<u8>,
-    connected_hll: Vec<u8>,
+    present_hll: std::sync::Arc<[u8]>,
+    connected_hll: std::sync::Arc<[u8]>,
     present_listeners: i64,
     connected_listeners: i64,
 }
@@ -351,8 +351,8 @@ pub(crate) struct BucketFigures<'a> {
     pub displayed_start: Option<i64>,
     pub roster: (i64, i64),
     pub connected: (i64, i64),
-    pub present_hll: &'a [u8],
-    pub connected_hll: &'a [u8],
+    pub present_hll: &'a std::sync::Arc<[u8]>,
+    pub connected_hll: &'a std::sync::Arc<[u8]>,
     pub present_listeners: i64,
     pub connected_listeners: i64,
 }
@@ -732,8 +732,8 @@ impl Live {
                 Box::new(Serialized {
                     present_listeners: crate::stream::estimate(&present_hll),
                     connected_listeners: crate::stream::estimate(&connected_hll),
-                    present_hll,
-                    connected_hll,
+                    present_hll: present_hll.into(),
+                    connected_hll: connected_hll.into(),
                 })
             });
             each_bucket(BucketFigures {

@@ -263,8 +263,8 @@ impl StreamAcc {
                 connects: c[1],
                 leaves: c[2],
                 drops: c[3],
-                present_hll: b.present_hll.to_vec(),
-                connected_hll: b.connected_hll.to_vec(),
+                present_hll: b.present_hll.clone(),
+                connected_hll: b.connected_hll.clone(),
                 present_listeners: b.present_listeners,
                 connected_listeners: b.connected_listeners,
                 is_final: final_through.is_none_or(|f| b.start + w <= f),
@@ -432,8 +432,8 @@ impl StreamAcc {
                 drops: counts[3],
                 present_listeners: estimate(&present_hll),
                 connected_listeners: estimate(&connected_hll),
-                present_hll,
-                connected_hll,
+                present_hll: present_hll.into(),
+                connected_hll: connected_hll.into(),
                 is_final: final_through.is_none_or(|f| start + w <= f),
             });
         }

@@ -578,6 +578,18 @@ impl Generation {
         snapshot: &Snapshot,
         manifest: &Manifest,
     ) -> Result<PathBuf, StoreError> {
+        self.checkpoint_with(snapshot, manifest, false)
+    }
+
+    /// [`Generation::checkpoint`], keeping the previous generation's `sessions` file (linked, not
+    /// rewritten) when `same_sessions` says its rows have not changed since; `snapshot.sessions`
+    /// is then not read. Without a previous generation the rows are written.
+    pub fn checkpoint_with(
+        &mut self,
+        snapshot: &Snapshot,
+        manifest: &Manifest,
+        same_sessions: bool,
+    ) -> Result<PathBuf, StoreError> {
         // Close the open parts: a part is immutable once a generation names it.
         if self.event_rows.rows > 0 {
             self.write_events()?;
@@ -599,7 +611,12 @@ impl Generation {
         let tmp_dir = self
             .data_dir
             .join(format!(".gen-tmp-{}-{number}", std::process::id()));
-        let final_dir = match self.publish(&tmp_dir, number, snapshot, Some(manifest)) {
+        let sessions = if same_sessions && self.previous.is_some() {
+            Sessions::Link
+        } else {
+            Sessions::Write
+        };
+        let final_dir = match self.publish(&tmp_dir, number, snapshot, Some((manifest, sessions))) {
             Ok(dir) => dir,
             Err(e) => {
                 // A full disk, say: leave nothing behind that would keep it full, and keep the
@@ -651,7 +668,7 @@ impl Generation {
         tmp_dir: &Path,
         number: u64,
         snapshot: &Snapshot,
-        manifest: Option<&Manifest>,
+        manifest: Option<(&Manifest, Sessions)>,
     ) -> Result<PathBuf, StoreError> {
         let tmp_dir = tmp_dir.to_path_buf();
         fs::create_dir(&tmp_dir).map_err(|e| StoreError::io("create", &tmp_dir, e))?;
@@ -676,9 +693,17 @@ impl Generation {
         }
         write_figures(&tmp_dir, snapshot)?;
         let manifest_path = tmp_dir.join("manifest.json");
-        match (manifest, &self.previous) {
-            (Some(manifest), _) => {
-                write_sessions(&tmp_dir, snapshot)?;
+        let link = |name: &str| -> Result<(), StoreError> {
+            let prev = self.previous.as_ref().ok_or_else(|| closed("sessions"))?;
+            let to = tmp_dir.join(name);
+            fs::hard_link(prev.join(name), &to).map_err(|e| StoreError::io("link", &to, e))
+        };
+        match manifest {
+            Some((manifest, sessions)) => {
+                match sessions {
+                    Sessions::Write => write_sessions(&tmp_dir, snapshot)?,
+                    Sessions::Link => link("sessions.parquet")?,
+                }
                 let json = serde_json::to_vec_pretty(manifest).map_err(|e| StoreError::Encode {
                     table: "manifest",
                     message: e.to_string(),
@@ -686,14 +711,10 @@ impl Generation {
                 fs::write(&manifest_path, json)
                     .map_err(|e| StoreError::io("write", &manifest_path, e))?;
             }
-            (None, Some(prev)) => {
-                for name in ["sessions.parquet", "manifest.json"] {
-                    let to = tmp_dir.join(name);
-                    fs::hard_link(prev.join(name), &to)
-                        .map_err(|e| StoreError::io("link", &to, e))?;
-                }
+            None => {
+                link("sessions.parquet")?;
+                link("manifest.json")?;
             }
-            (None, None) => return Err(closed("sessions")),
         }
         sync_dir(&tmp_dir)?;
 
@@ -750,6 +771,13 @@ impl Drop for Generation {
         // Rows not yet checkpointed leave nothing behind.
         let _ = fs::remove_dir_all(&self.staging);
     }
+}
+
+/// Whether a checkpoint writes `sessions` or links the previous generation's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Sessions {
+    Write,
+    Link,
 }
 
 fn closed(table: &'static str) -> StoreError {

@@ -34,7 +34,12 @@ impl KafkaIngest<'_> {
         let manifest = &mut self.manifest;
         let position = &mut self.position;
         let mut snapshot = pipe.engine.publish(final_through);
-        snapshot.sessions = pipe.engine.session_rows();
+        // On a topic where only display samples or stream states arrive, no session changed: the
+        // checkpoint keeps the previous sessions file rather than writing every row again.
+        let same_sessions = !pipe.engine.take_sessions_changed() && position.checkpoints > 0;
+        if !same_sessions {
+            snapshot.sessions = pipe.engine.session_rows();
+        }
         pipe.fill(manifest, &snapshot);
         let mut next = self
             .positions
@@ -64,7 +69,9 @@ impl KafkaIngest<'_> {
         stored_position.next_offsets = next.clone();
         stored_position.checkpoints = position.checkpoints;
         manifest.kafka = Some(stored_position);
-        let generation = pipe.generation.checkpoint(&snapshot, manifest)?;
+        let generation = pipe
+            .generation
+            .checkpoint_with(&snapshot, manifest, same_sessions)?;
         // Only now tell the group, for lag monitoring; a failure here loses nothing.
         let assigned = self
             .positions
