@@ -96,9 +96,12 @@ impl<'a> KafkaIngest<'a> {
         // After a crash the group keeps the dead member until its session times out, and only then
         // hands its partitions to the restarted one: 10 s instead of librdkafka's 45 s (-X can
         // change it).
+        // A fetch waits at most 100 ms for data (librdkafka's default is 500 ms): a broker that
+        // does not answer a waiting fetch as soon as data arrives (tansu) would otherwise hold
+        // every message back up to half a second, and freshness is the point.
         let mut config = client_config(
             &source.brokers,
-            &[("session.timeout.ms", "10000")],
+            &[("session.timeout.ms", "10000"), ("fetch.wait.max.ms", "100")],
             &source.config,
         )?;
         config

@@ -81,6 +81,7 @@ pub(super) fn resume(
     }
     // Replay: the same events in the same order rebuild the same state, and must come out with
     // the same late flags.
+    let replay = Instant::now();
     let mut engine = Engine::new(settings);
     let prefix = format!("kafka:{}/", source.topic);
     let mut rows = 0u64;
@@ -142,6 +143,11 @@ pub(super) fn resume(
             s.rejected_by_reason.insert(code, *n);
         }
     }
-    tracing::info!(events = rows, generation = %current.display(), "resumed from checkpoint");
+    tracing::info!(
+        events = rows,
+        generation = %current.display(),
+        replay_ms = replay.elapsed().as_millis() as u64,
+        "resumed from checkpoint"
+    );
     Ok((pipe, position))
 }
