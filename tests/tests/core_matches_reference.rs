@@ -96,6 +96,17 @@ fn assert_same(lines: &[(u32, String)], settings: Settings) -> [u64; 4] {
     ]
 }
 
+/// The proptests' settings (the maximum jump stays the default: the gate has its own tests).
+fn settings_of(liveness: i64, bucket: i64, lateness: i64, min_listen: i64) -> Settings {
+    Settings {
+        liveness_ms: liveness,
+        bucket_ms: bucket,
+        lateness_ms: lateness,
+        min_listen_ms: min_listen,
+        max_jump_ms: Settings::default().max_jump_ms,
+    }
+}
+
 const EXAMPLE: &str = include_str!("fixtures/contract_example.ndjson");
 
 #[test]
@@ -208,13 +219,7 @@ proptest! {
         lateness in prop_oneof![Just(60_000i64), 0i64..120_000],
         min_listen in prop_oneof![Just(60_000i64), 0i64..120_000],
     ) {
-        let settings = Settings {
-            liveness_ms: liveness,
-            bucket_ms: bucket,
-            lateness_ms: lateness,
-            min_listen_ms: min_listen,
-            max_jump_ms: Settings::default().max_jump_ms,
-        };
+        let settings = settings_of(liveness, bucket, lateness, min_listen);
         let _ = assert_same(&scenario(seed, lateness), settings);
     }
 }
@@ -308,13 +313,7 @@ proptest! {
         every in 1usize..12,
         live_after in 0usize..40,
     ) {
-        let settings = Settings {
-            liveness_ms: liveness,
-            bucket_ms: bucket,
-            lateness_ms: lateness,
-            min_listen_ms: min_listen,
-            max_jump_ms: Settings::default().max_jump_ms,
-        };
+        let settings = settings_of(liveness, bucket, lateness, min_listen);
         assert_publishes_equal_snapshots(&scenario(seed, lateness), settings, every, live_after);
     }
 }

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use earshot_contract::{Event, EventType, ListenerKey, Millis, StreamState};
 use earshot_sketch::Sketch;
 
-use crate::live::{Context, Footprint, Live};
+use crate::live::{Context, Figures, Footprint, Live};
 use crate::session::{End, Labels, Sessions, Stamp};
 use crate::{
     BucketRow, EndType, RangeSketches, SessionRow, Settings, Snapshot, StreamRow, nearest_rank,
@@ -270,30 +270,8 @@ impl StreamAcc {
                 is_final: final_through.is_none_or(|f| b.start + w <= f),
             });
         });
-        let live_at = self.live_state.or(f.earliest_connect);
-        let scheduled_start = self.scheduled.map(|(_, s)| s);
-        out.streams.push(StreamRow {
-            stream_id: stream_id.to_owned(),
-            scheduled_start,
-            live_at,
-            start_delay_ms: live_at.zip(scheduled_start).map(|(l, s)| l - s),
-            first_event: self.first_event,
-            last_event: self.last_event,
-            sessions: self.sessions.len() as i64,
-            peak_displayed: self.displays.iter().map(|d| d.1).max(),
-            peak_roster: f.peak_roster,
-            peak_connected: f.peak_connected,
-            listeners_joined: f.listeners_joined,
-            listeners_connected: f.listeners_connected,
-            listeners_connected_60s: f.listeners_connected_60s,
-            failed_joins: f.failed_joins,
-            abandoned_before_audio: f.abandoned_before_audio,
-            ghost_sessions: f.ghost_sessions,
-            ttfa_ms_p50: f.ttfa_ms_p50,
-            ttfa_ms_p90: f.ttfa_ms_p90,
-            joined_hll: f.joined_hll,
-            connected_hll: f.connected_hll,
-        });
+        let row = self.stream_row(stream_id, f);
+        out.streams.push(row);
     }
 
     pub(crate) fn snapshot(
@@ -449,9 +427,33 @@ impl StreamAcc {
             }
         }
         ttfa.sort_unstable();
-        let live_at = self.live_state.or(earliest_connect);
+        let row = self.stream_row(
+            stream_id,
+            Figures {
+                peak_roster,
+                peak_connected,
+                listeners_joined: listeners.len() as i64,
+                listeners_connected,
+                listeners_connected_60s: connected_60s,
+                failed_joins: failed,
+                abandoned_before_audio: abandoned,
+                ghost_sessions: ghosts,
+                ttfa_ms_p50: nearest_rank(&ttfa, 50),
+                ttfa_ms_p90: nearest_rank(&ttfa, 90),
+                earliest_connect,
+                joined_hll: joined.to_bytes(),
+                connected_hll: connected_all.to_bytes(),
+            },
+        );
+        out.streams.push(row);
+    }
+
+    /// The `streams` row from the figures over the sessions (however they were computed) and the
+    /// stream's own state.
+    fn stream_row(&self, stream_id: &str, f: Figures) -> StreamRow {
+        let live_at = self.live_state.or(f.earliest_connect);
         let scheduled_start = self.scheduled.map(|(_, s)| s);
-        out.streams.push(StreamRow {
+        StreamRow {
             stream_id: stream_id.to_owned(),
             scheduled_start,
             live_at,
@@ -460,19 +462,19 @@ impl StreamAcc {
             last_event: self.last_event,
             sessions: self.sessions.len() as i64,
             peak_displayed: self.displays.iter().map(|d| d.1).max(),
-            peak_roster,
-            peak_connected,
-            listeners_joined: listeners.len() as i64,
-            listeners_connected,
-            listeners_connected_60s: connected_60s,
-            failed_joins: failed,
-            abandoned_before_audio: abandoned,
-            ghost_sessions: ghosts,
-            ttfa_ms_p50: nearest_rank(&ttfa, 50),
-            ttfa_ms_p90: nearest_rank(&ttfa, 90),
-            joined_hll: joined.to_bytes(),
-            connected_hll: connected_all.to_bytes(),
-        });
+            peak_roster: f.peak_roster,
+            peak_connected: f.peak_connected,
+            listeners_joined: f.listeners_joined,
+            listeners_connected: f.listeners_connected,
+            listeners_connected_60s: f.listeners_connected_60s,
+            failed_joins: f.failed_joins,
+            abandoned_before_audio: f.abandoned_before_audio,
+            ghost_sessions: f.ghost_sessions,
+            ttfa_ms_p50: f.ttfa_ms_p50,
+            ttfa_ms_p90: f.ttfa_ms_p90,
+            joined_hll: f.joined_hll,
+            connected_hll: f.connected_hll,
+        }
     }
 }
 

@@ -101,7 +101,10 @@ impl<'a> KafkaIngest<'a> {
         // every message back up to half a second, and freshness is the point.
         let mut config = client_config(
             &source.brokers,
-            &[("session.timeout.ms", "10000"), ("fetch.wait.max.ms", "100")],
+            &[
+                ("session.timeout.ms", "10000"),
+                ("fetch.wait.max.ms", "100"),
+            ],
             &source.config,
         )?;
         config
