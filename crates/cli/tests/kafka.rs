@@ -859,3 +859,86 @@ fn run_serves_the_tables_while_it_consumes_and_stops_with_a_checkpoint() {
     };
     assert_eq!(figures(&reference), figures(&data));
 }
+
+#[test]
+fn figures_move_on_between_checkpoints_and_a_restart_resumes_from_the_checkpoint() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let b = Broker::start(dir.path(), false);
+    b.create_topic(TOPIC, 2);
+    let input = simulate(dir.path(), 600, 5);
+    let lines = std::fs::read_to_string(&input).unwrap().lines().count();
+    produce(&b, &input);
+    let reference = file_reference_of(&b, dir.path(), 2, Some(lines));
+    let want: Vec<String> = tables(&reference, false)
+        .into_iter()
+        .find(|(n, _)| n == "streams")
+        .unwrap()
+        .1;
+    // Only the first (empty) checkpoint in the hour: everything after it is figures publishes.
+    let data = dir.path().join("data");
+    let mut child = earshot()
+        .args(["run", "--kafka", &b.addr(), "--topic", TOPIC, "--data"])
+        .arg(&data)
+        .args(["--checkpoint-interval", "1h", "--freshness", "300ms"])
+        .args(["--pg", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    let port: u16 = loop {
+        line.clear();
+        assert!(out.read_line(&mut line).unwrap() > 0, "run ended early");
+        if let Some(rest) = line.strip_prefix("postgres: listening on ") {
+            let addr = rest.split_whitespace().next().unwrap();
+            break addr.rsplit(':').next().unwrap().parse().unwrap();
+        }
+    };
+    let sessions = |t: &[String]| -> String { t.join("\n") };
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        // The figures reach what a file ingest of the same messages gives (the buckets are not
+        // all final yet, so compare the stream's sessions and distinct listeners).
+        let got = psql(
+            port,
+            "SELECT sessions || ',' || listeners_joined || ',' || listeners_connected FROM streams",
+        );
+        let want_row = psql_file(&reference);
+        if got == want_row {
+            break;
+        }
+        assert!(Instant::now() < deadline, "figures stuck at {got}, want {want_row}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Still the first checkpoint: no message is in its manifest, `events` or `sessions` yet.
+    let m = manifest(&data);
+    assert_eq!(m["messages"].as_u64(), Some(0), "{m}");
+    assert_eq!(psql(port, "SELECT count(*) FROM events"), "0");
+    assert_eq!(psql(port, "SELECT count(*) FROM sessions"), "0");
+    // Killed between checkpoints, then restarted: it resumes from the checkpoint's offsets and
+    // ends with exactly the file ingest's tables.
+    child.kill().unwrap();
+    child.wait().unwrap();
+    ok(kafka_ingest(&b, &data, &["--exit-when-idle", "3s"])
+        .output()
+        .unwrap());
+    assert_same_tables(&reference, &data, false);
+    let streams = tables(&data, false).into_iter().find(|(n, _)| n == "streams");
+    assert_eq!(sessions(&streams.unwrap().1), sessions(&want));
+}
+
+/// The stream's sessions and distinct listeners in a data directory, as the test above asks them.
+fn psql_file(data: &Path) -> String {
+    ok(earshot()
+        .args(["sql", "--format", "csv", "--data"])
+        .arg(data)
+        .arg("SELECT sessions || ',' || listeners_joined || ',' || listeners_connected AS x FROM streams")
+        .output()
+        .unwrap())
+    .lines()
+    .nth(1)
+    .unwrap_or_default()
+    .to_owned()
+}

@@ -96,7 +96,7 @@ impl KafkaIngest<'_> {
             generation: &generation,
             took: t.elapsed(),
         });
-        self.published(true);
+        self.published(true, t.elapsed());
         Ok(())
     }
 
@@ -120,7 +120,7 @@ impl KafkaIngest<'_> {
             total_ms = t.elapsed().as_secs_f64() * 1e3,
             "published the figures"
         );
-        self.published(false);
+        self.published(false, t.elapsed());
         Ok(())
     }
 }

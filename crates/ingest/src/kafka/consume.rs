@@ -59,6 +59,11 @@ struct Clocks {
     last_message: Instant,
     last_checkpoint: Instant,
     last_publish: Instant,
+    /// How long the last checkpoint and the last figures publish took: the next one waits at
+    /// least four times that, so that publishing never takes more than a fifth of the consumer's
+    /// time however large the event (the freshness degrades instead of the throughput).
+    checkpoint_took: Duration,
+    publish_took: Duration,
     /// A message arrived since the last checkpoint.
     dirty: bool,
     /// When the oldest message not yet in the published figures arrived.
@@ -166,6 +171,8 @@ impl<'a> KafkaIngest<'a> {
                 last_message: now,
                 last_checkpoint: now,
                 last_publish: now,
+                checkpoint_took: Duration::ZERO,
+                publish_took: Duration::ZERO,
                 dirty: false,
                 unpublished_since: None,
                 outage: None,
@@ -241,19 +248,22 @@ impl<'a> KafkaIngest<'a> {
                 idle_tail = self.clocks.last_message.elapsed();
                 break true;
             }
-            if self.clocks.dirty
-                && self.clocks.last_checkpoint.elapsed() >= self.source.checkpoint_every
+            let c = &self.clocks;
+            if c.dirty
+                && c.last_checkpoint.elapsed()
+                    >= self.source.checkpoint_every.max(c.checkpoint_took * 4)
             {
                 let final_through = self.final_through();
                 self.checkpoint(final_through, on_checkpoint)?;
-            } else if self.clocks.unpublished_since.is_some_and(|t| {
-                // Under load, once a message has waited half the freshness (the publish itself
-                // and a reader's pickup fit in the other half); caught up, at once, but not more
-                // than ten times per freshness interval.
-                t.elapsed() >= self.source.freshness / 2
-                    || (caught_up
-                        && self.clocks.last_publish.elapsed() >= self.source.freshness / 10)
-            }) {
+            } else if c.last_publish.elapsed() >= c.publish_took * 4
+                && c.unpublished_since.is_some_and(|t| {
+                    // Under load, once a message has waited half the freshness (the publish
+                    // itself and a reader's pickup fit in the other half); caught up, at once,
+                    // but not more than ten times per freshness interval.
+                    t.elapsed() >= self.source.freshness / 2
+                        || (caught_up && c.last_publish.elapsed() >= self.source.freshness / 10)
+                })
+            {
                 let final_through = self.final_through();
                 self.publish_figures(final_through)?;
             }
@@ -417,14 +427,17 @@ impl<'a> KafkaIngest<'a> {
         Ok(())
     }
 
-    /// Marks the figures and the checkpoint as published now.
-    pub(super) fn published(&mut self, checkpoint: bool) {
+    /// Marks the figures (and with `checkpoint` every table) as published now, after `took`.
+    pub(super) fn published(&mut self, checkpoint: bool, took: Duration) {
         let now = Instant::now();
         self.clocks.unpublished_since = None;
         self.clocks.last_publish = now;
         if checkpoint {
             self.clocks.dirty = false;
             self.clocks.last_checkpoint = now;
+            self.clocks.checkpoint_took = took;
+        } else {
+            self.clocks.publish_took = took;
         }
     }
 
