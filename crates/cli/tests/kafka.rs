@@ -903,13 +903,16 @@ fn figures_move_on_between_checkpoints_and_a_restart_resumes_from_the_checkpoint
         // all final yet, so compare the stream's sessions and distinct listeners).
         let got = psql(
             port,
-            "SELECT sessions || ',' || listeners_joined || ',' || listeners_connected FROM streams",
+            "SELECT sessions || '/' || listeners_joined || '/' || listeners_connected FROM streams",
         );
         let want_row = psql_file(&reference);
         if got == want_row {
             break;
         }
-        assert!(Instant::now() < deadline, "figures stuck at {got}, want {want_row}");
+        assert!(
+            Instant::now() < deadline,
+            "figures stuck at {got}, want {want_row}"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
     // Still the first checkpoint: no message is in its manifest, `events` or `sessions` yet.
@@ -925,7 +928,9 @@ fn figures_move_on_between_checkpoints_and_a_restart_resumes_from_the_checkpoint
         .output()
         .unwrap());
     assert_same_tables(&reference, &data, false);
-    let streams = tables(&data, false).into_iter().find(|(n, _)| n == "streams");
+    let streams = tables(&data, false)
+        .into_iter()
+        .find(|(n, _)| n == "streams");
     assert_eq!(sessions(&streams.unwrap().1), sessions(&want));
 }
 
@@ -934,7 +939,7 @@ fn psql_file(data: &Path) -> String {
     ok(earshot()
         .args(["sql", "--format", "csv", "--data"])
         .arg(data)
-        .arg("SELECT sessions || ',' || listeners_joined || ',' || listeners_connected AS x FROM streams")
+        .arg("SELECT sessions || '/' || listeners_joined || '/' || listeners_connected AS x FROM streams")
         .output()
         .unwrap())
     .lines()
