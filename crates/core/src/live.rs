@@ -312,7 +312,9 @@ pub(crate) struct Live {
     rebuild: BTreeSet<i64>,
     open: HashSet<u32, FastHash>,
     reach: HashSet<u32, FastHash>,
-    recent: Vec<u32>,
+    /// Sessions changed since the horizon last moved, or open, or ended after it (a set: a
+    /// session changes at every heartbeat).
+    recent: HashSet<u32, FastHash>,
     listeners: HashMap<ListenerKey, Listener, FastHash>,
     listeners_connected: i64,
     listeners_qualified: i64,
@@ -377,7 +379,7 @@ impl Live {
             rebuild: BTreeSet::new(),
             open: HashSet::default(),
             reach: HashSet::default(),
-            recent: Vec::new(),
+            recent: HashSet::default(),
             listeners: HashMap::default(),
             listeners_connected: 0,
             listeners_qualified: 0,
@@ -566,7 +568,7 @@ impl Live {
         } else {
             self.reach.remove(&i);
         }
-        self.recent.push(i);
+        self.recent.insert(i);
 
         // Sessions by class, time to first audio, earliest connect.
         if let Some(b) = before {
@@ -784,8 +786,6 @@ impl Live {
             row.connected = Sketch::new();
             row.bytes = None;
         }
-        self.recent.sort_unstable();
-        self.recent.dedup();
         for &i in &self.recent {
             let fp = Footprint::of(sessions.get(i));
             let h = hash(&fp.listener);
@@ -859,8 +859,6 @@ impl Live {
         self.roster = self.roster.split_off(&target);
         self.connected = self.connected.split_off(&target);
         let sessions = ctx.sessions;
-        self.recent.sort_unstable();
-        self.recent.dedup();
         self.recent
             .retain(|&i| sessions.get(i).end_ts().is_none_or(|e| e > target));
         let keep_from = target.div_euclid(self.w);
@@ -883,7 +881,7 @@ impl Live {
         let listener = std::mem::size_of::<(ListenerKey, Listener)>() + 1;
         self.listeners.capacity() * listener
             + (self.open.capacity() + self.reach.capacity()) * 5
-            + self.recent.capacity() * 4
+            + self.recent.capacity() * 5
             + (self.roster.len() + self.connected.len()) * 24
     }
 }
