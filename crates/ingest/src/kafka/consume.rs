@@ -255,15 +255,19 @@ impl<'a> KafkaIngest<'a> {
             {
                 let final_through = self.final_through();
                 self.checkpoint(final_through, on_checkpoint)?;
-            } else if c.last_publish.elapsed() >= c.publish_took * 4
-                && c.unpublished_since.is_some_and(|t| {
-                    // Under load, once a message has waited half the freshness (the publish
-                    // itself and a reader's pickup fit in the other half); caught up, at once,
-                    // but not more than ten times per freshness interval.
-                    t.elapsed() >= self.source.freshness / 2
-                        || (caught_up && c.last_publish.elapsed() >= self.source.freshness / 10)
-                })
-            {
+            } else if c.unpublished_since.is_some_and(|t| {
+                // Caught up: at once, but not more than ten times per freshness interval (nothing
+                // waits to be consumed, so the publish costs no throughput). Under load: once a
+                // message has waited half the freshness (the publish itself and a reader's pickup
+                // fit in the other half), and at least four times the last publish's cost after
+                // it, so that publishing never takes more than a fifth of the consumer's time.
+                let since = c.last_publish.elapsed();
+                if caught_up {
+                    since >= self.source.freshness / 10
+                } else {
+                    t.elapsed() >= self.source.freshness / 2 && since >= c.publish_took * 4
+                }
+            }) {
                 let final_through = self.final_through();
                 self.publish_figures(final_through)?;
             }
