@@ -777,9 +777,45 @@ fn psql(port: u16, sql: &str) -> String {
     .to_string()
 }
 
+/// `earshot run` on `data` with a Postgres endpoint on a free port: the child, its standard output
+/// (after the line giving the port) and the port.
+fn spawn_run(
+    b: &Broker,
+    data: &Path,
+    extra: &[&str],
+) -> (
+    std::process::Child,
+    std::io::BufReader<std::process::ChildStdout>,
+    u16,
+) {
+    use std::io::BufRead;
+    let mut child = earshot()
+        .args(["run", "--kafka", &b.addr(), "--topic", TOPIC, "--data"])
+        .arg(data)
+        .args(extra)
+        .args(["--pg", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    let port: u16 = loop {
+        line.clear();
+        assert!(
+            out.read_line(&mut line).unwrap() > 0,
+            "run ended before serving"
+        );
+        if let Some(rest) = line.strip_prefix("postgres: listening on ") {
+            let addr = rest.split_whitespace().next().unwrap();
+            break addr.rsplit(':').next().unwrap().parse().unwrap();
+        }
+    };
+    (child, out, port)
+}
+
 #[test]
 fn run_serves_the_tables_while_it_consumes_and_stops_with_a_checkpoint() {
-    use std::io::{BufRead, BufReader};
     let dir = tempfile::tempdir().unwrap();
     let b = Broker::start(dir.path(), false);
     b.create_topic(TOPIC, 2);
@@ -794,27 +830,7 @@ fn run_serves_the_tables_while_it_consumes_and_stops_with_a_checkpoint() {
     };
     let (half1, half2) = (half("h1.ndjson", first), half("h2.ndjson", second));
     let data = dir.path().join("data");
-    let mut child = earshot()
-        .args(["run", "--kafka", &b.addr(), "--topic", TOPIC, "--data"])
-        .arg(&data)
-        .args(["--checkpoint-interval", "200ms", "--pg", "127.0.0.1:0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    let port: u16 = loop {
-        line.clear();
-        assert!(
-            out.read_line(&mut line).unwrap() > 0,
-            "run ended before serving"
-        );
-        if let Some(rest) = line.strip_prefix("postgres: listening on ") {
-            let addr = rest.split_whitespace().next().unwrap();
-            break addr.rsplit(':').next().unwrap().parse().unwrap();
-        }
-    };
+    let (mut child, mut out, port) = spawn_run(&b, &data, &["--checkpoint-interval", "200ms"]);
     // Served before any message: empty tables, not an error.
     assert_eq!(psql(port, "SELECT count(*) FROM events"), "0");
     let wait_for = |want: usize| {
@@ -862,7 +878,6 @@ fn run_serves_the_tables_while_it_consumes_and_stops_with_a_checkpoint() {
 
 #[test]
 fn figures_move_on_between_checkpoints_and_a_restart_resumes_from_the_checkpoint() {
-    use std::io::{BufRead, BufReader};
     let dir = tempfile::tempdir().unwrap();
     let b = Broker::start(dir.path(), false);
     b.create_topic(TOPIC, 2);
@@ -877,25 +892,8 @@ fn figures_move_on_between_checkpoints_and_a_restart_resumes_from_the_checkpoint
         .1;
     // Only the first (empty) checkpoint in the hour: everything after it is figures publishes.
     let data = dir.path().join("data");
-    let mut child = earshot()
-        .args(["run", "--kafka", &b.addr(), "--topic", TOPIC, "--data"])
-        .arg(&data)
-        .args(["--checkpoint-interval", "1h", "--freshness", "300ms"])
-        .args(["--pg", "127.0.0.1:0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    let port: u16 = loop {
-        line.clear();
-        assert!(out.read_line(&mut line).unwrap() > 0, "run ended early");
-        if let Some(rest) = line.strip_prefix("postgres: listening on ") {
-            let addr = rest.split_whitespace().next().unwrap();
-            break addr.rsplit(':').next().unwrap().parse().unwrap();
-        }
-    };
+    let args = ["--checkpoint-interval", "1h", "--freshness", "300ms"];
+    let (mut child, _out, port) = spawn_run(&b, &data, &args);
     let sessions = |t: &[String]| -> String { t.join("\n") };
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
