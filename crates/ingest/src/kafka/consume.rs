@@ -59,9 +59,9 @@ struct Clocks {
     last_message: Instant,
     last_checkpoint: Instant,
     last_publish: Instant,
-    /// How long the last checkpoint and the last figures publish took: the next one waits at
-    /// least four times that, so that publishing never takes more than a fifth of the consumer's
-    /// time however large the event (the freshness degrades instead of the throughput).
+    /// How long the last checkpoint and the last figures publish took. While there is a backlog
+    /// the next checkpoint waits at least four times that, and the next figures publish nine
+    /// times, so that a large event makes the figures older rather than the consumer slower.
     checkpoint_took: Duration,
     publish_took: Duration,
     /// A message arrived since the last checkpoint.
@@ -259,13 +259,13 @@ impl<'a> KafkaIngest<'a> {
                 // Caught up: at once, but not more than ten times per freshness interval (nothing
                 // waits to be consumed, so the publish costs no throughput). Under load: once a
                 // message has waited half the freshness (the publish itself and a reader's pickup
-                // fit in the other half), and at least four times the last publish's cost after
-                // it, so that publishing never takes more than a fifth of the consumer's time.
+                // fit in the other half), and at least nine times the last publish's cost after
+                // it, so that it takes at most a tenth of a consumer that has a backlog.
                 let since = c.last_publish.elapsed();
                 if caught_up {
                     since >= self.source.freshness / 10
                 } else {
-                    t.elapsed() >= self.source.freshness / 2 && since >= c.publish_took * 4
+                    t.elapsed() >= self.source.freshness / 2 && since >= c.publish_took * 9
                 }
             }) {
                 let final_through = self.final_through();
