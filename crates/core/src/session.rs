@@ -176,20 +176,16 @@ impl Sessions {
         &self.chunks[i / CHUNK][i % CHUNK]
     }
 
-    /// The number of session `id`, if it exists.
-    pub fn find(&self, id: &str) -> Option<u32> {
-        self.index.get(&self.digest(id)).copied()
-    }
-
-    /// The session `id`, created by `make` if it is new; the flag says whether it was new.
+    /// The session `id` and its number, created by `make` if it is new; the flag says whether
+    /// it was new.
     pub fn get_or_insert(
         &mut self,
         id: &str,
         make: impl FnOnce() -> (Stamp, ListenerKey, u32, u32),
-    ) -> (&mut SessionAcc, bool) {
+    ) -> (u32, &mut SessionAcc, bool) {
         let digest = self.digest(id);
         if let Some(&i) = self.index.get(&digest) {
-            return (self.slot(i), false);
+            return (i, self.slot(i), false);
         }
         let location = self.store_id(id);
         let (first, listener, client, region) = make();
@@ -210,7 +206,7 @@ impl Sessions {
                 region,
             });
         }
-        (self.slot(i), true)
+        (i, self.slot(i), true)
     }
 
     fn store_id(&mut self, id: &str) -> u64 {

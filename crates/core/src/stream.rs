@@ -120,19 +120,16 @@ impl StreamAcc {
         let (Some(session_id), Some(listener)) = (e.session_id.as_deref(), e.listener_key) else {
             return;
         };
-        let before = match self.live {
-            Some(_) => self
-                .sessions
-                .find(session_id)
-                .map(|i| (i, Footprint::of(self.sessions.get(i)))),
-            None => None,
-        };
-        self.change_session(e, at, session_id, listener, settings);
+        // A live stream needs the session as it was before this event (one lookup serves both).
+        let live = self.live.is_some();
+        let mut before = None;
+        let i = self.change_session(e, at, session_id, listener, settings, |s| {
+            if live {
+                before = Some(Footprint::of(s));
+            }
+        });
         if let Some(live) = &mut self.live {
-            let i = before
-                .as_ref()
-                .map_or(self.sessions.len() as u32 - 1, |b| b.0);
-            live.change(i, before.as_ref().map(|b| &b.1), &self.sessions);
+            live.change(i, before.as_ref(), &self.sessions);
         }
     }
 
@@ -143,9 +140,10 @@ impl StreamAcc {
         session_id: &str,
         listener: ListenerKey,
         settings: &Settings,
-    ) {
+        found: impl FnOnce(&crate::session::SessionAcc),
+    ) -> u32 {
         let labels = &mut self.labels;
-        let (s, new) = self.sessions.get_or_insert(session_id, || {
+        let (i, s, new) = self.sessions.get_or_insert(session_id, || {
             (
                 at,
                 listener,
@@ -153,6 +151,9 @@ impl StreamAcc {
                 labels.id(e.region.as_deref()),
             )
         });
+        if !new {
+            found(s);
+        }
         if !new && at < s.first {
             // An earlier event arrived late (within the lateness): it names the session's listener.
             s.first = at;
@@ -181,6 +182,7 @@ impl StreamAcc {
             }
             _ => {}
         }
+        i
     }
 
     fn session_row(

@@ -641,7 +641,11 @@ impl Generation {
     /// from the checkpoint (the manifest's offsets are its). Needs a checkpoint first.
     pub fn publish_figures(&mut self, snapshot: &Snapshot) -> Result<PathBuf, StoreError> {
         if self.previous.is_none() {
-            return Err(closed("sessions"));
+            return Err(StoreError::Encode {
+                table: "streams",
+                message: "figures can only be published over a checkpoint, and there is none yet"
+                    .into(),
+            });
         }
         let number = next_generation_number(&self.data_dir)?;
         let tmp_dir = self
