@@ -11,7 +11,7 @@ has asked before (each 20 s later than the previous), one client, nothing else r
   5m   three-hour windows at 5 min steps (five minute rollups merged per point)
   1h   the whole stream at 1 h steps (the hour rollups), a new `from` each time
 Beside each, DuckDB in-process (no HTTP) answering the same timeline without the sketch columns
-from the same buckets.parquet, and the check that both agree on every column they share. Then the
+from the same buckets parts, and the check that both agree on every column they share. Then the
 HTTP answer is checked against the query-time merge of the buckets (timeline_step over the
 buckets through POST /v1/query), so rollups and stored estimates give exactly what merging gives.
 Last, wrk with --pollers connections, each request a new window (step 60 s), for --secs seconds.
@@ -98,7 +98,7 @@ def main():
         db.execute("SET TimeZone = 'UTC'")
         lo, hi, width = db.execute(
             f"SELECT epoch_ms(min(bucket_start)), epoch_ms(max(bucket_start)), min(width_ms) "
-            f"FROM read_parquet('{gen / 'buckets.parquet'}') WHERE stream_id = ?", [stream]).fetchone()
+            f"FROM read_parquet('{gen / 'buckets'}/*.parquet') WHERE stream_id = ?", [stream]).fetchone()
         hi += width
         first_minute = (lo // 60_000 + 1) * 60_000
         # One request first: the server looks up the stream's span once per generation, and the
@@ -122,7 +122,7 @@ def main():
                 points = len(body["points"])
                 frm_aligned = frm // step * step
                 to = -(-to // step) * step  # the server asks for whole points: `to` aligned up
-                sql = DUCK.format(step=step, path=gen / "buckets.parquet")
+                sql = DUCK.format(step=step, path=f"{gen / 'buckets'}/*.parquet")
                 args = [stream, dt.datetime.fromtimestamp(frm_aligned / 1000, dt.timezone.utc),
                         dt.datetime.fromtimestamp(to / 1000, dt.timezone.utc)]
                 t = time.perf_counter()

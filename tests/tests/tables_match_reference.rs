@@ -251,3 +251,121 @@ fn ingested_tables_equal_the_reference() {
         "{compared:?}"
     );
 }
+
+/// Every row of `buckets` and `rollups` as the parts give it back through SQL, and as the
+/// publish's rows say it should be, in the same form.
+fn bucket_rows(
+    rt: &tokio::runtime::Runtime,
+    data: &std::path::Path,
+    table: &str,
+    rows: &[earshot_core::BucketRow],
+) -> (Vec<String>, Vec<String>) {
+    let ctx = rt.block_on(earshot_sql::context(data)).unwrap();
+    let got = sql_rows(
+        rt,
+        &ctx,
+        &format!(
+            "SELECT {} || '|' || encode(present_hll, 'hex') || '|' || encode(connected_hll, 'hex') \
+             FROM {table} ORDER BY stream_id, width_ms, bucket_start",
+            joined(&[
+                "stream_id",
+                "width_ms",
+                "@bucket_start",
+                "roster_peak",
+                "connected_start",
+                "joins",
+                "\"final\"",
+                "present_listeners",
+            ])
+        ),
+    );
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    let mut want: Vec<(String, i64, i64, String)> = rows
+        .iter()
+        .map(|r| {
+            let line = [
+                r.stream_id.clone(),
+                r.width_ms.to_string(),
+                r.bucket_start.to_string(),
+                r.roster_peak.to_string(),
+                r.connected_start.to_string(),
+                r.joins.to_string(),
+                r.is_final.to_string(),
+                r.present_listeners.to_string(),
+                hex(&r.present_hll),
+                hex(&r.connected_hll),
+            ]
+            .join("|");
+            (r.stream_id.clone(), r.width_ms, r.bucket_start, line)
+        })
+        .collect();
+    want.sort();
+    (got, want.into_iter().map(|w| w.3).collect())
+}
+
+/// A live engine publishing after every few events: after each publish (and after a writer that
+/// resumes the directory), `buckets` and `rollups` read back from their parts are exactly the
+/// published rows, each once, and the parts of final rows stay few.
+#[test]
+fn bucket_and_rollup_parts_hold_every_published_row_once() {
+    use earshot_store::{Generation, Manifest};
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let settings = Settings {
+        bucket_ms: 2_000,
+        ..Settings::default()
+    };
+    let mut publishes = 0;
+    let mut most_parts = 0;
+    for seed in 0..10u64 {
+        let events = parse_all(
+            &scenario(seed, settings.lateness_ms),
+            &Pseudonymizer::new(b"parts"),
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let mut engine = earshot_core::Engine::new(settings);
+        engine.go_live();
+        let mut generation = Generation::begin(dir.path()).unwrap();
+        generation
+            .checkpoint(&engine.publish(Some(i64::MIN)), &Manifest::default())
+            .unwrap();
+        let every = 1 + seed as usize % 3;
+        for (i, (p, e)) in events.iter().enumerate() {
+            engine.offer(*p, e);
+            let last = i + 1 == events.len();
+            if i % every != every - 1 && !last {
+                continue;
+            }
+            if i == events.len() / 2 {
+                // A new writer on the same directory: it knows the parts only by name.
+                drop(generation);
+                generation = Generation::resume(dir.path()).unwrap();
+            }
+            let final_through = if last { None } else { engine.watermark(*p) };
+            let snap = engine.publish(final_through);
+            generation.publish_figures(&snap).unwrap();
+            publishes += 1;
+            for (table, rows) in [("buckets", &snap.buckets), ("rollups", &snap.rollups)] {
+                let (got, want) = bucket_rows(&rt, dir.path(), table, rows);
+                assert_eq!(got, want, "{table}, seed {seed}, after {i} events");
+                let parts = std::fs::read_dir(dir.path().join("current").join(table))
+                    .unwrap()
+                    .count();
+                most_parts = most_parts.max(parts);
+                // Final parts grow like a binary counter: about log2(rows) of them, plus open.
+                let bound = 3 + (rows.len().max(1) as f64).log2().ceil() as usize * 2;
+                assert!(
+                    parts <= bound,
+                    "{table}: {parts} files for {} rows",
+                    rows.len()
+                );
+            }
+        }
+    }
+    assert!(
+        publishes > 100 && most_parts >= 3,
+        "{publishes} {most_parts}"
+    );
+}

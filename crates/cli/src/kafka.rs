@@ -70,6 +70,11 @@ pub struct ConsumeArgs {
     /// waited half this long.
     #[arg(long, default_value = "1s", value_parser = parse_duration_ms)]
     pub freshness: i64,
+    /// Save the engine's state with a checkpoint once this many events were stored since the
+    /// last saved state (0: every checkpoint); the last checkpoint of a run always saves it. A
+    /// restart loads the state and replays only the events stored after it.
+    #[arg(long, default_value_t = 500_000, value_name = "EVENTS")]
+    pub state_every: u64,
     /// Also produce every rejected message to this topic, with headers giving the reason.
     #[arg(long, value_name = "TOPIC")]
     pub dead_letter_topic: Option<String>,
@@ -96,6 +101,7 @@ impl ConsumeArgs {
             exit_when_idle: self.exit_when_idle.map(millis),
             checkpoint_every: millis(self.checkpoint_interval),
             freshness: millis(self.freshness),
+            state_every: self.state_every,
             dead_letter_topic: self.dead_letter_topic.clone(),
             connect_timeout: millis(cluster.connect_timeout),
         })

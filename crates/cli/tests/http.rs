@@ -227,7 +227,7 @@ fn a_generation_written_before_rollups_gives_the_same_timelines() {
             .iter()
             .all(|t| !t["points"].as_array().unwrap().is_empty())
     );
-    std::fs::remove_file(data.join("current/rollups.parquet")).unwrap();
+    std::fs::remove_dir_all(data.join("current/rollups")).unwrap();
     assert_eq!(timelines(&data), with_rollups);
 }
 

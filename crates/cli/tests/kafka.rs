@@ -248,6 +248,18 @@ fn assert_same_tables(a: &Path, b: &Path, with_source: bool) {
     }
 }
 
+/// The number after `name=` in a log line.
+fn field(line: &str, name: &str) -> u64 {
+    let at = line
+        .find(&format!(" {name}="))
+        .unwrap_or_else(|| panic!("no {name} in {line}"));
+    line[at + name.len() + 2..]
+        .split(|c: char| !c.is_ascii_digit())
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{name} is not a number in {line}"))
+}
+
 fn manifest(data: &Path) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(data.join("current/manifest.json")).unwrap()).unwrap()
 }
@@ -302,10 +314,14 @@ fn kill_9_at_random_points_then_restart_gives_identical_tables() {
     // most once it is consuming, checkpointing often so that kills land before, during and after
     // checkpoints. Default settings otherwise: each restart must consume again within 15 s, without
     // waiting for the group to notice the dead process.
+    // The engine's state is saved every 3,000 events, so most restarts load a state and replay
+    // only the events after it, and some kills land while a state is being written.
     let data = dir.path().join("killed");
     let args = [
         "--checkpoint-interval",
         "60ms",
+        "--state-every",
+        "3000",
         "--group",
         "killed",
         "--exit-when-idle",
@@ -327,9 +343,11 @@ fn kill_9_at_random_points_then_restart_gives_identical_tables() {
         rng ^= rng << 17;
         let before = messages(&data);
         let started = Instant::now();
+        let log = std::fs::File::create(dir.path().join(format!("run-{run}.log"))).unwrap();
         let mut child = kafka_ingest(&b, &data, &args)
+            .env("EARSHOT_LOG", "earshot_ingest=info")
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .unwrap();
         if run % 4 == 1 {
@@ -360,6 +378,19 @@ fn kill_9_at_random_points_then_restart_gives_identical_tables() {
         progressed.push(messages(&data));
     }
     assert!(kills >= 6, "only {kills} runs were killed mid-ingest");
+    let resumes: Vec<(u64, u64)> = (0..10)
+        .flat_map(|run| {
+            let log = std::fs::read_to_string(dir.path().join(format!("run-{run}.log"))).unwrap();
+            log.lines()
+                .filter(|l| l.contains("resumed from checkpoint"))
+                .map(|l| (field(l, "from_state"), field(l, "replayed")))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert!(
+        resumes.iter().filter(|(state, _)| *state > 0).count() >= 3,
+        "restarts that loaded a saved state: {resumes:?}"
+    );
     // Then let it finish.
     ok(kafka_ingest(&b, &data, &args).output().unwrap());
     assert_same_tables(&clean, &data, true);
@@ -930,6 +961,73 @@ fn figures_move_on_between_checkpoints_and_a_restart_resumes_from_the_checkpoint
         .into_iter()
         .find(|(n, _)| n == "streams");
     assert_eq!(sessions(&streams.unwrap().1), sessions(&want));
+}
+
+#[test]
+fn a_restart_loads_the_saved_state_and_replays_every_event_when_it_is_damaged_or_gone() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Broker::start(dir.path(), false);
+    b.create_topic(TOPIC, 2);
+    let input = simulate(dir.path(), 900, 13);
+    let text = std::fs::read_to_string(&input).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let data = dir.path().join("data");
+    // Each run consumes a third of the topic and ends with a checkpoint that saves the state.
+    // Before the second run the state is damaged, before the third it is gone, before the
+    // fourth it is sound.
+    let resume = |part: &[&str], n: usize| -> String {
+        if !part.is_empty() {
+            let p = dir.path().join(format!("part{n}.ndjson"));
+            std::fs::write(&p, part.join("\n") + "\n").unwrap();
+            produce(&b, &p);
+        }
+        let out = kafka_ingest(&b, &data, &["--exit-when-idle", "2s"])
+            .env("EARSHOT_LOG", "earshot_ingest=info")
+            .output()
+            .unwrap();
+        let log = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{log}");
+        log
+    };
+    let state = || {
+        let m = manifest(&data);
+        let file = m["engine_state"]["file"].as_str().unwrap().to_owned();
+        (
+            data.join("current").join(file),
+            m["events"].as_u64().unwrap(),
+        )
+    };
+    let resumed = |log: &str| -> (u64, u64) {
+        let line = log
+            .lines()
+            .find(|l| l.contains("resumed from checkpoint"))
+            .unwrap_or_else(|| panic!("no resume in\n{log}"));
+        (field(line, "from_state"), field(line, "replayed"))
+    };
+    let third = lines.len() / 3;
+    resume(&lines[..third], 1);
+    let (path, events) = state();
+    assert!(events > 0);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x10;
+    // A new file, not a write through the link the older generation shares.
+    std::fs::remove_file(&path).unwrap();
+    std::fs::write(&path, bytes).unwrap();
+    let log = resume(&lines[third..2 * third], 2);
+    assert!(log.contains("checksum"), "{log}");
+    assert_eq!(resumed(&log), (0, events), "{log}");
+    let (path, events) = state();
+    std::fs::remove_file(&path).unwrap();
+    let log = resume(&lines[2 * third..], 3);
+    assert!(log.contains("replaying every stored event"), "{log}");
+    assert_eq!(resumed(&log), (0, events), "{log}");
+    let (_, events) = state();
+    let log = resume(&[], 4);
+    assert!(!log.contains("replaying every stored event"), "{log}");
+    assert_eq!(resumed(&log), (events, 0), "{log}");
+    let reference = file_reference_of(&b, dir.path(), 2, Some(lines.len()));
+    assert_same_tables(&reference, &data, false);
 }
 
 /// The stream's sessions and distinct listeners in a data directory, as the test above asks them.

@@ -16,6 +16,7 @@ mod buckets;
 mod gate;
 mod live;
 mod session;
+mod state;
 mod stream;
 
 use std::collections::{HashMap, HashSet};
@@ -25,6 +26,7 @@ use earshot_contract::{Event, Millis};
 
 pub use buckets::{ROLLUP_WIDTHS_MS, RangeSketches, RollupCache, rollups, rollups_cached};
 pub use gate::{TimeGate, Verdict};
+pub use state::{STATE_FORMAT, StateError};
 use stream::StreamAcc;
 
 /// The tunable definitions of contract §2–§4, with the contract's defaults.

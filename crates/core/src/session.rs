@@ -8,9 +8,11 @@
 
 use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
+use std::io;
 
 use earshot_contract::{ListenerKey, Millis};
 
+use crate::state::{Dec, Enc, StateError, corrupt};
 use crate::{EndType, FastHash, IdHasher};
 
 /// Order of events inside a session: by `ts`, then by arrival.
@@ -133,6 +135,10 @@ impl Labels {
 
     pub fn name(&self, id: u32) -> Option<&str> {
         self.names.get(id as usize).map(|s| &**s)
+    }
+
+    pub fn len(&self) -> usize {
+        self.names.len()
     }
 }
 
@@ -260,6 +266,126 @@ impl Sessions {
             })
             .sum();
         index + chunks + arena + boxed
+    }
+}
+
+impl Labels {
+    pub fn save(&self, e: &mut Enc<'_>) -> io::Result<()> {
+        e.len(self.names.len())?;
+        for n in &self.names {
+            e.bytes(n.as_bytes())?;
+        }
+        Ok(())
+    }
+
+    pub fn load(d: &mut Dec<'_>) -> Result<Labels, StateError> {
+        let mut labels = Labels::default();
+        let (n, _) = d.len()?;
+        for _ in 0..n {
+            let name = d.string()?;
+            if labels.id(Some(&name)) as usize != labels.names.len() - 1 {
+                return Err(corrupt("a label saved twice"));
+            }
+        }
+        Ok(labels)
+    }
+}
+
+fn save_stamp(e: &mut Enc<'_>, (ts, arrival): Stamp) -> io::Result<()> {
+    e.i64(ts)?;
+    e.u64(arrival)
+}
+
+fn load_stamp(d: &mut Dec<'_>) -> Result<Stamp, StateError> {
+    Ok((d.i64()?, d.u64()?))
+}
+
+impl Sessions {
+    /// Every session in order of creation (so that numbers survive a load), with its id.
+    pub fn save(&self, e: &mut Enc<'_>) -> io::Result<()> {
+        e.len(self.len())?;
+        for s in self.iter() {
+            e.bytes(self.id(s).as_bytes())?;
+            save_stamp(e, s.first)?;
+            e.put(&s.listener.0)?;
+            match &s.end {
+                None => e.u8(0)?,
+                Some(end) => {
+                    e.u8(match end.kind {
+                        EndType::Leave => 1,
+                        EndType::Drop => 2,
+                    })?;
+                    save_stamp(e, end.at)?;
+                    e.u32(end.reason)?;
+                }
+            }
+            let windows = s.alive.windows();
+            e.len(windows.len())?;
+            for &(a, b) in windows {
+                e.i64(a)?;
+                e.i64(b)?;
+            }
+            e.u32(s.heartbeats)?;
+            e.u32(s.client)?;
+            e.u32(s.region)?;
+        }
+        Ok(())
+    }
+
+    /// Sessions saved by [`Sessions::save`]; `labels` is how many labels the stream has (every
+    /// label number must name one).
+    pub fn load(d: &mut Dec<'_>, labels: usize) -> Result<Sessions, StateError> {
+        let label = |id: u32| {
+            if id == NONE || (id as usize) < labels {
+                Ok(id)
+            } else {
+                Err(corrupt("a label number beyond the labels"))
+            }
+        };
+        let mut sessions = Sessions::new();
+        let (n, _) = d.len()?;
+        for _ in 0..n {
+            let id = d.string()?;
+            if id.len() > 0xff {
+                return Err(corrupt("a session id over 255 bytes"));
+            }
+            let first = load_stamp(d)?;
+            let listener = ListenerKey(d.array()?);
+            let end = match d.u8()? {
+                0 => None,
+                kind @ (1 | 2) => Some(Box::new(End {
+                    kind: if kind == 1 {
+                        EndType::Leave
+                    } else {
+                        EndType::Drop
+                    },
+                    at: load_stamp(d)?,
+                    reason: label(d.u32()?)?,
+                })),
+                _ => return Err(corrupt("an end tag other than 0, 1 or 2")),
+            };
+            let mut alive = Alive::None;
+            let (windows, _) = d.len()?;
+            let mut last = Millis::MIN;
+            for _ in 0..windows {
+                let (a, b) = (d.i64()?, d.i64()?);
+                if a > b || a < last {
+                    return Err(corrupt("alive windows out of order"));
+                }
+                last = b;
+                alive.add(a, b);
+            }
+            let (heartbeats, client, region) = (d.u32()?, label(d.u32()?)?, label(d.u32()?)?);
+            // Numbered in order of creation, as when they were saved.
+            let (_, s, new) = sessions.get_or_insert(&id, || (first, listener, client, region));
+            if !new {
+                return Err(corrupt("a session saved twice"));
+            }
+            s.end = end;
+            s.alive = alive;
+            s.heartbeats = heartbeats;
+        }
+        Ok(sessions)
     }
 }
 

@@ -1,12 +1,14 @@
 //! Per-stream state and how it becomes rows.
 
 use std::collections::BTreeMap;
+use std::io;
 
 use earshot_contract::{Event, EventType, ListenerKey, Millis, StreamState};
 use earshot_sketch::Sketch;
 
 use crate::live::{Context, Figures, Footprint, Live};
 use crate::session::{End, Labels, Sessions, Stamp};
+use crate::state::{Dec, Enc, StateError, corrupt};
 use crate::{
     BucketRow, EndType, RangeSketches, SessionRow, Settings, Snapshot, StreamRow, nearest_rank,
 };
@@ -59,6 +61,60 @@ impl StreamAcc {
 
     pub(crate) fn live_bytes(&self) -> usize {
         self.live.as_ref().map_or(0, |l| l.heap_bytes())
+    }
+
+    /// Writes what `apply` accumulated (not the live figures: they follow from it).
+    pub(crate) fn save(&self, e: &mut Enc<'_>) -> io::Result<()> {
+        e.i64(self.first_event)?;
+        e.i64(self.last_event)?;
+        e.len(self.displays.len())?;
+        for &(ts, d) in &self.displays {
+            e.i64(ts)?;
+            e.i64(d)?;
+        }
+        e.opt_i64(self.live_state)?;
+        match self.scheduled {
+            None => e.u8(0)?,
+            Some((ts, s)) => {
+                e.u8(1)?;
+                e.i64(ts)?;
+                e.i64(s)?;
+            }
+        }
+        e.len(self.event_counts.len())?;
+        for (&bucket, counts) in &self.event_counts {
+            e.i64(bucket)?;
+            for &c in counts {
+                e.i64(c)?;
+            }
+        }
+        self.labels.save(e)?;
+        self.sessions.save(e)
+    }
+
+    pub(crate) fn load(d: &mut Dec<'_>) -> Result<StreamAcc, StateError> {
+        let mut s = StreamAcc::new(d.i64()?);
+        s.last_event = d.i64()?;
+        let (n, reserve) = d.len()?;
+        s.displays.reserve(reserve);
+        for _ in 0..n {
+            s.displays.push((d.i64()?, d.i64()?));
+        }
+        s.live_state = d.opt_i64()?;
+        s.scheduled = match d.u8()? {
+            0 => None,
+            1 => Some((d.i64()?, d.i64()?)),
+            _ => return Err(corrupt("a scheduled-start tag other than 0 or 1")),
+        };
+        let (n, _) = d.len()?;
+        for _ in 0..n {
+            let bucket = d.i64()?;
+            let counts = [d.i64()?, d.i64()?, d.i64()?, d.i64()?];
+            s.event_counts.insert(bucket, counts);
+        }
+        s.labels = Labels::load(d)?;
+        s.sessions = Sessions::load(d, s.labels.len())?;
+        Ok(s)
     }
 
     /// The number of buckets the stream would span with an event at `ts`.

@@ -1,8 +1,10 @@
 //! Arrow batches and Parquet files: how earshot's five tables sit on disk.
 //!
-//! A data directory holds generations: `gen-000042/` with one Parquet file for each derived table
-//! (`streams.parquet`, `buckets.parquet`, `sessions.parquet`), a directory of Parquet parts for each
-//! append-only table (`events/part-00000001.parquet`, …; `rejects/…`), a `manifest.json`, and a symlink
+//! A data directory holds generations: `gen-000042/` with one Parquet file for `streams.parquet` and
+//! `sessions.parquet`, a directory of Parquet parts for each append-only table
+//! (`events/part-00000001.parquet`, …; `rejects/…`) and for `buckets/` and `rollups/` (parts of final
+//! rows written once, plus `open.parquet`), a `manifest.json` (with, for Kafka, `engine.state`, the
+//! engine's saved state), and a symlink
 //! `current` naming the newest complete one. A generation is written under a temporary name, synced,
 //! renamed into place, and only then does `current` move (a symlink replaced by `rename`, which is
 //! atomic). A crash at any instant leaves `current` on a whole, older generation; a reader that
@@ -12,18 +14,21 @@
 //! This crate writes and locates files; it computes no figure (those come from `earshot-core`) and
 //! runs no query (that is `earshot-sql`).
 
+mod figure_parts;
+mod generation;
+mod manifest;
 mod reader;
 mod schema;
 mod writer;
 
 use std::path::{Path, PathBuf};
 
-pub use reader::{StoredEvent, read_manifest, stored_events};
+pub use figure_parts::FIGURE_PART_TABLES;
+pub use generation::{CheckpointWith, Generation, PART_TABLES, part_files};
+pub use manifest::{EngineState, KafkaPosition, Manifest, ManifestInput, ManifestSettings};
+pub use reader::{StoredEvent, read_manifest, stored_events, stored_events_from};
 pub use schema::{TABLES, table_schema};
-pub use writer::{
-    Generation, KafkaPosition, Manifest, ManifestInput, ManifestSettings, PART_TABLES,
-    REJECT_PAYLOAD_BYTES, part_files,
-};
+pub use writer::REJECT_PAYLOAD_BYTES;
 
 /// Name of the symlink to the newest complete generation.
 pub const CURRENT: &str = "current";
@@ -97,11 +102,12 @@ pub fn current_generation(data_dir: &Path) -> Result<PathBuf, StoreError> {
     }
 }
 
-/// Where `table` lives in a generation: a Parquet file, or for `events` and `rejects` a directory
-/// of Parquet parts.
+/// Where `table` lives in a generation: a directory of Parquet parts (`events`, `rejects`, and
+/// `buckets` and `rollups` since they are written in parts), or else one Parquet file.
 pub fn table_location(generation: &Path, table: &str) -> PathBuf {
-    if PART_TABLES.contains(&table) {
-        generation.join(table)
+    let dir = generation.join(table);
+    if PART_TABLES.contains(&table) || dir.is_dir() {
+        dir
     } else {
         generation.join(format!("{table}.parquet"))
     }

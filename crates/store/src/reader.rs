@@ -68,9 +68,22 @@ pub fn read_manifest(generation: &Path) -> Result<Manifest, StoreError> {
 /// row), stopping at the first error it returns. Memory stays at one batch.
 pub fn stored_events(
     generation: &Path,
+    each: impl FnMut(StoredEvent) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
+    stored_events_from(generation, 0, each)
+}
+
+/// [`stored_events`] from part number `first_part` (counting from 0) on: the events a saved engine
+/// state ([`crate::EngineState`]) does not count yet.
+pub fn stored_events_from(
+    generation: &Path,
+    first_part: usize,
     mut each: impl FnMut(StoredEvent) -> Result<(), StoreError>,
 ) -> Result<(), StoreError> {
-    for path in part_files(generation, "events")? {
+    for path in part_files(generation, "events")?
+        .into_iter()
+        .skip(first_part)
+    {
         let file = File::open(&path).map_err(|e| StoreError::io("open", &path, e))?;
         let reader = ParquetRecordBatchReaderBuilder::try_new(file)
             .and_then(|b| b.with_batch_size(64 * 1024).build())

@@ -69,9 +69,22 @@ impl KafkaIngest<'_> {
         stored_position.next_offsets = next.clone();
         stored_position.checkpoints = position.checkpoints;
         manifest.kafka = Some(stored_position);
-        let generation = pipe
-            .generation
-            .checkpoint_with(&snapshot, manifest, same_sessions)?;
+        // The engine's state now and then, so that a restart replays only the events after it.
+        let unsaved = manifest.events
+            - pipe
+                .generation
+                .engine_state()
+                .map_or(0, |state| state.events.min(manifest.events));
+        let save_state = if self.closing {
+            unsaved > 0
+        } else {
+            unsaved >= self.source.state_every
+        };
+        let with = CheckpointWith {
+            same_sessions,
+            state: save_state.then_some(&pipe.engine),
+        };
+        let generation = pipe.generation.checkpoint_with(&snapshot, manifest, with)?;
         // Only now tell the group, for lag monitoring; a failure here loses nothing.
         let assigned = self
             .positions
@@ -89,6 +102,14 @@ impl KafkaIngest<'_> {
             && let Err(e) = self.consumer.commit(&tpl, CommitMode::Async)
         {
             tracing::debug!(%e, "offset commit failed (monitoring only)");
+        }
+        if save_state {
+            tracing::debug!(
+                events = manifest.events,
+                bytes = pipe.generation.engine_state().map_or(0, |s| s.bytes),
+                total_ms = t.elapsed().as_secs_f64() * 1e3,
+                "saved the engine state with the checkpoint"
+            );
         }
         on_checkpoint(&Checkpoint {
             summary: &pipe.summary,

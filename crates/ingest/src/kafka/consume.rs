@@ -52,6 +52,8 @@ pub(super) struct KafkaIngest<'a> {
     pub(super) eof: BTreeSet<i32>,
     clocks: Clocks,
     skipped_redelivered: u64,
+    /// The run is ending: its last checkpoint saves the engine's state.
+    pub(super) closing: bool,
 }
 
 /// When things last happened.
@@ -181,6 +183,7 @@ impl<'a> KafkaIngest<'a> {
                 partitions_checked: now,
             },
             skipped_redelivered: 0,
+            closing: false,
         };
         if first {
             // A new data directory gets (empty) tables at once, so that it can be served and
@@ -279,6 +282,7 @@ impl<'a> KafkaIngest<'a> {
         } else {
             self.final_through()
         };
+        self.closing = true;
         self.checkpoint(final_through, on_checkpoint)?;
         Ok(idle_tail)
     }

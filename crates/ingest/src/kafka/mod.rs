@@ -25,8 +25,8 @@ use std::time::{Duration, Instant};
 use earshot_contract::{Pseudonymizer, parse_event};
 use earshot_core::{Engine, Settings};
 use earshot_store::{
-    Generation, KafkaPosition, Manifest, ManifestSettings, StoreError, current_generation,
-    read_manifest, stored_events,
+    CheckpointWith, Generation, KafkaPosition, Manifest, ManifestSettings, StoreError,
+    current_generation, read_manifest, stored_events_from,
 };
 use rdkafka::ClientContext;
 use rdkafka::config::ClientConfig;
@@ -84,6 +84,10 @@ pub struct KafkaSource {
     /// How old what dashboards read (`streams`, `buckets`, `rollups`) may be: between checkpoints
     /// it is published from the engine's live figures whenever a message has waited half this.
     pub freshness: Duration,
+    /// A checkpoint also saves the engine's state once this many events were stored since the
+    /// last saved state (0: at every checkpoint), and the last checkpoint of a run always does. A
+    /// restart loads the state and replays only the events stored after it.
+    pub state_every: u64,
     /// Rejected messages are also produced here, with headers saying why.
     pub dead_letter_topic: Option<String>,
     /// How long to keep trying to reach the cluster at start before giving up.

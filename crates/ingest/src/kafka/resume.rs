@@ -27,7 +27,7 @@ pub(super) fn resume(
         Err(e) => return Err(e.into()),
     };
     // Lock first: nobody else may move `current` while it is read.
-    let generation = Generation::resume(data_dir)?;
+    let mut generation = Generation::resume(data_dir)?;
     let current = current_generation(data_dir).unwrap_or(current);
     let manifest = read_manifest(&current)?;
     let dir = data_dir.display().to_string();
@@ -79,13 +79,29 @@ pub(super) fn resume(
         }
         .into());
     }
-    // Replay: the same events in the same order rebuild the same state, and must come out with
-    // the same late flags.
+    // The saved engine state, when there is a sound one, counts the first parts of `events`; the
+    // parts after it are replayed: the same events in the same order rebuild the same state, and
+    // must come out with the same late flags. Without a state (or with one that does not load),
+    // every stored event is replayed.
+    let started = Instant::now();
+    let (mut engine, first_part) = match load_state(&current, &manifest, settings) {
+        Ok(Some(loaded)) => loaded,
+        Ok(None) => (Engine::new(settings), 0),
+        Err(why) => {
+            tracing::warn!(
+                "the saved engine state was not loaded ({why}); replaying every stored event instead"
+            );
+            // Not carried on: the next checkpoint saves a sound one.
+            generation.forget_engine_state();
+            (Engine::new(settings), 0)
+        }
+    };
+    let loaded_in = started.elapsed();
+    let from_state = engine.tally().counted + engine.tally().late;
     let replay = Instant::now();
-    let mut engine = Engine::new(settings);
     let prefix = format!("kafka:{}/", source.topic);
     let mut rows = 0u64;
-    stored_events(&current, |row| {
+    stored_events_from(&current, first_part, |row| {
         rows += 1;
         let inconsistent = |detail: String| StoreError::Encode {
             table: "events",
@@ -122,8 +138,9 @@ pub(super) fn resume(
         return Err(KafkaProblem::Inconsistent {
             data_dir: dir,
             detail: format!(
-                "{} events stored, the manifest says {}",
-                rows, manifest.events
+                "{} events stored ({from_state} in the saved state, {rows} replayed), the manifest says {}",
+                from_state + rows,
+                manifest.events
             ),
         }
         .into());
@@ -144,10 +161,38 @@ pub(super) fn resume(
         }
     }
     tracing::info!(
-        events = rows,
+        events = from_state + rows,
+        from_state,
+        replayed = rows,
         generation = %current.display(),
+        load_ms = loaded_in.as_millis() as u64,
         replay_ms = replay.elapsed().as_millis() as u64,
         "resumed from checkpoint"
     );
     Ok((pipe, position))
+}
+
+/// The engine saved with `generation` (or with one before it) and the number of `events` parts
+/// it counts; `None` without one. An error says why a state that is there cannot be used.
+fn load_state(
+    generation: &Path,
+    manifest: &Manifest,
+    settings: Settings,
+) -> Result<Option<(Engine, usize)>, String> {
+    let Some(info) = &manifest.engine_state else {
+        return Ok(None);
+    };
+    let path = generation.join(&info.file);
+    let said = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
+    let mut file = std::fs::File::open(&path).map_err(|e| said(&e))?;
+    let engine = Engine::load_state(&mut file, settings).map_err(|e| said(&e))?;
+    let stored = engine.tally().counted + engine.tally().late;
+    if stored != info.events {
+        return Err(said(&format!(
+            "it counts {stored} events, the manifest says {}",
+            info.events
+        )));
+    }
+    let parts = usize::try_from(info.event_parts).map_err(|e| said(&e))?;
+    Ok(Some((engine, parts)))
 }
