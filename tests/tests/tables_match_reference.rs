@@ -369,3 +369,96 @@ fn bucket_and_rollup_parts_hold_every_published_row_once() {
         "{publishes} {most_parts}"
     );
 }
+
+/// Checkpoints that add the sessions changed since the last one as a part of `sessions`, and now
+/// and then rewrite them as one: after every checkpoint (and after a writer that resumes the
+/// directory), `sessions` read through SQL is exactly the engine's rows, one per session.
+#[test]
+fn session_parts_read_as_the_latest_row_of_each_session() {
+    use earshot_store::{CheckpointWith, Generation, Manifest, SessionRows};
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let columns = joined(&[
+        "stream_id",
+        "session_id",
+        "listener_key",
+        "@join_ts",
+        "@connect_ts",
+        "@end_ts",
+        "end_type",
+        "listened_ms",
+        "heartbeats",
+    ]);
+    let (mut checkpoints, mut most_parts, mut rewrites) = (0, 0, 0);
+    for seed in 0..8u64 {
+        let events = parse_all(&scenario(seed, 60_000), &Pseudonymizer::new(b"sessions"));
+        let dir = tempfile::tempdir().unwrap();
+        let mut engine = earshot_core::Engine::new(Settings::default());
+        let mut generation = Generation::begin(dir.path()).unwrap();
+        generation
+            .checkpoint(&engine.snapshot(None), &Manifest::default())
+            .unwrap();
+        let every = 2 + seed as usize % 4;
+        for (i, (p, e)) in events.iter().enumerate() {
+            engine.offer(*p, e);
+            if i % every != every - 1 && i + 1 != events.len() {
+                continue;
+            }
+            if i == events.len() / 2 {
+                drop(generation);
+                generation = Generation::resume(dir.path()).unwrap();
+            }
+            let changed = engine.take_changed_session_rows();
+            let all = engine.session_rows();
+            let sessions = if generation.sessions_rewrite_due(changed.len(), all.len()) {
+                rewrites += 1;
+                SessionRows::All(&all)
+            } else {
+                SessionRows::Changed(&changed)
+            };
+            let with = CheckpointWith {
+                sessions,
+                state: None,
+            };
+            generation
+                .checkpoint_with(&engine.snapshot(None), &Manifest::default(), with)
+                .unwrap();
+            checkpoints += 1;
+            let ctx = rt.block_on(earshot_sql::context(dir.path())).unwrap();
+            let got = sql_rows(
+                &rt,
+                &ctx,
+                &format!("SELECT {columns} FROM sessions ORDER BY stream_id, session_id"),
+            );
+            let want: Vec<String> = all
+                .iter()
+                .map(|s| {
+                    [
+                        s.stream_id.clone(),
+                        s.session_id.clone(),
+                        s.listener_key.to_hex(),
+                        s.join_ts.to_string(),
+                        opt(s.connect_ts),
+                        opt(s.end_ts),
+                        opt(s.end_type.map(|e| e.as_str())),
+                        s.listened_ms.to_string(),
+                        s.heartbeats.to_string(),
+                    ]
+                    .join("|")
+                })
+                .collect();
+            assert_eq!(got, want, "seed {seed}, after {i} events");
+            let parts = std::fs::read_dir(dir.path().join("current/sessions"))
+                .unwrap()
+                .count();
+            assert!(parts <= 16, "{parts} parts");
+            most_parts = most_parts.max(parts);
+        }
+    }
+    assert!(
+        checkpoints > 100 && most_parts >= 4 && rewrites > 8,
+        "{checkpoints} checkpoints, at most {most_parts} parts, {rewrites} rewrites"
+    );
+}

@@ -248,8 +248,6 @@ pub struct Engine {
     /// Whether each stream keeps its figures current as events arrive ([`Engine::go_live`]).
     live: bool,
     rollup_cache: RollupCache,
-    /// A counted event changed some session since [`Engine::take_sessions_changed`] last asked.
-    sessions_changed: bool,
 }
 
 impl Engine {
@@ -263,7 +261,6 @@ impl Engine {
             tally: Tally::default(),
             live: false,
             rollup_cache: RollupCache::default(),
-            sessions_changed: false,
         }
     }
 
@@ -335,7 +332,6 @@ impl Engine {
         }
         self.arrival += 1;
         self.tally.counted += 1;
-        self.sessions_changed |= event.session_id.is_some();
         let settings = self.settings;
         match self.streams.get_mut(event.stream_id.as_str()) {
             Some(s) => s.apply(event, self.arrival, &settings),
@@ -423,11 +419,20 @@ impl Engine {
         out
     }
 
-    /// Whether the `sessions` rows may differ from those of the last call (a counted event of
-    /// some session arrived since); resets the flag. A checkpoint that finds them unchanged keeps
-    /// the previous `sessions` file.
-    pub fn take_sessions_changed(&mut self) -> bool {
-        std::mem::take(&mut self.sessions_changed)
+    /// The `sessions` rows of the sessions a counted event changed since the last call (or since
+    /// the engine was made or loaded), sorted by stream and session id. A checkpoint appends them
+    /// as a part of `sessions` rather than writing every row again.
+    pub fn take_changed_session_rows(&mut self) -> Vec<SessionRow> {
+        let mut ids: Vec<&String> = self.streams.keys().collect();
+        ids.sort();
+        let ids: Vec<String> = ids.into_iter().cloned().collect();
+        let mut out = Vec::new();
+        for id in ids {
+            if let Some(s) = self.streams.get_mut(&id) {
+                s.take_changed_rows(&id, &mut out);
+            }
+        }
+        out
     }
 
     /// How the publishes went so far.

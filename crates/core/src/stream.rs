@@ -28,6 +28,35 @@ pub(crate) struct StreamAcc {
     event_counts: BTreeMap<i64, [i64; 4]>,
     /// The figures kept current as events arrive (see [`Live`]), when the engine publishes often.
     live: Option<Box<Live>>,
+    /// Sessions changed since their rows were last taken ([`StreamAcc::take_changed_rows`]).
+    changed: Changed,
+}
+
+/// A set of session numbers: a bit per session and the list of those set.
+#[derive(Debug, Default)]
+struct Changed {
+    bits: Vec<u64>,
+    list: Vec<u32>,
+}
+
+impl Changed {
+    fn mark(&mut self, i: u32) {
+        let (word, bit) = (i as usize / 64, i % 64);
+        if self.bits.len() <= word {
+            self.bits.resize(word + 1, 0);
+        }
+        if self.bits[word] & (1 << bit) == 0 {
+            self.bits[word] |= 1 << bit;
+            self.list.push(i);
+        }
+    }
+
+    fn take(&mut self) -> Vec<u32> {
+        for &i in &self.list {
+            self.bits[i as usize / 64] &= !(1 << (i % 64));
+        }
+        std::mem::take(&mut self.list)
+    }
 }
 
 impl StreamAcc {
@@ -42,6 +71,7 @@ impl StreamAcc {
             scheduled: None,
             event_counts: BTreeMap::new(),
             live: None,
+            changed: Changed::default(),
         }
     }
 
@@ -187,6 +217,7 @@ impl StreamAcc {
         if let Some(live) = &mut self.live {
             live.change(i, before.as_ref(), &self.sessions);
         }
+        self.changed.mark(i);
     }
 
     fn change_session(
@@ -267,13 +298,29 @@ impl StreamAcc {
         }
     }
 
+    /// The rows of the sessions changed since the last call, sorted by session id.
+    pub(crate) fn take_changed_rows(&mut self, stream_id: &str, out: &mut Vec<SessionRow>) {
+        let changed = self.changed.take();
+        self.push_rows(
+            stream_id,
+            changed.iter().map(|&i| self.sessions.get(i)),
+            out,
+        );
+    }
+
     /// The stream's `sessions` rows, sorted by session id.
     pub(crate) fn session_rows(&self, stream_id: &str, out: &mut Vec<SessionRow>) {
-        let mut ordered: Vec<(&str, &crate::session::SessionAcc)> = self
-            .sessions
-            .iter()
-            .map(|s| (self.sessions.id(s), s))
-            .collect();
+        self.push_rows(stream_id, self.sessions.iter(), out);
+    }
+
+    fn push_rows<'a>(
+        &'a self,
+        stream_id: &str,
+        sessions: impl Iterator<Item = &'a crate::session::SessionAcc>,
+        out: &mut Vec<SessionRow>,
+    ) {
+        let mut ordered: Vec<(&str, &crate::session::SessionAcc)> =
+            sessions.map(|s| (self.sessions.id(s), s)).collect();
         ordered.sort_unstable_by_key(|(id, _)| *id);
         for (id, s) in ordered {
             let listened = s.connected().map(|(a, b)| b - a).sum();

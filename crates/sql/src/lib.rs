@@ -260,6 +260,14 @@ async fn register_tables(ctx: &SessionContext, generation: &Path) -> Result<(), 
                 .map_err(|e| SqlError::Query(format!("cannot open table {table}: {e}")))?;
             continue;
         }
+        if table == "sessions" && location.is_dir() {
+            let view = sessions_view(ctx, &path, &schema)
+                .await
+                .map_err(|e| SqlError::Query(format!("cannot open table {table}: {e}")))?;
+            ctx.register_table(table, view)
+                .map_err(|e| SqlError::Query(format!("cannot open table {table}: {e}")))?;
+            continue;
+        }
         if !location.exists() {
             // A generation written before this table existed: empty, not an error.
             let empty = datafusion::datasource::MemTable::try_new(schema, vec![vec![]])
@@ -273,6 +281,97 @@ async fn register_tables(ctx: &SessionContext, generation: &Path) -> Result<(), 
             .map_err(|e| SqlError::Query(format!("cannot open table {table}: {e}")))?;
     }
     Ok(())
+}
+
+/// `sessions` from its parts (`earshot_store::sessions_part_schema`): per (stream, session), the
+/// row of the part with the largest `version`. One part (a file ingest, or just after the parts
+/// were rewritten as one) is read as it is; more cost a query a hash aggregate and a join over them.
+async fn sessions_view(
+    ctx: &SessionContext,
+    path: &str,
+    schema: &SchemaRef,
+) -> Result<Arc<dyn datafusion::catalog::TableProvider>, DataFusionError> {
+    use datafusion::functions_aggregate::expr_fn::max;
+    use datafusion::prelude::{JoinType, col};
+    let version = earshot_store::SESSION_VERSION;
+    let parts_schema = earshot_store::sessions_part_schema();
+    let parts = ctx
+        .read_parquet(path, ParquetReadOptions::default().schema(&parts_schema))
+        .await?;
+    let columns: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+    let dir = Path::new(path.trim_end_matches('/'));
+    let files = std::fs::read_dir(dir)
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".parquet"))
+                .count()
+        })
+        .unwrap_or(0);
+    let view = if files <= 1 {
+        parts.select_columns(&columns)?
+    } else {
+        let latest = parts
+            .clone()
+            .aggregate(
+                vec![col("stream_id"), col("session_id")],
+                vec![max(col(version)).alias("latest_version")],
+            )?
+            .select(vec![
+                col("stream_id").alias("latest_stream_id"),
+                col("session_id").alias("latest_session_id"),
+                col("latest_version"),
+            ])?;
+        parts
+            .join(
+                latest,
+                JoinType::Inner,
+                &["stream_id", "session_id", version],
+                &["latest_stream_id", "latest_session_id", "latest_version"],
+                None,
+            )?
+            .select_columns(&columns)?
+    };
+    Ok(Arc::new(TableView(datafusion::datasource::ViewTable::new(
+        view.into_unoptimized_plan(),
+        None,
+    ))))
+}
+
+/// A view that catalogs list as a table: to its users `sessions` is a table (psql's `\d`, JDBC's
+/// `getTables`, SQLAlchemy's inspector), however its parts are read.
+#[derive(Debug)]
+struct TableView(datafusion::datasource::ViewTable);
+
+#[async_trait::async_trait]
+impl datafusion::catalog::TableProvider for TableView {
+    fn schema(&self) -> SchemaRef {
+        self.0.schema()
+    }
+
+    fn table_type(&self) -> datafusion::logical_expr::TableType {
+        datafusion::logical_expr::TableType::Base
+    }
+
+    fn get_logical_plan(&self) -> Option<std::borrow::Cow<'_, LogicalPlan>> {
+        self.0.get_logical_plan()
+    }
+
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&datafusion::logical_expr::Expr],
+    ) -> Result<Vec<datafusion::logical_expr::TableProviderFilterPushDown>, DataFusionError> {
+        self.0.supports_filters_pushdown(filters)
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn datafusion::catalog::Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[datafusion::logical_expr::Expr],
+        limit: Option<usize>,
+    ) -> Result<Arc<dyn datafusion::physical_plan::ExecutionPlan>, DataFusionError> {
+        self.0.scan(state, projection, filters, limit).await
+    }
 }
 
 /// Plans one statement: parse, refuse anything but a query, bind named parameters.

@@ -9,9 +9,9 @@ use earshot_core::{Engine, Snapshot};
 
 use crate::figure_parts::{FIGURE_PART_TABLES, FinalParts};
 use crate::manifest::{EngineState, Manifest};
+use crate::session_parts::{SessionParts, SessionRows};
 use crate::writer::{
-    BATCH_ROWS, EventColumns, REJECT_PAYLOAD_BYTES, RejectColumns, TableFile, closed,
-    write_sessions, write_streams,
+    BATCH_ROWS, EventColumns, REJECT_PAYLOAD_BYTES, RejectColumns, TableFile, closed, write_streams,
 };
 use crate::{CURRENT, StoreError};
 
@@ -62,6 +62,8 @@ pub struct Generation {
     /// `buckets` and `rollups`: what the last generation holds (same order as
     /// [`FIGURE_PART_TABLES`]).
     figures: [FinalParts; 2],
+    /// `sessions`: what the last generation holds.
+    sessions: SessionParts,
     events: Option<TableFile>,
     event_rows: EventColumns,
     rejects: Option<TableFile>,
@@ -102,6 +104,10 @@ impl Generation {
         }
         for (i, table) in FIGURE_PART_TABLES.into_iter().enumerate() {
             g.figures[i] = FinalParts::resume(table, &current)?;
+        }
+        g.sessions = SessionParts::resume(&current)?;
+        if let Some(n) = g.sessions.last_number() {
+            g.next_part = g.next_part.max(n + 1);
         }
         // A state the manifest names but the directory lacks is not carried on.
         g.state = crate::read_manifest(&current)
@@ -160,6 +166,7 @@ impl Generation {
             next_part: 1,
             state: None,
             figures: FIGURE_PART_TABLES.map(FinalParts::new),
+            sessions: SessionParts::default(),
             events: None,
             event_rows: EventColumns::default(),
             rejects: None,
@@ -242,11 +249,15 @@ impl Generation {
         snapshot: &Snapshot,
         manifest: &Manifest,
     ) -> Result<PathBuf, StoreError> {
-        self.checkpoint_with(snapshot, manifest, CheckpointWith::default())
+        let with = CheckpointWith {
+            sessions: SessionRows::All(&snapshot.sessions),
+            state: None,
+        };
+        self.checkpoint_with(snapshot, manifest, with)
     }
 
-    /// [`Generation::checkpoint`], with what `with` says: the previous `sessions` file kept, and
-    /// the engine's state saved.
+    /// [`Generation::checkpoint`], with what `with` says: which `sessions` rows to write (then
+    /// `snapshot.sessions` is not read), and whether to save the engine's state.
     pub fn checkpoint_with(
         &mut self,
         snapshot: &Snapshot,
@@ -274,14 +285,12 @@ impl Generation {
         let tmp_dir = self
             .data_dir
             .join(format!(".gen-tmp-{}-{number}", std::process::id()));
-        let sessions = if with.same_sessions && self.previous.is_some() {
-            Sessions::Link
-        } else {
-            Sessions::Write
-        };
+        let part = self.next_part;
+        self.next_part += 1;
         let full = Full {
             manifest,
-            sessions,
+            sessions: with.sessions,
+            sessions_part: part,
             state: with.state,
         };
         let done = match self.publish(&tmp_dir, number, snapshot, Some(full)) {
@@ -307,7 +316,14 @@ impl Generation {
         self.previous = Some(done.dir.clone());
         self.state = done.state;
         self.figures = done.figures;
+        self.sessions = done.sessions;
         done.dir
+    }
+
+    /// Whether the next checkpoint should give every `sessions` row rather than the `changed`
+    /// ones, the table having `total` rows: see [`crate::session_parts`].
+    pub fn sessions_rewrite_due(&self, changed: usize, total: usize) -> bool {
+        self.sessions.rewrite_due(changed, total)
     }
 
     /// The engine state the last generation carries.
@@ -394,12 +410,18 @@ impl Generation {
             let to = tmp_dir.join(name);
             fs::hard_link(prev.join(name), &to).map_err(|e| StoreError::io("link", &to, e))
         };
+        let sessions = match &full {
+            Some(full) => self.sessions.publish(
+                &tmp_dir,
+                previous,
+                Some(full.sessions),
+                &part_name(full.sessions_part),
+                full.sessions_part as i64,
+            )?,
+            None => self.sessions.publish(&tmp_dir, previous, None, "", 0)?,
+        };
         let state = match full {
             Some(full) => {
-                match full.sessions {
-                    Sessions::Write => write_sessions(&tmp_dir, snapshot)?,
-                    Sessions::Link => link("sessions.parquet")?,
-                }
                 let state = match (full.state, &self.state) {
                     (Some(engine), _) => Some(self.save_state(&tmp_dir, engine, full.manifest)?),
                     (None, Some(kept)) => {
@@ -422,7 +444,6 @@ impl Generation {
                 state
             }
             None => {
-                link("sessions.parquet")?;
                 link("manifest.json")?;
                 if let Some(kept) = &self.state {
                     link(&kept.file)?;
@@ -456,6 +477,7 @@ impl Generation {
             dir: final_dir,
             state,
             figures,
+            sessions,
         })
     }
 
@@ -522,18 +544,18 @@ struct Published {
     dir: PathBuf,
     state: Option<EngineState>,
     figures: [FinalParts; 2],
+    sessions: SessionParts,
 }
 
 /// The saved engine state's file in a generation.
 const STATE_FILE: &str = "engine.state";
 
 /// What a checkpoint does beyond writing the tables.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug)]
 pub struct CheckpointWith<'a> {
-    /// The `sessions` rows have not changed since the previous checkpoint: its file is linked,
-    /// not rewritten, and `snapshot.sessions` is not read. (Written anyway without a previous
-    /// generation.)
-    pub same_sessions: bool,
+    /// The `sessions` rows to write: all of them, or those of the sessions that changed (see
+    /// [`Generation::sessions_rewrite_due`]).
+    pub sessions: SessionRows<'a>,
     /// Saves this engine's state, which must count every event pushed so far: a restart loads it
     /// and replays only the events stored after it. Without, the previous generation's state (if
     /// any) is carried on.
@@ -543,15 +565,10 @@ pub struct CheckpointWith<'a> {
 /// A checkpoint's part of [`Generation::publish`].
 struct Full<'a> {
     manifest: &'a Manifest,
-    sessions: Sessions,
+    sessions: SessionRows<'a>,
+    /// The number of the `sessions` part it may write.
+    sessions_part: u64,
     state: Option<&'a Engine>,
-}
-
-/// Whether a checkpoint writes `sessions` or links the previous generation's.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Sessions {
-    Write,
-    Link,
 }
 
 fn sync_dir(dir: &Path) -> Result<(), StoreError> {

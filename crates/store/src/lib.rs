@@ -1,9 +1,9 @@
 //! Arrow batches and Parquet files: how earshot's five tables sit on disk.
 //!
-//! A data directory holds generations: `gen-000042/` with one Parquet file for `streams.parquet` and
-//! `sessions.parquet`, a directory of Parquet parts for each append-only table
-//! (`events/part-00000001.parquet`, …; `rejects/…`) and for `buckets/` and `rollups/` (parts of final
-//! rows written once, plus `open.parquet`), a `manifest.json` (with, for Kafka, `engine.state`, the
+//! A data directory holds generations: `gen-000042/` with `streams.parquet`, a directory of Parquet
+//! parts for each append-only table (`events/part-00000001.parquet`, …; `rejects/…`), for `buckets/`
+//! and `rollups/` (parts of final rows written once, plus `open.parquet`) and for `sessions/` (parts
+//! of changed rows with a `version`), a `manifest.json` (with, for Kafka, `engine.state`, the
 //! engine's saved state), and a symlink
 //! `current` naming the newest complete one. A generation is written under a temporary name, synced,
 //! renamed into place, and only then does `current` move (a symlink replaced by `rename`, which is
@@ -19,6 +19,7 @@ mod generation;
 mod manifest;
 mod reader;
 mod schema;
+mod session_parts;
 mod writer;
 
 use std::path::{Path, PathBuf};
@@ -27,7 +28,8 @@ pub use figure_parts::FIGURE_PART_TABLES;
 pub use generation::{CheckpointWith, Generation, PART_TABLES, part_files};
 pub use manifest::{EngineState, KafkaPosition, Manifest, ManifestInput, ManifestSettings};
 pub use reader::{StoredEvent, read_manifest, stored_events, stored_events_from};
-pub use schema::{TABLES, table_schema};
+pub use schema::{SESSION_VERSION, TABLES, sessions_part_schema, table_schema};
+pub use session_parts::SessionRows;
 pub use writer::REJECT_PAYLOAD_BYTES;
 
 /// Name of the symlink to the newest complete generation.
@@ -103,7 +105,8 @@ pub fn current_generation(data_dir: &Path) -> Result<PathBuf, StoreError> {
 }
 
 /// Where `table` lives in a generation: a directory of Parquet parts (`events`, `rejects`, and
-/// `buckets` and `rollups` since they are written in parts), or else one Parquet file.
+/// `buckets`, `rollups` and `sessions` since they are written in parts), or else one Parquet file
+/// (a generation written before).
 pub fn table_location(generation: &Path, table: &str) -> PathBuf {
     let dir = generation.join(table);
     if PART_TABLES.contains(&table) || dir.is_dir() {

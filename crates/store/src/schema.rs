@@ -107,3 +107,17 @@ pub fn table_schema(table: &str) -> Option<SchemaRef> {
     };
     Some(Arc::new(Schema::new(fields)))
 }
+
+/// The column that orders the parts of `sessions` (see [`sessions_part_schema`]).
+pub const SESSION_VERSION: &str = "version";
+
+/// The schema of one part of `sessions`: the table's columns and [`SESSION_VERSION`], the number of
+/// the part. A session can be in several parts; its row is the one in the part with the largest
+/// version (the table `earshot sql` shows is that view).
+pub fn sessions_part_schema() -> SchemaRef {
+    let mut fields: Vec<Field> = table_schema("sessions")
+        .map(|s| s.fields().iter().map(|f| f.as_ref().clone()).collect())
+        .unwrap_or_default();
+    fields.push(f(SESSION_VERSION, DataType::Int64, false));
+    Arc::new(Schema::new(fields))
+}

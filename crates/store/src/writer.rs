@@ -7,19 +7,20 @@ use std::sync::{Arc, mpsc};
 use std::thread;
 
 use arrow::array::{
-    ArrayRef, BinaryBuilder, BooleanBuilder, Int64Builder, StringBuilder,
+    ArrayRef, BinaryBuilder, BooleanBuilder, Int64Array, Int64Builder, StringBuilder,
     TimestampMillisecondBuilder,
 };
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use earshot_contract::{Event, Millis};
-use earshot_core::{BucketRow, Snapshot};
+use earshot_core::{BucketRow, SessionRow, Snapshot};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::errors::ParquetError;
 use parquet::file::properties::WriterProperties;
 use parquet::schema::types::ColumnPath;
 
+use crate::schema::sessions_part_schema;
 use crate::{StoreError, table_schema};
 
 pub(crate) const BATCH_ROWS: usize = 64 * 1024;
@@ -87,12 +88,22 @@ impl TableFile {
         table: &'static str,
         name: String,
     ) -> Result<TableFile, StoreError> {
-        let path = dir.join(&name);
-        let file = File::create(&path).map_err(|e| StoreError::io("create", &path, e))?;
         let schema = table_schema(table).ok_or_else(|| StoreError::Encode {
             table,
             message: "no schema".into(),
         })?;
+        TableFile::create_with(dir, table, name, schema)
+    }
+
+    /// A file of `table` with columns `schema` (a part's, when it has more than the table).
+    pub(crate) fn create_with(
+        dir: &Path,
+        table: &'static str,
+        name: String,
+        schema: SchemaRef,
+    ) -> Result<TableFile, StoreError> {
+        let path = dir.join(&name);
+        let file = File::create(&path).map_err(|e| StoreError::io("create", &path, e))?;
         let mut props = WriterProperties::builder()
             .set_compression(Compression::ZSTD(ZstdLevel::default()))
             .set_created_by(format!("earshot {}", env!("CARGO_PKG_VERSION")));
@@ -365,9 +376,15 @@ pub(crate) fn write_streams(dir: &Path, snap: &Snapshot) -> Result<(), StoreErro
     t.finish()
 }
 
-pub(crate) fn write_sessions(dir: &Path, snap: &Snapshot) -> Result<(), StoreError> {
-    let mut t = TableFile::create(dir, "sessions", "sessions.parquet".into())?;
-    for chunk in snap.sessions.chunks(BATCH_ROWS) {
+/// A part of `sessions`, `name` in `dir`, whose rows all carry `version`.
+pub(crate) fn write_sessions(
+    dir: &Path,
+    name: &str,
+    rows: &[SessionRow],
+    version: i64,
+) -> Result<(), StoreError> {
+    let mut t = TableFile::create_with(dir, "sessions", name.to_owned(), sessions_part_schema())?;
+    for chunk in rows.chunks(BATCH_ROWS) {
         let mut strs: [StringBuilder; 3] = Default::default();
         let mut times: [TimestampMillisecondBuilder; 3] = Default::default();
         let mut end_type = StringBuilder::new();
@@ -404,6 +421,7 @@ pub(crate) fn write_sessions(dir: &Path, snap: &Snapshot) -> Result<(), StoreErr
             Arc::new(heartbeats.finish()),
             Arc::new(client.finish()),
             Arc::new(region.finish()),
+            Arc::new(Int64Array::from_value(version, chunk.len())),
         ];
         t.write(cols)?;
     }

@@ -33,13 +33,22 @@ impl KafkaIngest<'_> {
         let pipe = &mut self.pipe;
         let manifest = &mut self.manifest;
         let position = &mut self.position;
-        let mut snapshot = pipe.engine.publish(final_through);
-        // On a topic where only display samples or stream states arrive, no session changed: the
-        // checkpoint keeps the previous sessions file rather than writing every row again.
-        let same_sessions = !pipe.engine.take_sessions_changed() && position.checkpoints > 0;
-        if !same_sessions {
-            snapshot.sessions = pipe.engine.session_rows();
-        }
+        let snapshot = pipe.engine.publish(final_through);
+        // `sessions` gets a part with the rows of the sessions that changed since the last
+        // checkpoint, or now and then every row as one part (see `Generation::sessions_rewrite_due`).
+        let changed = pipe.engine.take_changed_session_rows();
+        let all = if pipe
+            .generation
+            .sessions_rewrite_due(changed.len(), pipe.engine.session_count())
+        {
+            Some(pipe.engine.session_rows())
+        } else {
+            None
+        };
+        let sessions = match &all {
+            Some(rows) => SessionRows::All(rows),
+            None => SessionRows::Changed(&changed),
+        };
         pipe.fill(manifest, &snapshot);
         let mut next = self
             .positions
@@ -81,7 +90,7 @@ impl KafkaIngest<'_> {
             unsaved >= self.source.state_every
         };
         let with = CheckpointWith {
-            same_sessions,
+            sessions,
             state: save_state.then_some(&pipe.engine),
         };
         let generation = pipe.generation.checkpoint_with(&snapshot, manifest, with)?;

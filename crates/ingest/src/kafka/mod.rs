@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use earshot_contract::{Pseudonymizer, parse_event};
 use earshot_core::{Engine, Settings};
 use earshot_store::{
-    CheckpointWith, Generation, KafkaPosition, Manifest, ManifestSettings, StoreError,
+    CheckpointWith, Generation, KafkaPosition, Manifest, ManifestSettings, SessionRows, StoreError,
     current_generation, read_manifest, stored_events_from,
 };
 use rdkafka::ClientContext;
