@@ -330,8 +330,7 @@ fn assert_state_round_trips(lines: &[(u32, String)], settings: Settings, cut: us
     }
     let mut bytes = Vec::new();
     original.save_state(&mut bytes).expect("saved");
-    let mut loaded =
-        earshot_core::Engine::load_state(&mut bytes.as_slice(), settings).expect("loaded");
+    let mut loaded = earshot_core::Engine::load_state(&bytes, settings).expect("loaded");
     assert_eq!(loaded.tally(), original.tally());
     assert_eq!(
         loaded.snapshot(None),
@@ -384,7 +383,7 @@ fn a_damaged_state_is_refused_never_misread() {
     }
     let mut bytes = Vec::new();
     engine.save_state(&mut bytes).expect("saved");
-    let load = |b: &[u8]| Engine::load_state(&mut &b[..], Settings::default());
+    let load = |b: &[u8]| Engine::load_state(b, Settings::default());
     assert!(load(&bytes).is_ok());
     // Every byte flipped somewhere (header, body, checksum) and every cut: an error, not a panic.
     let step = (bytes.len() / 400).max(1);
@@ -408,7 +407,7 @@ fn a_damaged_state_is_refused_never_misread() {
         ..Settings::default()
     };
     assert!(matches!(
-        Engine::load_state(&mut bytes.as_slice(), other),
+        Engine::load_state(&bytes, other),
         Err(StateError::Settings)
     ));
     assert!(matches!(

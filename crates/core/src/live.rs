@@ -32,7 +32,59 @@ use earshot_contract::{ListenerKey, Millis};
 use earshot_sketch::Sketch;
 
 use crate::session::{SessionAcc, Sessions};
-use crate::{FastHash, Settings};
+use crate::{FastHash, RangeSketches, Settings};
+
+/// A rebuild from every session gathers what they contribute and builds the structures at once:
+/// sorting a few million change points once is far cheaper than as many ordered-map inserts, and a
+/// range insert into a segment tree of sketches ([`RangeSketches`]) far cheaper than one insert per
+/// bucket per session.
+#[derive(Debug)]
+struct Bulk {
+    /// Present, connected.
+    sketches: [RangeSketches; 2],
+    /// Roster, connected change points.
+    changes: [Vec<(Millis, i64)>; 2],
+    ttfa: Vec<i64>,
+    connects: Vec<i64>,
+}
+
+impl Bulk {
+    fn new(buckets: usize) -> Bulk {
+        Bulk {
+            sketches: [RangeSketches::new(buckets), RangeSketches::new(buckets)],
+            changes: [Vec::new(), Vec::new()],
+            ttfa: Vec::new(),
+            connects: Vec::new(),
+        }
+    }
+}
+
+/// Change points summed per instant (none that sum to zero), as [`add_change`] keeps them.
+fn change_map(mut v: Vec<(Millis, i64)>) -> BTreeMap<Millis, i64> {
+    v.sort_unstable_by_key(|c| c.0);
+    let mut out: Vec<(Millis, i64)> = Vec::with_capacity(v.len());
+    for (t, d) in v {
+        match out.last_mut() {
+            Some(last) if last.0 == t => last.1 += d,
+            _ => out.push((t, d)),
+        }
+    }
+    out.retain(|c| c.1 != 0);
+    out.into_iter().collect()
+}
+
+/// A multiset as [`add_one`] keeps it.
+fn multiset(mut v: Vec<i64>) -> BTreeMap<i64, u32> {
+    v.sort_unstable();
+    let mut out: Vec<(i64, u32)> = Vec::new();
+    for x in v {
+        match out.last_mut() {
+            Some(last) if last.0 == x => last.1 += 1,
+            _ => out.push((x, 1)),
+        }
+    }
+    out.into_iter().collect()
+}
 
 /// What one session contributes to the figures.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -328,6 +380,9 @@ pub(crate) struct Live {
     listener_sketches_stale: bool,
     full_rebuild: bool,
     stats: crate::LiveStats,
+    /// While rebuilding from every session: what the sessions contribute, gathered and turned into
+    /// the ordered maps and the rows' sketches at the end (see [`Bulk`]).
+    bulk: Option<Box<Bulk>>,
 }
 
 /// What a publish gives for one stream.
@@ -392,6 +447,7 @@ impl Live {
             listener_sketches_stale: false,
             full_rebuild: true,
             stats: crate::LiveStats::default(),
+            bulk: None,
         }
     }
 
@@ -504,19 +560,18 @@ impl Live {
             ),
         ] {
             let (gone, new) = diff(before_changes.as_ref().unwrap_or(&empty), &after_changes);
-            let map = if is_roster {
-                &mut self.roster
-            } else {
-                &mut self.connected
-            };
             let mut earliest: Option<Millis> = None;
-            for &(t, d) in &gone {
-                add_change(map, t, -d);
+            for (t, d) in gone
+                .iter()
+                .map(|&(t, d)| (t, -d))
+                .chain(new.iter().copied())
+            {
                 earliest = Some(earliest.map_or(t, |e| e.min(t)));
-            }
-            for &(t, d) in &new {
-                add_change(map, t, d);
-                earliest = Some(earliest.map_or(t, |e| e.min(t)));
+                match &mut self.bulk {
+                    Some(bulk) => bulk.changes[usize::from(!is_roster)].push((t, d)),
+                    None if is_roster => add_change(&mut self.roster, t, d),
+                    None => add_change(&mut self.connected, t, d),
+                }
             }
             if let Some(t) = earliest {
                 self.mark_dirty(t);
@@ -547,7 +602,15 @@ impl Live {
         }
         for (ranges, present) in [(gained_p, true), (gained_c, false)] {
             for (x, y) in ranges {
-                for k in x.max(b0)..=y.min(b1) {
+                let (lo, hi) = (x.max(b0), y.min(b1));
+                if let Some(bulk) = &mut self.bulk {
+                    if lo <= hi {
+                        let (lo, hi) = ((lo - b0) as usize, (hi - b0) as usize);
+                        bulk.sketches[usize::from(!present)].insert(lo, hi, h);
+                    }
+                    continue;
+                }
+                for k in lo..=hi {
                     let row = &mut self.rows[(k - b0) as usize];
                     if present {
                         row.present.insert_hash(h);
@@ -583,11 +646,17 @@ impl Live {
         }
         self.classes[after.class()] += 1;
         if let Some(t) = after.ttfa() {
-            add_one(&mut self.ttfa, t);
+            match &mut self.bulk {
+                Some(bulk) => bulk.ttfa.push(t),
+                None => add_one(&mut self.ttfa, t),
+            }
             self.ttfa_count += 1;
         }
         if let Some(c) = after.connect_ts() {
-            add_one(&mut self.connects, c);
+            match &mut self.bulk {
+                Some(bulk) => bulk.connects.push(c),
+                None => add_one(&mut self.connects, c),
+            }
         }
 
         // Listeners.
@@ -689,9 +758,33 @@ impl Live {
         for &(t, d) in displays {
             self.display(t, d);
         }
+        self.bulk = Some(Box::new(Bulk::new(self.rows.len())));
         for (i, s) in ctx.sessions.iter().enumerate() {
             let fp = Footprint::of(s);
             self.apply(i as u32, None, &fp, ctx.sessions);
+        }
+        if let Some(bulk) = self.bulk.take() {
+            // Everything here is new (the state was emptied above, and no session had been
+            // applied): the gathered values are the structures.
+            let Bulk {
+                sketches: [present, connected],
+                changes: [roster, connected_changes],
+                ttfa,
+                connects,
+            } = *bulk;
+            let leaves = present
+                .into_leaves()
+                .into_iter()
+                .zip(connected.into_leaves());
+            for (row, (p, c)) in self.rows.iter_mut().zip(leaves) {
+                row.present = p;
+                row.connected = c;
+                row.bytes = None;
+            }
+            self.roster = change_map(roster);
+            self.connected = change_map(connected_changes);
+            self.ttfa = multiset(ttfa);
+            self.connects = multiset(connects);
         }
     }
 

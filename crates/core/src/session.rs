@@ -280,7 +280,7 @@ impl Labels {
 
     pub fn load(d: &mut Dec<'_>) -> Result<Labels, StateError> {
         let mut labels = Labels::default();
-        let (n, _) = d.len()?;
+        let (n, _) = d.len(1)?;
         for _ in 0..n {
             let name = d.string()?;
             if labels.id(Some(&name)) as usize != labels.names.len() - 1 {
@@ -343,7 +343,9 @@ impl Sessions {
             }
         };
         let mut sessions = Sessions::new();
-        let (n, _) = d.len()?;
+        // A saved session is at least 60 bytes.
+        let (n, reserve) = d.len(60)?;
+        sessions.index.reserve(reserve);
         for _ in 0..n {
             let id = d.string()?;
             if id.len() > 0xff {
@@ -365,7 +367,7 @@ impl Sessions {
                 _ => return Err(corrupt("an end tag other than 0, 1 or 2")),
             };
             let mut alive = Alive::None;
-            let (windows, _) = d.len()?;
+            let (windows, _) = d.len(16)?;
             let mut last = Millis::MIN;
             for _ in 0..windows {
                 let (a, b) = (d.i64()?, d.i64()?);

@@ -7,14 +7,14 @@
 //!
 //! The format is versioned and checked on load: a magic string, [`STATE_FORMAT`], the settings,
 //! then the body, then an xxh3-64 checksum of everything before it. Any mismatch is a
-//! [`StateError`], and the caller falls back to replaying the stored events. Lengths read from the
-//! bytes never size an allocation beyond a bound, so corrupt bytes cannot exhaust memory before
-//! the checksum is reached. This module reads and writes through [`Read`] and [`Write`] only: where
-//! the bytes live is the store's business.
+//! [`StateError`], and the caller falls back to replaying the stored events. The checksum is checked
+//! before anything is decoded, and a length never reserves more than the bytes left could hold.
+//! This module writes through [`Write`] and reads a byte slice: where the bytes live is the store's
+//! business.
 
 use std::collections::HashSet;
 use std::fmt;
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 
 use xxhash_rust::xxh3::Xxh3;
 
@@ -26,8 +26,6 @@ pub const STATE_FORMAT: u32 = 1;
 
 const MAGIC: &[u8; 16] = b"earshot engine\0\0";
 const CHUNK: usize = 1 << 16;
-/// Most elements any one length may announce before the bytes are known to be sound.
-const MAX_RESERVE: u64 = 1 << 20;
 
 /// Why a saved state was not loaded.
 #[derive(Debug)]
@@ -140,46 +138,20 @@ impl<'a> Enc<'a> {
     }
 }
 
-/// Reads what [`Enc`] wrote, hashing every byte consumed.
+/// Reads what [`Enc`] wrote, from bytes whose checksum was already checked.
 pub(crate) struct Dec<'a> {
-    input: &'a mut dyn Read,
-    buf: Vec<u8>,
-    pos: usize,
-    hash: Xxh3,
+    bytes: &'a [u8],
 }
 
 impl<'a> Dec<'a> {
-    fn new(input: &'a mut dyn Read) -> Dec<'a> {
-        Dec {
-            input,
-            buf: Vec::new(),
-            pos: 0,
-            hash: Xxh3::new(),
-        }
-    }
-
     /// The next `n` bytes.
-    fn take(&mut self, n: usize) -> Result<&[u8], StateError> {
-        if self.pos + n > self.buf.len() {
-            // Hash what was consumed, keep the rest, read on.
-            self.hash.update(&self.buf[..self.pos]);
-            self.buf.drain(..self.pos);
-            self.pos = 0;
-            while self.buf.len() < n {
-                // Grow by what arrives, so that a corrupt length cannot allocate more than the
-                // bytes that really follow it.
-                let have = self.buf.len();
-                self.buf.resize(have + CHUNK, 0);
-                let got = self.input.read(&mut self.buf[have..])?;
-                self.buf.truncate(have + got);
-                if got == 0 {
-                    return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into());
-                }
-            }
+    fn take(&mut self, n: usize) -> Result<&'a [u8], StateError> {
+        if n > self.bytes.len() {
+            return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into());
         }
-        let start = self.pos;
-        self.pos += n;
-        Ok(&self.buf[start..start + n])
+        let (head, rest) = self.bytes.split_at(n);
+        self.bytes = rest;
+        Ok(head)
     }
 
     pub fn array<const N: usize>(&mut self) -> Result<[u8; N], StateError> {
@@ -204,23 +176,23 @@ impl<'a> Dec<'a> {
         Ok(u128::from_le_bytes(self.array()?))
     }
 
-    /// A length, and how many elements may be reserved for it up front.
-    pub fn len(&mut self) -> Result<(usize, usize), StateError> {
+    /// A length of elements at least `size` bytes each, and how many may be reserved for it up
+    /// front: never more than the bytes left could hold.
+    pub fn len(&mut self, size: usize) -> Result<(usize, usize), StateError> {
         let n = self.u64()?;
         let n = usize::try_from(n).map_err(|_| corrupt("a length beyond memory"))?;
-        Ok((n, n.min(MAX_RESERVE as usize)))
+        Ok((n, n.min(self.bytes.len() / size.max(1))))
     }
 
-    pub fn bytes(&mut self) -> Result<&[u8], StateError> {
-        let (n, _) = self.len()?;
-        if n > 1 << 30 {
-            return Err(corrupt("a string over 1 GiB"));
-        }
+    pub fn bytes(&mut self) -> Result<&'a [u8], StateError> {
+        let (n, _) = self.len(1)?;
         self.take(n)
     }
 
     pub fn string(&mut self) -> Result<String, StateError> {
-        String::from_utf8(self.bytes()?.to_vec()).map_err(|_| corrupt("a string that is not UTF-8"))
+        std::str::from_utf8(self.bytes()?)
+            .map(str::to_owned)
+            .map_err(|_| corrupt("a string that is not UTF-8"))
     }
 
     pub fn opt_i64(&mut self) -> Result<Option<i64>, StateError> {
@@ -229,23 +201,6 @@ impl<'a> Dec<'a> {
             1 => Ok(Some(self.i64()?)),
             _ => Err(corrupt("an option tag other than 0 or 1")),
         }
-    }
-
-    /// Checks the trailing checksum against every byte read so far, and that nothing follows.
-    fn finish(mut self) -> Result<(), StateError> {
-        self.hash.update(&self.buf[..self.pos]);
-        let expected = self.hash.digest();
-        let sum_at = self.pos;
-        let sum = u64::from_le_bytes(self.array()?);
-        debug_assert_eq!(self.pos, sum_at + 8);
-        if sum != expected {
-            return Err(corrupt("the checksum does not match the bytes"));
-        }
-        let mut rest = [0u8; 1];
-        if self.pos < self.buf.len() || self.input.read(&mut rest)? > 0 {
-            return Err(corrupt("bytes follow the checksum"));
-        }
-        Ok(())
     }
 }
 
@@ -302,14 +257,18 @@ impl Engine {
         e.finish()
     }
 
-    /// An engine from bytes [`Engine::save_state`] wrote under the same `settings`. Not live:
+    /// An engine from bytes [`Engine::save_state`] wrote under the same `settings` (a whole file,
+    /// read at once: the checksum is checked before anything is decoded). Not live:
     /// [`Engine::go_live`] rebuilds the incremental figures from the loaded sessions.
-    pub fn load_state(input: &mut dyn Read, settings: Settings) -> Result<Engine, StateError> {
-        let mut d = Dec::new(input);
-        let magic: [u8; 16] = d.array().map_err(|_| StateError::NotState)?;
-        if &magic != MAGIC {
+    pub fn load_state(bytes: &[u8], settings: Settings) -> Result<Engine, StateError> {
+        if bytes.len() < MAGIC.len() || &bytes[..MAGIC.len()] != MAGIC {
             return Err(StateError::NotState);
         }
+        let Some((body, sum)) = bytes.split_last_chunk::<8>() else {
+            return Err(corrupt("the state is cut short"));
+        };
+        let mut d = Dec { bytes: body };
+        d.take(MAGIC.len())?;
         let found = d.u32()?;
         if found != STATE_FORMAT {
             return Err(StateError::Format { found });
@@ -321,6 +280,9 @@ impl Engine {
             min_listen_ms: d.i64()?,
             max_jump_ms: d.i64()?,
         };
+        if u64::from_le_bytes(*sum) != xxhash_rust::xxh3::xxh3_64(body) {
+            return Err(corrupt("the checksum does not match the bytes"));
+        }
         if saved != settings {
             return Err(StateError::Settings);
         }
@@ -331,7 +293,7 @@ impl Engine {
             late: d.u64()?,
             duplicates: d.u64()?,
         };
-        let (n, reserve) = d.len()?;
+        let (n, reserve) = d.len(1)?;
         if n > u32::MAX as usize {
             return Err(corrupt("more partitions than partition ids"));
         }
@@ -347,14 +309,14 @@ impl Engine {
             };
             engine.clocks.push(clock);
         }
-        let (n, reserve) = d.len()?;
+        let (n, reserve) = d.len(16)?;
         engine.seen = HashSet::with_capacity_and_hasher(reserve, Default::default());
         for _ in 0..n {
             if !engine.seen.insert(d.u128()?) {
                 return Err(corrupt("an event id saved twice"));
             }
         }
-        let (n, _) = d.len()?;
+        let (n, _) = d.len(1)?;
         for _ in 0..n {
             let id = d.string()?;
             let stream = crate::stream::StreamAcc::load(&mut d)?;
@@ -362,7 +324,9 @@ impl Engine {
                 return Err(corrupt("a stream saved twice"));
             }
         }
-        d.finish()?;
+        if !d.bytes.is_empty() {
+            return Err(corrupt("bytes follow the state"));
+        }
         engine.rollup_cache = RollupCache::default();
         Ok(engine)
     }

@@ -125,7 +125,7 @@ impl StreamAcc {
     pub(crate) fn load(d: &mut Dec<'_>) -> Result<StreamAcc, StateError> {
         let mut s = StreamAcc::new(d.i64()?);
         s.last_event = d.i64()?;
-        let (n, reserve) = d.len()?;
+        let (n, reserve) = d.len(16)?;
         s.displays.reserve(reserve);
         for _ in 0..n {
             s.displays.push((d.i64()?, d.i64()?));
@@ -136,7 +136,7 @@ impl StreamAcc {
             1 => Some((d.i64()?, d.i64()?)),
             _ => return Err(corrupt("a scheduled-start tag other than 0 or 1")),
         };
-        let (n, _) = d.len()?;
+        let (n, _) = d.len(40)?;
         for _ in 0..n {
             let bucket = d.i64()?;
             let counts = [d.i64()?, d.i64()?, d.i64()?, d.i64()?];

@@ -184,8 +184,8 @@ fn load_state(
     };
     let path = generation.join(&info.file);
     let said = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
-    let mut file = std::fs::File::open(&path).map_err(|e| said(&e))?;
-    let engine = Engine::load_state(&mut file, settings).map_err(|e| said(&e))?;
+    let bytes = std::fs::read(&path).map_err(|e| said(&e))?;
+    let engine = Engine::load_state(&bytes, settings).map_err(|e| said(&e))?;
     let stored = engine.tally().counted + engine.tally().late;
     if stored != info.events {
         return Err(said(&format!(
