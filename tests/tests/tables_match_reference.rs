@@ -396,6 +396,8 @@ fn session_parts_read_as_the_latest_row_of_each_session() {
         let events = parse_all(&scenario(seed, 60_000), &Pseudonymizer::new(b"sessions"));
         let dir = tempfile::tempdir().unwrap();
         let mut engine = earshot_core::Engine::new(Settings::default());
+        // Changed sessions are tracked while the engine is live, as a Kafka ingest's is.
+        engine.go_live();
         let mut generation = Generation::begin(dir.path()).unwrap();
         generation
             .checkpoint(&engine.snapshot(None), &Manifest::default())

@@ -419,8 +419,8 @@ impl Engine {
         out
     }
 
-    /// The `sessions` rows of the sessions a counted event changed since the last call (or since
-    /// the engine was made or loaded), sorted by stream and session id. A checkpoint appends them
+    /// The `sessions` rows of the sessions a counted event changed since the last call, while the
+    /// engine was live ([`Engine::go_live`]), sorted by stream and session id. A checkpoint appends them
     /// as a part of `sessions` rather than writing every row again.
     pub fn take_changed_session_rows(&mut self) -> Vec<SessionRow> {
         let mut ids: Vec<&String> = self.streams.keys().collect();

@@ -216,8 +216,10 @@ impl StreamAcc {
         });
         if let Some(live) = &mut self.live {
             live.change(i, before.as_ref(), &self.sessions);
+            // Only a live engine's checkpoints take the changed rows: a file ingest writes every
+            // row once, and a resume's replay re-applies events whose rows are stored already.
+            self.changed.mark(i);
         }
-        self.changed.mark(i);
     }
 
     fn change_session(
