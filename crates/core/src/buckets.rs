@@ -16,6 +16,12 @@ use crate::BucketRow;
 /// an hour.
 pub const ROLLUP_WIDTHS_MS: [i64; 5] = [30_000, 60_000, 300_000, 900_000, 3_600_000];
 
+/// The estimate of sketch bytes the engine has just written (they pass every check).
+pub(crate) fn estimate(bytes: &[u8]) -> i64 {
+    let e = earshot_sketch::estimate_bytes(bytes).unwrap_or(0.0);
+    i64::try_from(earshot_sketch::round_estimate(e)).unwrap_or(i64::MAX)
+}
+
 /// One sketch per bucket, filled by ranges.
 #[derive(Debug)]
 pub struct RangeSketches {

@@ -13,6 +13,7 @@
 //! event: late and duplicate events are [`Outcome`]s, not errors.
 
 mod buckets;
+mod codec;
 mod gate;
 mod live;
 mod session;
@@ -25,8 +26,8 @@ use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 use earshot_contract::{Event, Millis};
 
 pub use buckets::{ROLLUP_WIDTHS_MS, RangeSketches, RollupCache, rollups, rollups_cached};
+pub use codec::{STATE_FORMAT, StateError};
 pub use gate::{TimeGate, Verdict};
-pub use state::{STATE_FORMAT, StateError};
 use stream::StreamAcc;
 
 /// The tunable definitions of contract §2–§4, with the contract's defaults.

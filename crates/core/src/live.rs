@@ -728,7 +728,7 @@ impl Live {
         intervals.sort_unstable();
         let connected = !intervals.is_empty();
         let qualified =
-            connected && crate::stream::union_length(intervals.into_iter()) >= self.min_listen_ms;
+            connected && crate::session::union_length(intervals.into_iter()) >= self.min_listen_ms;
         if connected != entry.connected {
             if connected {
                 self.listeners_connected += 1;
@@ -825,8 +825,8 @@ impl Live {
                 let (present_hll, connected_hll) =
                     (row.present.to_bytes(), row.connected.to_bytes());
                 Box::new(Serialized {
-                    present_listeners: crate::stream::estimate(&present_hll),
-                    connected_listeners: crate::stream::estimate(&connected_hll),
+                    present_listeners: crate::buckets::estimate(&present_hll),
+                    connected_listeners: crate::buckets::estimate(&connected_hll),
                     present_hll: present_hll.into(),
                     connected_hll: connected_hll.into(),
                 })

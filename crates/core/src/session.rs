@@ -12,7 +12,7 @@ use std::io;
 
 use earshot_contract::{ListenerKey, Millis};
 
-use crate::state::{Dec, Enc, StateError, corrupt};
+use crate::codec::{Dec, Enc, StateError, corrupt};
 use crate::{EndType, FastHash, IdHasher};
 
 /// Order of events inside a session: by `ts`, then by arrival.
@@ -391,6 +391,27 @@ impl Sessions {
     }
 }
 
+/// Length of the union of half-open intervals given in order of their start.
+pub(crate) fn union_length(intervals: impl Iterator<Item = (Millis, Millis)>) -> i64 {
+    let mut total = 0i64;
+    let mut cur: Option<(Millis, Millis)> = None;
+    for (a, b) in intervals {
+        match &mut cur {
+            Some((_, ce)) if a <= *ce => *ce = (*ce).max(b),
+            _ => {
+                if let Some((cs, ce)) = cur {
+                    total += ce - cs;
+                }
+                cur = Some((a, b));
+            }
+        }
+    }
+    if let Some((cs, ce)) = cur {
+        total += ce - cs;
+    }
+    total
+}
+
 /// Buckets a hashbrown table allocates for `capacity` usable slots (7/8 load, power of two).
 pub(crate) fn table_buckets(capacity: usize) -> usize {
     if capacity == 0 {
@@ -423,6 +444,13 @@ mod tests {
         assert_eq!(t.windows(), &[(10, 70)]);
         t.add(0, 5);
         assert_eq!(t.windows(), &[(0, 5), (10, 70)]);
+    }
+
+    #[test]
+    fn union_length_counts_overlaps_once() {
+        assert_eq!(union_length([(0, 10), (5, 20), (30, 40)].into_iter()), 30);
+        assert_eq!(union_length([(0, 10), (2, 4), (10, 12)].into_iter()), 12);
+        assert_eq!(union_length(std::iter::empty()), 0);
     }
 
     #[test]

@@ -6,9 +6,10 @@ use std::io;
 use earshot_contract::{Event, EventType, ListenerKey, Millis, StreamState};
 use earshot_sketch::Sketch;
 
+use crate::buckets::estimate;
+use crate::codec::{Dec, Enc, StateError, corrupt};
 use crate::live::{Context, Figures, Footprint, Live};
-use crate::session::{End, Labels, Sessions, Stamp};
-use crate::state::{Dec, Enc, StateError, corrupt};
+use crate::session::{End, Labels, Sessions, Stamp, union_length};
 use crate::{
     BucketRow, EndType, RangeSketches, SessionRow, Settings, Snapshot, StreamRow, nearest_rank,
 };
@@ -585,27 +586,6 @@ impl StreamAcc {
     }
 }
 
-/// Length of the union of half-open intervals given in order of their start.
-pub(crate) fn union_length(intervals: impl Iterator<Item = (Millis, Millis)>) -> i64 {
-    let mut total = 0i64;
-    let mut cur: Option<(Millis, Millis)> = None;
-    for (a, b) in intervals {
-        match &mut cur {
-            Some((_, ce)) if a <= *ce => *ce = (*ce).max(b),
-            _ => {
-                if let Some((cs, ce)) = cur {
-                    total += ce - cs;
-                }
-                cur = Some((a, b));
-            }
-        }
-    }
-    if let Some((cs, ce)) = cur {
-        total += ce - cs;
-    }
-    total
-}
-
 /// Walks a sorted list of `(time, delta)` changes bucket by bucket.
 struct Sweep<'a> {
     changes: &'a [(Millis, i64)],
@@ -640,23 +620,5 @@ impl<'a> Sweep<'a> {
             peak = peak.max(self.value);
         }
         (at_start, peak)
-    }
-}
-
-/// The estimate of sketch bytes the engine has just written (they pass every check).
-pub(crate) fn estimate(bytes: &[u8]) -> i64 {
-    let e = earshot_sketch::estimate_bytes(bytes).unwrap_or(0.0);
-    i64::try_from(earshot_sketch::round_estimate(e)).unwrap_or(i64::MAX)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn union_length_counts_overlaps_once() {
-        assert_eq!(union_length([(0, 10), (5, 20), (30, 40)].into_iter()), 30);
-        assert_eq!(union_length([(0, 10), (2, 4), (10, 12)].into_iter()), 12);
-        assert_eq!(union_length(std::iter::empty()), 0);
     }
 }
