@@ -387,6 +387,7 @@ fn kill_9_at_random_points_then_restart_gives_identical_tables() {
                 .collect::<Vec<_>>()
         })
         .collect();
+    println!("restarts (events from the saved state, replayed): {resumes:?}");
     assert!(
         resumes.iter().filter(|(state, _)| *state > 0).count() >= 3,
         "restarts that loaded a saved state: {resumes:?}"
