@@ -52,6 +52,41 @@ fn joined(cols: &[&str]) -> String {
         .join(" || '|' || ")
 }
 
+/// The columns of `sessions` compared, for [`joined`] (`@`: a timestamp).
+const SESSION_COLUMNS: [&str; 12] = [
+    "stream_id",
+    "session_id",
+    "listener_key",
+    "@join_ts",
+    "@connect_ts",
+    "@end_ts",
+    "end_type",
+    "end_reason",
+    "listened_ms",
+    "heartbeats",
+    "client",
+    "region",
+];
+
+/// A `sessions` row as [`joined`] of [`SESSION_COLUMNS`] gives it back.
+fn session_line(s: &earshot_core::SessionRow) -> String {
+    [
+        s.stream_id.clone(),
+        s.session_id.clone(),
+        s.listener_key.to_hex(),
+        s.join_ts.to_string(),
+        opt(s.connect_ts),
+        opt(s.end_ts),
+        opt(s.end_type.map(|e| e.as_str())),
+        opt(s.end_reason.clone()),
+        s.listened_ms.to_string(),
+        s.heartbeats.to_string(),
+        opt(s.client.clone()),
+        opt(s.region.clone()),
+    ]
+    .join("|")
+}
+
 fn count(bytes: &[u8]) -> u64 {
     Sketch::from_bytes(bytes).unwrap().count()
 }
@@ -93,43 +128,10 @@ fn ingested_tables_equal_the_reference() {
             &ctx,
             &format!(
                 "SELECT {} FROM sessions ORDER BY stream_id, session_id",
-                joined(&[
-                    "stream_id",
-                    "session_id",
-                    "listener_key",
-                    "@join_ts",
-                    "@connect_ts",
-                    "@end_ts",
-                    "end_type",
-                    "end_reason",
-                    "listened_ms",
-                    "heartbeats",
-                    "client",
-                    "region"
-                ])
+                joined(&SESSION_COLUMNS)
             ),
         );
-        let expected: Vec<String> = want
-            .sessions
-            .iter()
-            .map(|s| {
-                [
-                    s.stream_id.clone(),
-                    s.session_id.clone(),
-                    s.listener_key.to_hex(),
-                    s.join_ts.to_string(),
-                    opt(s.connect_ts),
-                    opt(s.end_ts),
-                    opt(s.end_type.map(|e| e.as_str())),
-                    opt(s.end_reason.clone()),
-                    s.listened_ms.to_string(),
-                    s.heartbeats.to_string(),
-                    opt(s.client.clone()),
-                    opt(s.region.clone()),
-                ]
-                .join("|")
-            })
-            .collect();
+        let expected: Vec<String> = want.sessions.iter().map(session_line).collect();
         assert_eq!(got, expected, "sessions, seed {seed}");
         compared[0] += got.len();
 
@@ -380,17 +382,7 @@ fn session_parts_read_as_the_latest_row_of_each_session() {
         .enable_all()
         .build()
         .unwrap();
-    let columns = joined(&[
-        "stream_id",
-        "session_id",
-        "listener_key",
-        "@join_ts",
-        "@connect_ts",
-        "@end_ts",
-        "end_type",
-        "listened_ms",
-        "heartbeats",
-    ]);
+    let columns = joined(&SESSION_COLUMNS);
     let (mut checkpoints, mut most_parts, mut rewrites) = (0, 0, 0);
     for seed in 0..8u64 {
         let events = parse_all(&scenario(seed, 60_000), &Pseudonymizer::new(b"sessions"));
@@ -434,23 +426,7 @@ fn session_parts_read_as_the_latest_row_of_each_session() {
                 &ctx,
                 &format!("SELECT {columns} FROM sessions ORDER BY stream_id, session_id"),
             );
-            let want: Vec<String> = all
-                .iter()
-                .map(|s| {
-                    [
-                        s.stream_id.clone(),
-                        s.session_id.clone(),
-                        s.listener_key.to_hex(),
-                        s.join_ts.to_string(),
-                        opt(s.connect_ts),
-                        opt(s.end_ts),
-                        opt(s.end_type.map(|e| e.as_str())),
-                        s.listened_ms.to_string(),
-                        s.heartbeats.to_string(),
-                    ]
-                    .join("|")
-                })
-                .collect();
+            let want: Vec<String> = all.iter().map(session_line).collect();
             assert_eq!(got, want, "seed {seed}, after {i} events");
             let parts = std::fs::read_dir(dir.path().join("current/sessions"))
                 .unwrap()

@@ -420,6 +420,18 @@ impl Engine {
         out
     }
 
+    /// How many sessions [`Engine::take_changed_session_rows`] would give rows for.
+    pub fn changed_session_count(&self) -> usize {
+        self.streams.values().map(|s| s.changed_count()).sum()
+    }
+
+    /// Forgets which sessions changed, when a checkpoint writes every row instead.
+    pub fn forget_changed_sessions(&mut self) {
+        for s in self.streams.values_mut() {
+            s.forget_changed();
+        }
+    }
+
     /// The `sessions` rows of the sessions a counted event changed since the last call, while the
     /// engine was live ([`Engine::go_live`]), sorted by stream and session id. A checkpoint appends them
     /// as a part of `sessions` rather than writing every row again.

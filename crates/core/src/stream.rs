@@ -301,6 +301,16 @@ impl StreamAcc {
         }
     }
 
+    /// How many sessions changed since their rows were last taken.
+    pub(crate) fn changed_count(&self) -> usize {
+        self.changed.list.len()
+    }
+
+    /// Forgets which sessions changed (their rows are being written with all the others).
+    pub(crate) fn forget_changed(&mut self) {
+        self.changed.take();
+    }
+
     /// The rows of the sessions changed since the last call, sorted by session id.
     pub(crate) fn take_changed_rows(&mut self, stream_id: &str, out: &mut Vec<SessionRow>) {
         let changed = self.changed.take();

@@ -36,18 +36,20 @@ impl KafkaIngest<'_> {
         let snapshot = pipe.engine.publish(final_through);
         // `sessions` gets a part with the rows of the sessions that changed since the last
         // checkpoint, or now and then every row as one part (see `Generation::sessions_rewrite_due`).
-        let changed = pipe.engine.take_changed_session_rows();
-        let all = if pipe
-            .generation
-            .sessions_rewrite_due(changed.len(), pipe.engine.session_count())
-        {
-            Some(pipe.engine.session_rows())
+        let rewrite = pipe.generation.sessions_rewrite_due(
+            pipe.engine.changed_session_count(),
+            pipe.engine.session_count(),
+        );
+        let rows = if rewrite {
+            pipe.engine.forget_changed_sessions();
+            pipe.engine.session_rows()
         } else {
-            None
+            pipe.engine.take_changed_session_rows()
         };
-        let sessions = match &all {
-            Some(rows) => SessionRows::All(rows),
-            None => SessionRows::Changed(&changed),
+        let sessions = if rewrite {
+            SessionRows::All(&rows)
+        } else {
+            SessionRows::Changed(&rows)
         };
         pipe.fill(manifest, &snapshot);
         let mut next = self
