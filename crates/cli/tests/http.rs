@@ -843,11 +843,13 @@ fn slow_and_idle_clients_are_cut_off_and_connections_are_capped() {
         if closed && reply.is_empty() {
             break true;
         }
-        if held.elapsed() > Duration::from_millis(1400) {
+        // Up to 1.8 s: on a loaded 2-core machine the server can take over a second to accept
+        // all 16 (seen once at 1.4 s while the whole suite ran), and the idle ones are held 2 s.
+        if held.elapsed() > Duration::from_millis(1800) {
             break false;
         }
     };
-    assert!(refused, "connections over the cap were served for 1.4 s");
+    assert!(refused, "connections over the cap were served for 1.8 s");
     // The idle ones are closed by the header timeout, and the server answers again.
     for s in &mut idle {
         let (_, closed) = read_until_closed(s, Duration::from_secs(5));
