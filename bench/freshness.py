@@ -25,7 +25,8 @@ import urllib.request
 
 from confluent_kafka import Producer
 
-BIN = os.path.abspath("target/debug/earshot")
+# EARSHOT_BIN: a copy of the binary, so that a rebuild during a long run does not change it.
+BIN = os.path.abspath(os.environ.get("EARSHOT_BIN", "target/debug/earshot"))
 STREAM = "town-hall-main"
 SAMPLES = 40
 

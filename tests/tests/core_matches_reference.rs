@@ -372,14 +372,88 @@ fn a_saved_state_loads_to_an_engine_that_counts_the_same() {
     assert!(sizes > 100_000, "the states saved something: {sizes} bytes");
 }
 
+/// A live engine, publishing every `every` events, is saved after `cut` events and loaded; both
+/// go on with the same events and publishes. Every publish and every set of changed sessions must
+/// be equal, and the loaded engine must rebuild from every session exactly when the original does
+/// (its incremental figures were loaded, not rebuilt).
+fn assert_live_state_round_trips(lines: &[(u32, String)], every: usize, cut: usize) -> u64 {
+    let settings = Settings::default();
+    let events = parse_all(lines, &Pseudonymizer::new(b"state"));
+    let cut = cut.min(events.len());
+    let mut original = earshot_core::Engine::new(settings);
+    original.go_live();
+    for (i, (p, e)) in events[..cut].iter().enumerate() {
+        original.offer(*p, e);
+        if i % every == every - 1 {
+            original.publish(original.watermark(*p));
+        }
+    }
+    // A checkpoint takes the changed rows, then saves.
+    original.take_changed_session_rows();
+    let mut bytes = Vec::new();
+    original.save_state(&mut bytes).expect("saved");
+    let mut loaded = earshot_core::Engine::load_state(&bytes, settings).expect("loaded");
+    let rebuilds_before = original.live_stats().full_rebuilds;
+    let mut publishes = 0;
+    let mut compare = |original: &mut earshot_core::Engine,
+                       loaded: &mut earshot_core::Engine,
+                       at: usize,
+                       final_through| {
+        let (a, b) = (
+            original.publish(final_through),
+            loaded.publish(final_through),
+        );
+        assert_eq!(b.streams, a.streams, "streams after {at}, loaded at {cut}");
+        assert_eq!(b.buckets, a.buckets, "buckets after {at}, loaded at {cut}");
+        assert_eq!(b.rollups, a.rollups, "rollups after {at}, loaded at {cut}");
+        assert_eq!(
+            loaded.take_changed_session_rows(),
+            original.take_changed_session_rows(),
+            "changed sessions after {at}, loaded at {cut}"
+        );
+        assert_eq!(
+            loaded.live_stats().full_rebuilds,
+            original.live_stats().full_rebuilds - rebuilds_before,
+            "rebuilds after {at}, loaded at {cut}"
+        );
+        publishes += 1;
+    };
+    for (i, (p, e)) in events.iter().enumerate().skip(cut) {
+        assert_eq!(loaded.offer(*p, e), original.offer(*p, e), "event {i}");
+        if i % every == every - 1 {
+            let final_through = original.watermark(*p);
+            compare(&mut original, &mut loaded, i, final_through);
+        }
+    }
+    compare(&mut original, &mut loaded, events.len(), None);
+    assert_eq!(loaded.session_rows(), original.snapshot(None).sessions);
+    publishes
+}
+
+#[test]
+fn a_saved_live_engine_publishes_as_the_original_would_have() {
+    let mut publishes = 0;
+    for seed in 0..150 {
+        let lines = scenario(seed, 60_000);
+        let every = 1 + (seed as usize % 5);
+        let cut = (seed as usize * 53) % (lines.len() + 1);
+        publishes += assert_live_state_round_trips(&lines, every, cut);
+    }
+    assert!(publishes > 1_500, "{publishes} publishes compared");
+}
+
 #[test]
 fn a_damaged_state_is_refused_never_misread() {
     use earshot_core::{Engine, StateError};
     let lines = scenario(7, 60_000);
     let events = parse_all(&lines, &Pseudonymizer::new(b"state"));
     let mut engine = Engine::new(Settings::default());
-    for (p, e) in &events {
+    engine.go_live();
+    for (i, (p, e)) in events.iter().enumerate() {
         engine.offer(*p, e);
+        if i % 7 == 0 {
+            engine.publish(engine.watermark(*p));
+        }
     }
     let mut bytes = Vec::new();
     engine.save_state(&mut bytes).expect("saved");

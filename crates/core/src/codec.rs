@@ -9,7 +9,8 @@ use xxhash_rust::xxh3::Xxh3;
 
 /// The version of the bytes [`Engine::save_state`] writes. A change to the layout, or to what
 /// `offer` keeps, bumps it; a state of another version is refused, never misread.
-pub const STATE_FORMAT: u32 = 1;
+/// Format 2 adds the live figures.
+pub const STATE_FORMAT: u32 = 2;
 
 const CHUNK: usize = 1 << 16;
 

@@ -26,6 +26,8 @@
 //! which is always correct, only slower. The property tests compare every publish with
 //! [`crate::Engine::snapshot`] on random adversarial streams.
 
+mod state;
+
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 
 use earshot_contract::{ListenerKey, Millis};

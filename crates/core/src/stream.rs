@@ -94,7 +94,8 @@ impl StreamAcc {
         self.live.as_ref().map_or(0, |l| l.heap_bytes())
     }
 
-    /// Writes what `apply` accumulated (not the live figures: they follow from it).
+    /// Writes what `apply` accumulated, then the live figures if the stream has them (so that a
+    /// restart does not rebuild them from every session).
     pub(crate) fn save(&self, e: &mut Enc<'_>) -> io::Result<()> {
         e.i64(self.first_event)?;
         e.i64(self.last_event)?;
@@ -120,10 +121,17 @@ impl StreamAcc {
             }
         }
         self.labels.save(e)?;
-        self.sessions.save(e)
+        self.sessions.save(e)?;
+        match &self.live {
+            None => e.u8(0),
+            Some(live) => {
+                e.u8(1)?;
+                live.save(e)
+            }
+        }
     }
 
-    pub(crate) fn load(d: &mut Dec<'_>) -> Result<StreamAcc, StateError> {
+    pub(crate) fn load(d: &mut Dec<'_>, settings: &Settings) -> Result<StreamAcc, StateError> {
         let mut s = StreamAcc::new(d.i64()?);
         s.last_event = d.i64()?;
         let (n, reserve) = d.len(16)?;
@@ -145,6 +153,11 @@ impl StreamAcc {
         }
         s.labels = Labels::load(d)?;
         s.sessions = Sessions::load(d, s.labels.len())?;
+        s.live = match d.u8()? {
+            0 => None,
+            1 => Some(Box::new(Live::load(d, settings, s.sessions.len())?)),
+            _ => return Err(corrupt("a live figures tag other than 0 or 1")),
+        };
         Ok(s)
     }
 

@@ -134,6 +134,9 @@ pub(super) fn resume(
         }),
         other => other.into(),
     })?;
+    // A loaded live engine marks the sessions the replay changes; their rows are stored already
+    // (a checkpoint writes its events and its sessions in one generation).
+    engine.forget_changed_sessions();
     if engine.tally().counted + engine.tally().late != manifest.events {
         return Err(KafkaProblem::Inconsistent {
             data_dir: dir,
