@@ -62,21 +62,52 @@ impl RangeSketches {
         self.nodes[i].get_or_insert_with(Sketch::new)
     }
 
-    /// The sketch of every bucket, in order.
-    pub fn into_leaves(mut self) -> Vec<Sketch> {
-        for p in 1..self.n {
-            if let Some(s) = self.nodes[p].take() {
+    /// The serialized sketch of every bucket, in order (what [`Sketch::to_bytes`] gives for each).
+    ///
+    /// Each node's sketch is pushed down to its children as a [`Union`] of bytes: a merge of two
+    /// sorted code lists or two register arrays, far cheaper than the library's merge of sparse
+    /// sketches (which decodes and re-encodes them), and the root-to-leaf paths share their work.
+    pub fn into_leaf_bytes(self) -> Vec<Vec<u8>> {
+        let n = self.n;
+        let mut unions: Vec<Option<Union>> = self
+            .nodes
+            .into_iter()
+            .map(|node| {
+                node.map(|mut s| {
+                    let mut u = Union::new();
+                    let bytes = s.to_bytes();
+                    // Bytes the sketch itself wrote always parse.
+                    let added = u.add_bytes(&bytes);
+                    debug_assert!(added.is_ok());
+                    u
+                })
+            })
+            .collect();
+        for p in 1..n {
+            if let Some(u) = unions[p].take() {
                 for c in [2 * p, 2 * p + 1] {
-                    match &mut self.nodes[c] {
-                        Some(child) => child.merge(&s),
-                        slot @ None => *slot = Some(s.clone()),
+                    match &mut unions[c] {
+                        Some(child) => child.merge(&u),
+                        slot @ None => *slot = Some(u.clone()),
                     }
                 }
             }
         }
-        self.nodes
-            .drain(self.n..)
-            .map(Option::unwrap_or_default)
+        let empty = Sketch::new().to_bytes();
+        unions
+            .drain(n..)
+            .map(|u| {
+                u.and_then(|u| u.to_bytes())
+                    .unwrap_or_else(|| empty.clone())
+            })
+            .collect()
+    }
+
+    /// The sketch of every bucket, in order.
+    pub fn into_leaves(self) -> Vec<Sketch> {
+        self.into_leaf_bytes()
+            .iter()
+            .map(|b| Sketch::from_bytes(b).unwrap_or_default())
             .collect()
     }
 }

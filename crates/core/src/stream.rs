@@ -503,10 +503,15 @@ impl StreamAcc {
         let mut connected = Sweep::new(&connected_changes);
         let mut shown: Option<i64> = None;
         let mut di = 0usize;
-        let present = present.into_leaves();
-        let connected_sketches = connected_buckets.into_leaves();
+        // The sketches only when the rows are wanted (the peaks need none).
+        let (mut present, mut connected_sketches) = if rows {
+            let leaves = |t: RangeSketches| t.into_leaf_bytes().into_iter();
+            (leaves(present), leaves(connected_buckets))
+        } else {
+            (Vec::new().into_iter(), Vec::new().into_iter())
+        };
         let (mut peak_roster, mut peak_connected) = (0i64, 0i64);
-        for (k, (mut p, mut c)) in present.into_iter().zip(connected_sketches).enumerate() {
+        for k in 0..n {
             let start = (b0 + k as i64) * w;
             let (roster_start, roster_peak) = roster.bucket(start, start + w);
             let (connected_start, connected_peak) = connected.bucket(start, start + w);
@@ -524,8 +529,11 @@ impl StreamAcc {
                 .get(&(b0 + k as i64))
                 .copied()
                 .unwrap_or_default();
-            // `to_bytes` folds each sketch once; its estimate is then read from the bytes.
-            let (present_hll, connected_hll) = (p.to_bytes(), c.to_bytes());
+            let (Some(present_hll), Some(connected_hll)) =
+                (present.next(), connected_sketches.next())
+            else {
+                unreachable!("a leaf per bucket");
+            };
             out.buckets.push(BucketRow {
                 stream_id: stream_id.to_owned(),
                 bucket_start: start,

@@ -228,33 +228,55 @@ impl Union {
 
     /// Adds a checked sketch.
     pub fn add(&mut self, sketch: SketchBytes<'_>) {
-        match (&mut self.state, sketch) {
-            (State::Dense(acc), SketchBytes::Dense(regs)) => {
+        match sketch {
+            SketchBytes::Dense(regs) => self.add_dense(regs),
+            SketchBytes::Sparse(codes) => self.add_sparse(sparse_codes(codes)),
+        }
+    }
+
+    /// Adds another union (as if every sketch added to it were added here).
+    pub fn merge(&mut self, other: &Union) {
+        match &other.state {
+            State::Empty => {}
+            State::Sparse(codes) => self.add_sparse(codes.iter().copied()),
+            State::Dense(regs) => self.add_dense(regs),
+        }
+    }
+
+    fn add_dense(&mut self, regs: &[u8]) {
+        match &mut self.state {
+            State::Dense(acc) => {
                 for (a, &r) in acc.iter_mut().zip(regs) {
                     *a = (*a).max(r);
                 }
             }
-            (State::Dense(acc), SketchBytes::Sparse(codes)) => {
-                for c in sparse_codes(codes) {
-                    set_greater(acc, c);
-                }
-            }
-            (State::Empty, SketchBytes::Dense(regs)) => self.state = State::Dense(regs.into()),
-            (State::Empty, SketchBytes::Sparse(codes)) => {
-                self.state = State::Sparse(sparse_codes(codes).collect());
-                self.settle();
-            }
-            (State::Sparse(mine), SketchBytes::Sparse(codes)) => {
-                let merged = merge_sorted(mine, sparse_codes(codes));
-                *mine = merged;
-                self.settle();
-            }
-            (State::Sparse(mine), SketchBytes::Dense(regs)) => {
+            State::Empty => self.state = State::Dense(regs.into()),
+            State::Sparse(mine) => {
                 let mut acc: Box<[u8]> = regs.into();
                 for &c in mine.iter() {
                     set_greater(&mut acc, c);
                 }
                 self.state = State::Dense(acc);
+            }
+        }
+    }
+
+    /// Adds sparse codes, sorted as a sketch holds them.
+    fn add_sparse(&mut self, codes: impl Iterator<Item = u32>) {
+        match &mut self.state {
+            State::Dense(acc) => {
+                for c in codes {
+                    set_greater(acc, c);
+                }
+            }
+            State::Empty => {
+                self.state = State::Sparse(codes.collect());
+                self.settle();
+            }
+            State::Sparse(mine) => {
+                let merged = merge_sorted(mine, codes);
+                *mine = merged;
+                self.settle();
             }
         }
     }
