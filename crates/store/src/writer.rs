@@ -226,7 +226,37 @@ impl EventColumns {
     }
 
     pub(crate) fn finish(&mut self) -> Vec<ArrayRef> {
-        self.rows = 0;
+        let rows = std::mem::take(&mut self.rows);
+        let columns = self.take_columns();
+        // The next batch is sized like this one: builders that grow by doubling copy every value
+        // again at each step, onto fresh pages (a tenth of the counting thread's time at 20k).
+        let strings = |i: usize| {
+            let bytes = arrow::array::AsArray::as_string_opt::<i32>(columns[i].as_ref())
+                .map_or(0, |a| a.value_data().len());
+            StringBuilder::with_capacity(rows, bytes)
+        };
+        *self = EventColumns {
+            rows: 0,
+            event_id: strings(0),
+            kind: strings(1),
+            ts: TimestampMillisecondBuilder::with_capacity(rows),
+            stream_id: strings(3),
+            listener_key: strings(4),
+            session_id: strings(5),
+            reason: strings(6),
+            displayed: Int64Builder::with_capacity(rows),
+            state: strings(8),
+            scheduled_start: TimestampMillisecondBuilder::with_capacity(rows),
+            client: strings(10),
+            region: strings(11),
+            audio_ms: Int64Builder::with_capacity(rows),
+            late: BooleanBuilder::with_capacity(rows),
+            source: strings(14),
+        };
+        columns
+    }
+
+    fn take_columns(&mut self) -> Vec<ArrayRef> {
         vec![
             Arc::new(self.event_id.finish()),
             Arc::new(self.kind.finish()),
