@@ -119,7 +119,9 @@ fn ingested_tables_equal_the_reference() {
             "file:scenario.ndjson",
             std::io::Cursor::new(text.into_bytes()),
         );
-        ingest(vec![input], dir.path(), settings, &p, &mut |_| {}).unwrap();
+        // One to three counting threads: the sharded count must give the reference's tables too.
+        let threads = 1 + (seed % 3) as usize;
+        ingest(vec![input], dir.path(), settings, &p, threads, &mut |_| {}).unwrap();
         let (want, _) = reference(&parse_all(&one_partition, &p), &settings);
         let ctx = rt.block_on(earshot_sql::context(dir.path())).unwrap();
 
@@ -439,4 +441,86 @@ fn session_parts_read_as_the_latest_row_of_each_session() {
         checkpoints > 100 && most_parts >= 4 && rewrites > 8,
         "{checkpoints} checkpoints, at most {most_parts} parts, {rewrites} rewrites"
     );
+}
+
+/// Every file under `dir` (relative path → bytes), but `rejects` (its `received_at` is the wall
+/// clock) and the manifest (it records the run's own details).
+fn files(dir: &std::path::Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.strip_prefix(dir).unwrap().display().to_string();
+            if name.starts_with("rejects") || name == "manifest.json" {
+                continue;
+            }
+            if path.is_dir() {
+                todo.push(path);
+            } else {
+                out.insert(name, std::fs::read(&path).unwrap());
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn tables_are_byte_identical_at_1_2_3_and_8_counting_threads() {
+    let p = Pseudonymizer::new(b"threads-test");
+    let settings = Settings::default();
+    let mut compared = 0;
+    for seed in 0..20u64 {
+        // Several inputs (the scenario's partitions), with malformed lines mixed in.
+        let lines = scenario(seed, settings.lateness_ms);
+        let mut texts: Vec<String> = Vec::new();
+        for (i, (partition, l)) in lines.iter().enumerate() {
+            let slot = *partition as usize;
+            if texts.len() <= slot {
+                texts.resize(slot + 1, String::new());
+            }
+            if i % 11 == 5 {
+                texts[slot].push_str("{\"v\":1,\"type\":\"join\"\n");
+            }
+            texts[slot].push_str(l);
+            texts[slot].push('\n');
+        }
+        let mut tables = Vec::new();
+        for threads in [1, 2, 3, 8] {
+            let dir = tempfile::tempdir().unwrap();
+            let inputs = texts
+                .iter()
+                .enumerate()
+                .map(|(i, t)| {
+                    Input::from_reader(
+                        format!("file:part-{i}.ndjson"),
+                        std::io::Cursor::new(t.clone().into_bytes()),
+                    )
+                })
+                .collect();
+            ingest(inputs, dir.path(), settings, &p, threads, &mut |_| {}).unwrap();
+            tables.push((threads, files(&dir.path().join("current"))));
+        }
+        let (_, one) = &tables[0];
+        assert!(
+            one.keys().any(|k| k.starts_with("sessions")),
+            "{:?}",
+            one.keys()
+        );
+        for (threads, other) in &tables[1..] {
+            assert_eq!(
+                one.keys().collect::<Vec<_>>(),
+                other.keys().collect::<Vec<_>>(),
+                "files, seed {seed}, {threads} threads"
+            );
+            for (name, bytes) in one {
+                assert!(
+                    other[name] == *bytes,
+                    "{name} differs at {threads} threads from 1, seed {seed}"
+                );
+                compared += 1;
+            }
+        }
+    }
+    assert!(compared > 200, "{compared} files compared");
 }

@@ -105,6 +105,11 @@ struct IngestArgs {
     data: PathBuf,
     #[command(flatten)]
     settings: SettingsArgs,
+    /// Files only: threads that count sessions, besides the one that reads and parses and the
+    /// one that decides order (duplicates, lateness) and writes `events`. 1 counts on that one.
+    /// The tables are the same for any number.
+    #[arg(long, default_value_t = 1, conflicts_with = "brokers")]
+    threads: usize,
     #[command(flatten)]
     cluster: kafka::ClusterArgs,
     #[command(flatten)]
@@ -267,6 +272,7 @@ fn run_ingest(
     data: &Path,
     settings: Settings,
     pseudonyms: &Pseudonymizer,
+    threads: usize,
 ) -> anyhow::Result<Summary> {
     let mut opened = Vec::new();
     let mut total_bytes = 0u64;
@@ -307,7 +313,8 @@ fn run_ingest(
             b.set_position(done_before + bytes);
         }
     };
-    let summary = earshot_ingest::ingest(opened, data, settings, pseudonyms, &mut progress)?;
+    let summary =
+        earshot_ingest::ingest(opened, data, settings, pseudonyms, threads, &mut progress)?;
     if let Some(b) = bar {
         b.finish_and_clear();
     }
@@ -415,7 +422,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Ingest(a) => {
             let settings = a.settings.settings()?;
             let p = pseudonyms();
-            let summary = run_ingest(&a.input, &a.data, settings, &p)?;
+            let summary = run_ingest(&a.input, &a.data, settings, &p, a.threads)?;
             print_summary(&summary, &a.data);
         }
         Command::Sql(a) => sql::run(a)?,

@@ -17,6 +17,7 @@ mod codec;
 mod gate;
 mod live;
 mod session;
+mod shard;
 mod state;
 mod stream;
 
@@ -28,6 +29,7 @@ use earshot_contract::{Event, Millis};
 pub use buckets::{ROLLUP_WIDTHS_MS, RangeSketches, RollupCache, rollups, rollups_cached};
 pub use codec::{STATE_FORMAT, StateError};
 pub use gate::{TimeGate, Verdict};
+pub use shard::{Shard, shard_of};
 use stream::StreamAcc;
 
 /// The tunable definitions of contract §2–§4, with the contract's defaults.
@@ -248,6 +250,10 @@ pub struct Engine {
     tally: Tally,
     /// Whether each stream keeps its figures current as events arrive ([`Engine::go_live`]).
     live: bool,
+    /// Whether counted events are applied by [`Shard`]s rather than here
+    /// ([`Engine::count_in_shards`]); `streams` then hold only each stream's span until the
+    /// shards are absorbed.
+    sharded: bool,
     rollup_cache: RollupCache,
 }
 
@@ -261,6 +267,7 @@ impl Engine {
             arrival: 0,
             tally: Tally::default(),
             live: false,
+            sharded: false,
             rollup_cache: RollupCache::default(),
         }
     }
@@ -334,6 +341,17 @@ impl Engine {
         self.arrival += 1;
         self.tally.counted += 1;
         let settings = self.settings;
+        if self.sharded {
+            // The shard counts it; here only the span the guard above needs.
+            match self.streams.get_mut(event.stream_id.as_str()) {
+                Some(s) => s.widen(event.ts),
+                None => {
+                    self.streams
+                        .insert(event.stream_id.clone(), StreamAcc::new(event.ts));
+                }
+            }
+            return Outcome::Counted;
+        }
         match self.streams.get_mut(event.stream_id.as_str()) {
             Some(s) => s.apply(event, self.arrival, &settings),
             None => {

@@ -195,13 +195,9 @@ impl Sessions {
         }
         let location = self.store_id(id);
         let (first, listener, client, region) = make();
-        let i = self.index.len() as u32;
-        self.index.insert(digest, i);
-        if self.chunks.last().is_none_or(|c| c.len() == CHUNK) {
-            self.chunks.push(Vec::with_capacity(CHUNK));
-        }
-        if let Some(chunk) = self.chunks.last_mut() {
-            chunk.push(SessionAcc {
+        let i = self.push(
+            digest,
+            SessionAcc {
                 first,
                 listener,
                 end: None,
@@ -210,9 +206,45 @@ impl Sessions {
                 heartbeats: 0,
                 client,
                 region,
-            });
-        }
+            },
+        );
         (i, self.slot(i), true)
+    }
+
+    /// Adds a new session (its id already in the arena) under `digest`; its number.
+    fn push(&mut self, digest: (u64, u64), s: SessionAcc) -> u32 {
+        let i = self.index.len() as u32;
+        self.index.insert(digest, i);
+        if self.chunks.last().is_none_or(|c| c.len() == CHUNK) {
+            self.chunks.push(Vec::with_capacity(CHUNK));
+        }
+        if let Some(chunk) = self.chunks.last_mut() {
+            chunk.push(s);
+        }
+        i
+    }
+
+    /// Moves every session of `other` (a disjoint set: no id in both) in, with each label number
+    /// mapped by `label` from `other`'s labels to this stream's. Returns false, adding nothing
+    /// more, at an id already here.
+    pub fn absorb(&mut self, other: Sessions, mut label: impl FnMut(u32) -> u32) -> bool {
+        let Sessions { chunks, arena, .. } = other;
+        self.index.reserve(chunks.iter().map(Vec::len).sum());
+        for mut s in chunks.into_iter().flatten() {
+            let id = in_arena(&arena, s.id);
+            let digest = self.digest(id);
+            if self.index.contains_key(&digest) {
+                return false;
+            }
+            s.id = self.store_id(id);
+            s.client = label(s.client);
+            s.region = label(s.region);
+            if let Some(end) = &mut s.end {
+                end.reason = label(end.reason);
+            }
+            self.push(digest, s);
+        }
+        true
     }
 
     fn store_id(&mut self, id: &str) -> u64 {
@@ -231,13 +263,7 @@ impl Sessions {
     }
 
     pub fn id(&self, s: &SessionAcc) -> &str {
-        let chunk = (s.id >> 40) as usize;
-        let offset = ((s.id >> 8) & 0xffff_ffff) as usize;
-        let len = (s.id & 0xff) as usize;
-        self.arena
-            .get(chunk)
-            .and_then(|a| a.get(offset..offset + len))
-            .unwrap_or("")
+        in_arena(&self.arena, s.id)
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &SessionAcc> {
@@ -389,6 +415,17 @@ impl Sessions {
         }
         Ok(sessions)
     }
+}
+
+/// The id stored at `location` (chunk, offset, length) of an id arena.
+fn in_arena(arena: &[String], location: u64) -> &str {
+    let chunk = (location >> 40) as usize;
+    let offset = ((location >> 8) & 0xffff_ffff) as usize;
+    let len = (location & 0xff) as usize;
+    arena
+        .get(chunk)
+        .and_then(|a| a.get(offset..offset + len))
+        .unwrap_or("")
 }
 
 /// Length of the union of half-open intervals given in order of their start.

@@ -161,6 +161,45 @@ impl StreamAcc {
         Ok(s)
     }
 
+    /// Widens the stream's span to `ts` (an engine whose counting happens in shards keeps only
+    /// the span, for [`StreamAcc::span_with`]).
+    pub(crate) fn widen(&mut self, ts: Millis) {
+        self.first_event = self.first_event.min(ts);
+        self.last_event = self.last_event.max(ts);
+    }
+
+    /// Takes in what a shard counted for this stream: the shard's sessions are none of this
+    /// stream's (sessions are sharded by id), so they move in; displays, counts and the host's
+    /// times combine as `apply` would have combined them. Not for a live stream. An error names
+    /// a session that both hold.
+    pub(crate) fn absorb(&mut self, other: StreamAcc) -> Result<(), String> {
+        debug_assert!(self.live.is_none() && other.live.is_none());
+        self.widen(other.first_event);
+        self.widen(other.last_event);
+        self.displays.extend(other.displays);
+        self.live_state = match (self.live_state, other.live_state) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        self.scheduled = self.scheduled.max(other.scheduled);
+        for (bucket, counts) in other.event_counts {
+            let mine = self.event_counts.entry(bucket).or_default();
+            for (m, c) in mine.iter_mut().zip(counts) {
+                *m += c;
+            }
+        }
+        let labels = &mut self.labels;
+        let theirs = other.labels;
+        let moved = self
+            .sessions
+            .absorb(other.sessions, |id| labels.id(theirs.name(id)));
+        if moved {
+            Ok(())
+        } else {
+            Err("a session counted in two shards".into())
+        }
+    }
+
     /// The number of buckets the stream would span with an event at `ts`.
     pub(crate) fn span_with(&self, ts: Millis, w: i64) -> i64 {
         let last = self.last_event.max(ts).div_euclid(w);

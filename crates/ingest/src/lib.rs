@@ -96,6 +96,9 @@ pub enum IngestError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Kafka(#[from] kafka::KafkaProblem),
+    /// The counting threads could not start or did not finish (an earshot bug).
+    #[error("counting threads: {0}")]
+    Threads(String),
 }
 
 pub use earshot_core::MAX_BUCKETS_PER_STREAM;
@@ -128,12 +131,15 @@ impl Summary {
 }
 
 /// Reads every input to its end, counts, and commits one generation to `data_dir`.
-/// `progress` is called now and then with the bytes read so far from the current input.
+/// `counting_threads` above 1 counts sessions on that many threads (see `earshot_core::Shard`);
+/// the tables are the same for any number. `progress` is called now and then with the bytes read
+/// so far from the current input.
 pub fn ingest(
     inputs: Vec<Input>,
     data_dir: &Path,
     settings: Settings,
     pseudonyms: &Pseudonymizer,
+    counting_threads: usize,
     progress: &mut dyn FnMut(u64),
 ) -> Result<Summary, IngestError> {
     let started = Instant::now();
@@ -155,61 +161,105 @@ pub fn ingest(
         pseudonyms.clone(),
     );
     let mut manifest = new_manifest(&settings, pseudonyms);
-    for (partition, input) in inputs.into_iter().enumerate() {
-        let partition = partition as u32;
-        let Input {
-            source,
-            reader,
-            digest,
-        } = input;
-        pipe.name_partition(partition, format!("{source}:"));
-        // Two stages on two cores: this thread's helper reads and parses (the contract check and
-        // the pseudonym hash), while this thread counts and writes, strictly in arrival order.
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Line>>(8);
-        let (line_no, bytes) = std::thread::scope(|scope| -> Result<(u64, u64), IngestError> {
-            let reader_source = source.clone();
-            let parser =
-                scope.spawn(move || read_and_parse(reader, &reader_source, pseudonyms, tx));
-            let mut consumed = (0u64, 0u64);
-            for batch in rx {
-                for l in batch {
-                    // Bytes of the line and its newline (the last line may have none: off by one).
-                    consumed = (l.line_no, consumed.1 + l.len as u64 + 1);
-                    let (parsed, payload) = match l.parsed {
-                        Ok(event) => (Ok(event), Vec::new()),
-                        Err((reject, payload)) => (Err(reject), payload),
-                    };
-                    let at = At {
-                        position: l.line_no,
-                        bytes: l.len as u64,
-                    };
-                    pipe.take(partition, parsed, &payload, at)?;
-                }
-                progress(consumed.1);
+    let threads = counting_threads.max(1);
+    // With more than one counting thread, this thread keeps the decisions that depend on the
+    // order of every event (the gate, duplicates, lateness, arrival numbers) and the `events`
+    // rows, and each counted event is counted by the thread of its session's shard.
+    std::thread::scope(|counting| -> Result<(), IngestError> {
+        let mut counters = Vec::new();
+        if threads > 1 {
+            pipe.engine.count_in_shards();
+            let mut senders = Vec::new();
+            for k in 0..threads {
+                let (tx, rx) = std::sync::mpsc::sync_channel::<Routed>(4);
+                senders.push(tx);
+                let counter = std::thread::Builder::new()
+                    .name(format!("earshot-count-{k}"))
+                    .spawn_scoped(counting, move || {
+                        let mut shard = earshot_core::Shard::new(settings);
+                        for batch in rx {
+                            for (event, arrival) in batch {
+                                shard.apply(&event, arrival);
+                            }
+                        }
+                        shard
+                    })
+                    .map_err(|error| IngestError::Threads(error.to_string()))?;
+                counters.push(counter);
             }
-            match parser.join() {
-                Ok(result) => result?,
-                Err(_) => unreachable!("the parser thread does not panic"),
-            }
-            // The input's end: events still waiting for their time to be confirmed are decided.
-            pipe.finish_partition(partition)?;
-            Ok(consumed)
-        })?;
-        progress(bytes);
-        pipe.summary.bytes += bytes;
-        let sha256 = std::mem::take(&mut *digest.lock().unwrap_or_else(|p| p.into_inner()))
-            .finalize()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        manifest.inputs.push(ManifestInput {
-            source,
-            partition,
-            bytes,
-            messages: line_no,
-            sha256,
-        });
-    }
+            pipe.router = Some(Router {
+                arrival: 0,
+                batches: (0..threads).map(|_| Vec::new()).collect(),
+                senders,
+            });
+        }
+        for (partition, input) in inputs.into_iter().enumerate() {
+            let partition = partition as u32;
+            let Input {
+                source,
+                reader,
+                digest,
+            } = input;
+            pipe.name_partition(partition, format!("{source}:"));
+            // Two stages on two cores: this thread's helper reads and parses (the contract check and
+            // the pseudonym hash), while this thread counts and writes, strictly in arrival order.
+            let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Line>>(8);
+            let (line_no, bytes) =
+                std::thread::scope(|scope| -> Result<(u64, u64), IngestError> {
+                    let reader_source = source.clone();
+                    let parser =
+                        scope.spawn(move || read_and_parse(reader, &reader_source, pseudonyms, tx));
+                    let mut consumed = (0u64, 0u64);
+                    for batch in rx {
+                        for l in batch {
+                            // Bytes of the line and its newline (the last line may have none: off by one).
+                            consumed = (l.line_no, consumed.1 + l.len as u64 + 1);
+                            let (parsed, payload) = match l.parsed {
+                                Ok(event) => (Ok(event), Vec::new()),
+                                Err((reject, payload)) => (Err(reject), payload),
+                            };
+                            let at = At {
+                                position: l.line_no,
+                                bytes: l.len as u64,
+                            };
+                            pipe.take(partition, parsed, &payload, at)?;
+                        }
+                        progress(consumed.1);
+                    }
+                    match parser.join() {
+                        Ok(result) => result?,
+                        Err(_) => unreachable!("the parser thread does not panic"),
+                    }
+                    // The input's end: events still waiting for their time to be confirmed are decided.
+                    pipe.finish_partition(partition)?;
+                    Ok(consumed)
+                })?;
+            progress(bytes);
+            pipe.summary.bytes += bytes;
+            let sha256 = std::mem::take(&mut *digest.lock().unwrap_or_else(|p| p.into_inner()))
+                .finalize()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            manifest.inputs.push(ManifestInput {
+                source,
+                partition,
+                bytes,
+                messages: line_no,
+                sha256,
+            });
+        }
+        if let Some(mut router) = pipe.router.take() {
+            router.flush();
+        }
+        for counter in counters {
+            let shard = counter
+                .join()
+                .map_err(|_| IngestError::Threads("a counting thread panicked".into()))?;
+            pipe.engine.absorb(shard).map_err(IngestError::Threads)?;
+        }
+        Ok(())
+    })?;
     let snapshot = pipe.engine.snapshot(None);
     pipe.fill(&mut manifest, &snapshot);
     // Once, at the end: it walks every session (a checkpoint need not pay for it).
@@ -278,6 +328,47 @@ struct Pipeline {
     prefixes: Vec<String>,
     /// With a dead-letter topic: the rejects not yet sent there.
     dead_letters: Option<Vec<DeadLetter>>,
+    /// When counting runs in shards ([`Engine::count_in_shards`]): where counted events go.
+    router: Option<Router>,
+}
+
+/// Events per message to a counting thread: enough that the channel costs little per event.
+const ROUTE_BATCH: usize = 1024;
+
+/// A batch of counted events with their arrival numbers, for one counting thread.
+type Routed = Vec<(earshot_contract::Event, u64)>;
+
+/// Sends each counted event, with its arrival number, to the thread counting its shard. The
+/// numbers are counted here: the engine numbers counted events 1, 2, 3… in the order it decides
+/// them, which is the order they reach [`Router::route`].
+struct Router {
+    arrival: u64,
+    batches: Vec<Routed>,
+    senders: Vec<std::sync::mpsc::SyncSender<Routed>>,
+}
+
+impl Router {
+    fn route(&mut self, event: earshot_contract::Event) {
+        self.arrival += 1;
+        let k = earshot_core::shard_of(&event, self.senders.len());
+        self.batches[k].push((event, self.arrival));
+        if self.batches[k].len() >= ROUTE_BATCH {
+            self.send(k);
+        }
+    }
+
+    fn send(&mut self, k: usize) {
+        let batch = std::mem::replace(&mut self.batches[k], Vec::with_capacity(ROUTE_BATCH));
+        // A closed channel means that counting thread panicked; joining it reports that.
+        let _ = self.senders[k].send(batch);
+    }
+
+    /// Sends what is left; dropping the router then ends the counting threads' input.
+    fn flush(&mut self) {
+        for k in 0..self.senders.len() {
+            self.send(k);
+        }
+    }
 }
 
 impl Pipeline {
@@ -290,6 +381,7 @@ impl Pipeline {
             pseudonyms,
             prefixes: Vec::new(),
             dead_letters: None,
+            router: None,
         }
     }
 
@@ -352,6 +444,7 @@ impl Pipeline {
             summary,
             prefixes,
             dead_letters,
+            router,
             ..
         } = self;
         let prefix = prefixes.get(partition as usize).map_or("", String::as_str);
@@ -367,6 +460,11 @@ impl Pipeline {
             );
             if let Err(err) = written {
                 failed.get_or_insert(err);
+            }
+            if verdict == Verdict::Offered(Outcome::Counted)
+                && let Some(r) = router.as_mut()
+            {
+                r.route(e);
             }
         };
         match event {
