@@ -524,3 +524,44 @@ fn tables_are_byte_identical_at_1_2_3_and_8_counting_threads() {
     }
     assert!(compared > 200, "{compared} files compared");
 }
+
+/// A reader that gives `good` and then fails, as a file on a failing disk would.
+struct FailsAfter {
+    good: std::io::Cursor<Vec<u8>>,
+}
+
+impl std::io::Read for FailsAfter {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match std::io::Read::read(&mut self.good, buf)? {
+            0 => Err(std::io::Error::other("the disk went away")),
+            n => Ok(n),
+        }
+    }
+}
+
+#[test]
+fn an_input_that_fails_midway_ends_a_threaded_ingest_with_its_error() {
+    let p = Pseudonymizer::new(b"threads-test");
+    let lines = scenario(3, Settings::default().lateness_ms);
+    let text: String = lines.iter().map(|(_, l)| format!("{l}\n")).collect();
+    for threads in [1, 2, 8] {
+        let dir = tempfile::tempdir().unwrap();
+        let input = Input::from_reader(
+            "file:failing.ndjson",
+            FailsAfter {
+                good: std::io::Cursor::new(text.clone().into_bytes()),
+            },
+        );
+        // Returns (the counting and parsing threads all end), with the reader's error.
+        let err = ingest(
+            vec![input],
+            dir.path(),
+            Settings::default(),
+            &p,
+            threads,
+            &mut |_| {},
+        )
+        .expect_err("a failing input is an error");
+        assert!(err.to_string().contains("the disk went away"), "{err}");
+    }
+}

@@ -193,34 +193,43 @@ pub fn ingest(
                 senders,
             });
         }
-        for (partition, input) in inputs.into_iter().enumerate() {
-            let partition = partition as u32;
-            let Input {
-                source,
-                reader,
-                digest,
-            } = input;
-            pipe.name_partition(partition, format!("{source}:"));
-            let (line_no, bytes) =
-                read_input(&mut pipe, partition, reader, &source, threads, progress)?;
-            progress(bytes);
-            pipe.summary.bytes += bytes;
-            let sha256 = std::mem::take(&mut *digest.lock().unwrap_or_else(|p| p.into_inner()))
-                .finalize()
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect();
-            manifest.inputs.push(ManifestInput {
-                source,
-                partition,
-                bytes,
-                messages: line_no,
-                sha256,
-            });
-        }
-        if let Some(mut router) = pipe.router.take() {
+        let read_all = || -> Result<(), IngestError> {
+            for (partition, input) in inputs.into_iter().enumerate() {
+                let partition = partition as u32;
+                let Input {
+                    source,
+                    reader,
+                    digest,
+                } = input;
+                pipe.name_partition(partition, format!("{source}:"));
+                let (line_no, bytes) =
+                    read_input(&mut pipe, partition, reader, &source, threads, progress)?;
+                progress(bytes);
+                pipe.summary.bytes += bytes;
+                let sha256 = std::mem::take(&mut *digest.lock().unwrap_or_else(|p| p.into_inner()))
+                    .finalize()
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect();
+                manifest.inputs.push(ManifestInput {
+                    source,
+                    partition,
+                    bytes,
+                    messages: line_no,
+                    sha256,
+                });
+            }
+            Ok(())
+        };
+        let read = read_all();
+        // Whatever happened, the counting threads' input ends here, so that they finish (after an
+        // error too: the scope waits for them).
+        if let Some(mut router) = pipe.router.take()
+            && read.is_ok()
+        {
             router.flush();
         }
+        read?;
         for counter in counters {
             let shard = counter
                 .join()
