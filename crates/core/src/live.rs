@@ -875,24 +875,37 @@ impl Live {
             .filter(|&k| k >= b0 && k <= b1)
             .collect();
         self.stats.refilled_buckets += todo.len() as u64;
-        for &k in &todo {
-            let row = self.row(k);
-            row.present = Sketch::new();
-            row.connected = Sketch::new();
-            row.bytes = None;
-        }
+        let (Some(&lo), Some(&hi)) = (todo.first(), todo.last()) else {
+            return;
+        };
+        // Each session's buckets go into segment trees over `lo..=hi` (O(log n) sketch inserts
+        // per session, not one per bucket: during a catch-up at 1M listeners hundreds of buckets
+        // were refilled from every open session at each publish), and the trees' leaves are
+        // unions of bytes, as in a rebuild.
+        let n = (hi - lo + 1) as usize;
+        let mut trees = [RangeSketches::new(n), RangeSketches::new(n)];
+        let clip = |(x, y): (i64, i64)| {
+            let (x, y) = (x.max(lo), y.min(hi));
+            (x <= y).then(|| ((x - lo) as usize, (y - lo) as usize))
+        };
         for &i in &self.recent {
             let fp = Footprint::of(sessions.get(i));
             let h = hash(&fp.listener);
-            for (x, y) in fp.present(w) {
-                for &k in todo.range(x..=y) {
-                    self.rows[(k - b0) as usize].present.insert_hash(h);
-                }
+            for (x, y) in fp.present(w).into_iter().filter_map(clip) {
+                trees[0].insert(x, y, h);
             }
-            for (x, y) in fp.connected_buckets(w) {
-                for &k in todo.range(x..=y) {
-                    self.rows[(k - b0) as usize].connected.insert_hash(h);
-                }
+            for (x, y) in fp.connected_buckets(w).into_iter().filter_map(clip) {
+                trees[1].insert(x, y, h);
+            }
+        }
+        let [present, connected] = trees;
+        let leaves = present.into_leaves().into_iter().zip(connected.into_leaves());
+        for (k, (p, c)) in (lo..).zip(leaves) {
+            if todo.contains(&k) {
+                let row = self.row(k);
+                row.present = p;
+                row.connected = c;
+                row.bytes = None;
             }
         }
     }
