@@ -140,8 +140,10 @@ def run(listeners, work):
         base = f"http://127.0.0.1:{http}"
 
         def settled():
+            # Unchanged for 10 s: at 1M listeners a catch-up publish can take seconds and the
+            # next one comes seconds later, so 3 s unchanged started the idle phase mid catch-up.
             last, same = None, 0
-            while same < 3:
+            while same < 10:
                 time.sleep(1)
                 try:
                     now = get(f"{base}/v1/streams/{STREAM}").get("sessions")
