@@ -899,7 +899,10 @@ impl Live {
             }
         }
         let [present, connected] = trees;
-        let leaves = present.into_leaves().into_iter().zip(connected.into_leaves());
+        let leaves = present
+            .into_leaves()
+            .into_iter()
+            .zip(connected.into_leaves());
         for (k, (p, c)) in (lo..).zip(leaves) {
             if todo.contains(&k) {
                 let row = self.row(k);
