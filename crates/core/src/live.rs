@@ -11,9 +11,10 @@
 //! - **sketches** only grow: added buckets get the listener inserted. A session that leaves buckets
 //!   (its end arrived after the stream moved on, or a late event named another listener) marks them
 //!   for a rebuild, and the publish refills those buckets from the sessions that can touch them (the
-//!   open and recently ended ones, `recent`). A new bucket gets every open session (present) and
-//!   every session whose connected interval reaches into it (`reach`) when the stream first moves
-//!   into it: that is the one cost proportional to the audience, once per bucket;
+//!   open and recently ended ones, `recent`), through segment trees over the refilled range. New
+//!   buckets get every open session (present: one sketch of them, copied into each) and every
+//!   session whose connected interval reaches into them (`reach`) when the stream first moves into
+//!   them: that is the one cost proportional to the audience, once per move;
 //! - **listener figures** (distinct joined, connected, connected ≥ M) are kept per listener, from
 //!   the listener's sessions; session classes, time-to-first-audio and the earliest connect are
 //!   counters and ordered multisets.
