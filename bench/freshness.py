@@ -140,10 +140,11 @@ def run(listeners, work):
         base = f"http://127.0.0.1:{http}"
 
         def settled():
-            # Unchanged for 10 s: at 1M listeners a catch-up publish can take seconds and the
-            # next one comes seconds later, so 3 s unchanged started the idle phase mid catch-up.
+            # Caught up: `sessions` unchanged for 5 s and the last three publishes cheap. At 1M
+            # listeners a catch-up publish takes seconds and the next one can come 10 s later, so
+            # "unchanged for a while" alone started the idle phase in the middle of catch-up.
             last, same = None, 0
-            while same < 10:
+            while True:
                 time.sleep(1)
                 try:
                     now = get(f"{base}/v1/streams/{STREAM}").get("sessions")
@@ -151,6 +152,9 @@ def run(listeners, work):
                     now = None
                 same = same + 1 if (now is not None and now == last) else 0
                 last = now
+                recent = publish_costs(log, 0)[-3:]
+                if same >= 5 and len(recent) == 3 and all(f < 200 for f, _ in recent):
+                    return
 
         settled()
         results = {}
