@@ -23,7 +23,7 @@ import threading
 import time
 import urllib.request
 
-from confluent_kafka import Producer
+from confluent_kafka import Consumer, Producer, TopicPartition
 
 # EARSHOT_BIN: a copy of the binary, so that a rebuild during a long run does not change it.
 BIN = os.path.abspath(os.environ.get("EARSHOT_BIN", "target/debug/earshot"))
@@ -104,6 +104,26 @@ def publish_costs(log, since):
     return out
 
 
+def on_topic(broker):
+    """Messages on the topic: the sum of its partitions' high watermarks."""
+    c = Consumer({"bootstrap.servers": broker, "group.id": "freshness-watermarks"})
+    try:
+        meta = c.list_topics("events", timeout=10).topics["events"]
+        return sum(c.get_watermark_offsets(TopicPartition("events", p), timeout=10)[1]
+                   for p in meta.partitions)
+    finally:
+        c.close()
+
+
+def consumed(data):
+    """Messages the last checkpoint in `data` counts (0 before the first)."""
+    try:
+        with open(os.path.join(data, "current", "manifest.json")) as f:
+            return json.load(f).get("messages", 0)
+    except (OSError, ValueError):
+        return 0
+
+
 def run(listeners, work):
     port = free_port()
     broker = f"127.0.0.1:{port}"
@@ -140,9 +160,10 @@ def run(listeners, work):
         base = f"http://127.0.0.1:{http}"
 
         def settled():
-            # Caught up: `sessions` unchanged for 5 s and the last three publishes cheap. At 1M
-            # listeners a catch-up publish takes seconds and the next one can come 10 s later, so
-            # "unchanged for a while" alone started the idle phase in the middle of catch-up.
+            # Caught up: the last checkpoint counts every message on the topic, and `sessions`
+            # has not changed for 3 s. (At 1M listeners catch-up publishes take seconds and can
+            # come 10 s apart, so "unchanged for a while" alone started the idle phase in the
+            # middle of catch-up.)
             last, same = None, 0
             while True:
                 time.sleep(1)
@@ -152,8 +173,7 @@ def run(listeners, work):
                     now = None
                 same = same + 1 if (now is not None and now == last) else 0
                 last = now
-                recent = publish_costs(log, 0)[-3:]
-                if same >= 5 and len(recent) == 3 and all(f < 200 for f, _ in recent):
+                if same >= 3 and consumed(data) >= on_topic(broker):
                     return
 
         settled()
