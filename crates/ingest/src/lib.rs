@@ -226,12 +226,24 @@ pub fn ingest(
         let read = read_all();
         // Whatever happened, the counting threads' input ends here, so that they finish (after an
         // error too: the scope waits for them).
+        let mut numbered = None;
         if let Some(mut router) = pipe.router.take()
             && read.is_ok()
         {
             router.flush();
+            numbered = Some(router.arrival);
         }
         read?;
+        // The router numbers counted events itself; it must agree with the engine, which counted
+        // them (a fresh engine numbers them 1, 2, 3…), or first-to-arrive ties would differ.
+        if let Some(n) = numbered
+            && n != pipe.engine.tally().counted
+        {
+            return Err(IngestError::Threads(format!(
+                "{n} events routed, the engine counted {}",
+                pipe.engine.tally().counted
+            )));
+        }
         for counter in counters {
             let shard = counter
                 .join()
