@@ -252,6 +252,8 @@ pub fn ingest(
         }
         Ok(())
     })?;
+    // The last rows go to their encoders now: they are encoded while the snapshot is computed.
+    pipe.generation.flush_rows()?;
     let snapshot = pipe.engine.snapshot(None);
     pipe.fill(&mut manifest, &snapshot);
     // Once, at the end: it walks every session (a checkpoint need not pay for it).

@@ -206,6 +206,19 @@ impl Generation {
             .write(cols)
     }
 
+    /// Hands the rows pushed so far to their tables' encoder threads without closing the parts,
+    /// so that encoding them overlaps with what the caller does next (the final snapshot of a
+    /// file ingest) instead of waiting for the checkpoint.
+    pub fn flush_rows(&mut self) -> Result<(), StoreError> {
+        if self.event_rows.rows > 0 {
+            self.write_events()?;
+        }
+        if self.reject_rows.rows > 0 {
+            self.write_rejects()?;
+        }
+        Ok(())
+    }
+
     /// Appends one valid, de-duplicated event (late or not) to the `events` table; its `source` is
     /// written as `SOURCE:POSITION` (a line number) or `SOURCE@POSITION` (a Kafka offset): the
     /// caller passes the separator as the end of `source`.
@@ -265,12 +278,7 @@ impl Generation {
         with: CheckpointWith<'_>,
     ) -> Result<PathBuf, StoreError> {
         // Close the open parts: a part is immutable once a generation names it.
-        if self.event_rows.rows > 0 {
-            self.write_events()?;
-        }
-        if self.reject_rows.rows > 0 {
-            self.write_rejects()?;
-        }
+        self.flush_rows()?;
         for (i, part) in [self.events.take(), self.rejects.take()]
             .into_iter()
             .enumerate()
@@ -397,28 +405,35 @@ impl Generation {
             }
             sync_dir(&dir)?;
         }
-        write_streams(&tmp_dir, snapshot)?;
         let [buckets, rollups] = &self.figures;
         let previous = self.previous.as_deref();
-        let figures = [
-            buckets.publish(&tmp_dir, previous, &snapshot.buckets)?,
-            rollups.publish(&tmp_dir, previous, &snapshot.rollups)?,
-        ];
+        // The four tables are independent files: each is encoded and synced on a thread of its
+        // own, so the end of an ingest waits for the largest, not for their sum.
+        let (streams, buckets, rollups, sessions) = std::thread::scope(|scope| {
+            let dir = tmp_dir.as_path();
+            let streams = scope.spawn(move || write_streams(dir, snapshot));
+            let buckets = scope.spawn(move || buckets.publish(dir, previous, &snapshot.buckets));
+            let rollups = scope.spawn(move || rollups.publish(dir, previous, &snapshot.rollups));
+            let sessions = match &full {
+                Some(full) => self.sessions.publish(
+                    dir,
+                    previous,
+                    Some(full.sessions),
+                    &part_name(full.sessions_part),
+                    full.sessions_part as i64,
+                ),
+                None => self.sessions.publish(dir, previous, None, "", 0),
+            };
+            (joined(streams), joined(buckets), joined(rollups), sessions)
+        });
+        streams?;
+        let figures = [buckets?, rollups?];
+        let sessions = sessions?;
         let manifest_path = tmp_dir.join("manifest.json");
         let link = |name: &str| -> Result<(), StoreError> {
             let prev = self.previous.as_ref().ok_or_else(|| closed("sessions"))?;
             let to = tmp_dir.join(name);
             fs::hard_link(prev.join(name), &to).map_err(|e| StoreError::io("link", &to, e))
-        };
-        let sessions = match &full {
-            Some(full) => self.sessions.publish(
-                &tmp_dir,
-                previous,
-                Some(full.sessions),
-                &part_name(full.sessions_part),
-                full.sessions_part as i64,
-            )?,
-            None => self.sessions.publish(&tmp_dir, previous, None, "", 0)?,
         };
         let state = match full {
             Some(full) => {
@@ -548,6 +563,16 @@ struct Published {
     state: Option<EngineState>,
     figures: [FinalParts; 2],
     sessions: SessionParts,
+}
+
+/// What a table-writing thread returned; its panic becomes an error.
+fn joined<T>(h: std::thread::ScopedJoinHandle<'_, Result<T, StoreError>>) -> Result<T, StoreError> {
+    h.join().unwrap_or_else(|_| {
+        Err(StoreError::Encode {
+            table: "generation",
+            message: "a table-writing thread panicked".into(),
+        })
+    })
 }
 
 /// The saved engine state's file in a generation.
