@@ -250,7 +250,7 @@ pub fn read_line_capped(
             break;
         }
         saw_any = true;
-        let newline = chunk.iter().position(|&b| b == b'\n');
+        let newline = memchr::memchr(b'\n', chunk);
         let (piece, done) = match newline {
             Some(i) => (&chunk[..i], i + 1),
             None => (chunk, chunk.len()),
