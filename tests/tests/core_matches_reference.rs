@@ -489,3 +489,95 @@ fn a_damaged_state_is_refused_never_misread() {
         Err(StateError::NotState)
     ));
 }
+
+/// Several workers, each counting the partitions it owns, merge to the figures of one engine that
+/// counted every partition (`Engine::merge`). Sessions are keyed to a partition (contract §4), so
+/// the events are re-partitioned by session here; seeds where the single engine refused an event
+/// for the stream's span (a stream-wide guard a partition's engine cannot apply alone) or where
+/// one `event_id` lands on two partitions are not comparable and are counted apart.
+fn assert_partition_engines_merge(lines: &[(u32, String)], partitions: u32) -> bool {
+    use std::collections::HashMap;
+    let events = parse_all(lines, &Pseudonymizer::new(b"merge"));
+    let keyed: Vec<(u32, Event)> = events
+        .into_iter()
+        .map(|(_, e)| {
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            std::hash::Hash::hash(&(&e.stream_id, &e.session_id), &mut h);
+            (
+                (std::hash::Hasher::finish(&h) % partitions as u64) as u32,
+                e,
+            )
+        })
+        .collect();
+    let mut owner: HashMap<&str, u32> = HashMap::new();
+    for (p, e) in &keyed {
+        if *owner.entry(e.event_id.as_str()).or_insert(*p) != *p {
+            return false;
+        }
+    }
+    let settings = Settings::default();
+    let mut one = earshot_core::Engine::new(settings);
+    let mut parts: Vec<earshot_core::Engine> = (0..partitions)
+        .map(|_| earshot_core::Engine::new(settings))
+        .collect();
+    for (i, (p, e)) in keyed.iter().enumerate() {
+        let single = one.offer(*p, e);
+        if single == Outcome::OutOfSpan {
+            return false;
+        }
+        // Workers go live (they publish as they count); the merge must not care.
+        if i == keyed.len() / 2 {
+            parts[*p as usize].go_live();
+        }
+        assert_eq!(parts[*p as usize].offer(*p, e), single, "event {i}");
+    }
+    let mut merged = earshot_core::Engine::new(settings);
+    for part in parts {
+        merged.merge(part).expect("disjoint partitions merge");
+    }
+    assert_eq!(merged.tally(), one.tally());
+    let (got, want) = (
+        merged.snapshot(Some(i64::MIN)),
+        one.snapshot(Some(i64::MIN)),
+    );
+    assert_eq!(got, want, "a live-rule snapshot of the union");
+    assert_eq!(merged.snapshot(None), one.snapshot(None));
+    assert_eq!(merged.session_rows(), one.session_rows());
+    true
+}
+
+#[test]
+fn engines_of_disjoint_partitions_merge_to_one_engines_figures() {
+    let mut compared = 0;
+    for seed in 0..150 {
+        let partitions = 1 + (seed % 6) as u32;
+        if assert_partition_engines_merge(&scenario(seed, 60_000), partitions) {
+            compared += 1;
+        }
+    }
+    println!("{compared} of 150 seeds compared");
+    assert!(
+        compared > 100,
+        "only {compared} of 150 seeds were comparable"
+    );
+}
+
+#[test]
+fn a_session_split_over_two_engines_is_refused() {
+    let settings = Settings::default();
+    let lines = scenario(7, 60_000);
+    let events = parse_all(&lines, &Pseudonymizer::new(b"merge"));
+    let (mut a, mut b) = (
+        earshot_core::Engine::new(settings),
+        earshot_core::Engine::new(settings),
+    );
+    for (i, (_, e)) in events.iter().enumerate() {
+        if i % 2 == 0 {
+            a.offer(0, e);
+        } else {
+            b.offer(1, e);
+        }
+    }
+    let err = a.merge(b).expect_err("a session counted twice is refused");
+    assert!(err.contains("session"), "{err}");
+}

@@ -82,4 +82,49 @@ impl Engine {
         }
         Ok(())
     }
+
+    /// Takes in another engine that counted other partitions of the same input (a worker's
+    /// partition, contract §4: each session is keyed to one partition), for a snapshot of their
+    /// union: sessions move in whole, change points then sum, sketches and listener sets unite,
+    /// counts add. The merged engine is for [`Engine::snapshot`] and [`Engine::session_rows`]
+    /// only: it is not live, and it keeps no de-duplication set (each engine de-duplicated its
+    /// own partitions). An error names what the two engines share: a partition, or a session
+    /// (events of one session sent to two partitions).
+    pub fn merge(&mut self, other: Engine) -> Result<(), String> {
+        if self.settings != other.settings {
+            return Err("the engines were counted with different settings".into());
+        }
+        self.live = false;
+        self.seen = Default::default();
+        self.rollup_cache = Default::default();
+        for s in self.streams.values_mut() {
+            s.leave_live();
+        }
+        self.tally.counted += other.tally.counted;
+        self.tally.late += other.tally.late;
+        self.tally.duplicates += other.tally.duplicates;
+        self.arrival = self.arrival.max(other.arrival);
+        for (p, clock) in other.clocks.into_iter().enumerate() {
+            let Some(clock) = clock else { continue };
+            if self.clocks.len() <= p {
+                self.clocks.resize(p + 1, None);
+            }
+            if self.clocks[p].is_some() {
+                return Err(format!("partition {p} was counted by both engines"));
+            }
+            self.clocks[p] = Some(clock);
+        }
+        for (id, mut acc) in other.streams {
+            acc.leave_live();
+            match self.streams.get_mut(&id) {
+                Some(mine) => mine
+                    .absorb(acc)
+                    .map_err(|e| format!("stream {id:?}: {e}"))?,
+                None => {
+                    self.streams.insert(id, acc);
+                }
+            }
+        }
+        Ok(())
+    }
 }

@@ -84,6 +84,12 @@ impl StreamAcc {
         }
     }
 
+    /// Drops the live figures (they are a function of the sessions; [`StreamAcc::absorb`] needs
+    /// a stream without them).
+    pub(crate) fn leave_live(&mut self) {
+        self.live = None;
+    }
+
     pub(crate) fn live_stats(&self) -> crate::LiveStats {
         self.live
             .as_ref()
