@@ -127,6 +127,23 @@ pub struct Summary {
 }
 
 impl Summary {
+    /// Adds the counts of another data directory's summary (a group of workers' partitions).
+    pub fn add(&mut self, other: &Summary) {
+        self.messages += other.messages;
+        self.resumed_messages += other.resumed_messages;
+        self.bytes += other.bytes;
+        self.events += other.events;
+        self.counted += other.counted;
+        self.late += other.late;
+        self.duplicates += other.duplicates;
+        self.rejected += other.rejected;
+        for (code, n) in &other.rejected_by_reason {
+            *self.rejected_by_reason.entry(*code).or_default() += n;
+        }
+        self.streams = self.streams.max(other.streams);
+        self.sessions += other.sessions;
+    }
+
     pub fn messages_per_second(&self) -> f64 {
         (self.messages - self.resumed_messages) as f64 / self.elapsed.as_secs_f64().max(1e-9)
     }

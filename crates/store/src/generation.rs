@@ -219,6 +219,25 @@ impl Generation {
         Ok(())
     }
 
+    /// Adds a finished Parquet part of `table` (`events` or `rejects`) written elsewhere on the
+    /// same file system, hard-linked, after the parts written so far: the next checkpoint
+    /// publishes it. (A union of workers' data directories is one generation of their parts.)
+    pub fn adopt_part(&mut self, table: &str, file: &Path) -> Result<(), StoreError> {
+        let i = PART_TABLES
+            .iter()
+            .position(|t| *t == table)
+            .ok_or_else(|| StoreError::Encode {
+                table: "generation",
+                message: format!("{table} is not a table of parts"),
+            })?;
+        let name = part_name(self.next_part);
+        self.next_part += 1;
+        let to = self.staging.join(table).join(&name);
+        fs::hard_link(file, &to).map_err(|e| StoreError::io("link", &to, e))?;
+        self.closed[i].push(name);
+        Ok(())
+    }
+
     /// Appends one valid, de-duplicated event (late or not) to the `events` table; its `source` is
     /// written as `SOURCE:POSITION` (a line number) or `SOURCE@POSITION` (a Kafka offset): the
     /// caller passes the separator as the end of `source`.

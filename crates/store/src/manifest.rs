@@ -1,6 +1,6 @@
 //! What a generation says about itself: `manifest.json`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use earshot_core::Settings;
 use serde::{Deserialize, Serialize};
@@ -63,9 +63,20 @@ pub struct KafkaPosition {
     pub dead_lettered: u64,
     /// Number of checkpoints written so far.
     pub checkpoints: u64,
+    /// Per partition: its watermark when the checkpoint was written (partitions with two events
+    /// or more). With `at_end` and `finished`, what a union of workers needs to decide which
+    /// buckets are final, as one consumer would have.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub watermarks: BTreeMap<i32, i64>,
+    /// Partitions that were at their end (nothing more to deliver) at the checkpoint.
+    #[serde(skip_serializing_if = "BTreeSet::is_empty")]
+    pub at_end: BTreeSet<i32>,
+    /// The run ended on an idle topic: every bucket was final at this checkpoint.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub finished: bool,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(default)]
 pub struct ManifestSettings {
     pub liveness_ms: i64,

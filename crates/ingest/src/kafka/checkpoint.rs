@@ -2,18 +2,36 @@
 
 use super::*;
 
-use super::consume::KafkaIngest;
+use super::consume::{Final, KafkaIngest, live_final_through};
 
 impl KafkaIngest<'_> {
-    /// Publishes every table with the offsets they stop at, as one generation; then tells the
-    /// group (monitoring only) and the caller.
+    /// Checkpoints every data directory with new messages (at the end of a run, every one), and
+    /// in a group of workers then publishes the union.
     pub(super) fn checkpoint(
         &mut self,
-        final_through: Option<earshot_contract::Millis>,
+        fin: Final,
         on_checkpoint: &mut dyn FnMut(&Checkpoint<'_>),
     ) -> Result<(), IngestError> {
         let t = Instant::now();
-        // Dead letters first: a checkpoint never names a reject whose copy is still in flight.
+        self.flush_dead_letters()?;
+        let keys: Vec<i32> = self
+            .parts
+            .iter()
+            .filter(|(_, part)| part.dirty || self.closing || matches!(fin, Final::Nothing))
+            .map(|(&k, _)| k)
+            .collect();
+        for key in &keys {
+            self.checkpoint_part(*key, fin, on_checkpoint)?;
+        }
+        if self.workers && !keys.is_empty() {
+            self.publish_union(on_checkpoint)?;
+        }
+        self.published(true, t.elapsed());
+        Ok(())
+    }
+
+    /// Dead letters first: a checkpoint never names a reject whose copy is still in flight.
+    fn flush_dead_letters(&mut self) -> Result<(), IngestError> {
         if let Some((_, producer)) = &self.dead_letters {
             producer
                 .flush(Duration::from_secs(30))
@@ -30,9 +48,29 @@ impl KafkaIngest<'_> {
                 );
             }
         }
-        let pipe = &mut self.pipe;
-        let manifest = &mut self.manifest;
-        let position = &mut self.position;
+        Ok(())
+    }
+
+    /// Publishes every table of one data directory with the offsets they stop at, as one
+    /// generation; then tells the group (monitoring only) and the caller.
+    pub(super) fn checkpoint_part(
+        &mut self,
+        key: i32,
+        fin: Final,
+        on_checkpoint: &mut dyn FnMut(&Checkpoint<'_>),
+    ) -> Result<(), IngestError> {
+        let t = Instant::now();
+        let Some(part) = self.parts.get_mut(&key) else {
+            return Ok(());
+        };
+        let final_through = match fin {
+            Final::Nothing => Some(i64::MIN),
+            Final::All => None,
+            Final::Live => live_final_through(&part.pipe.engine, &self.positions, &self.eof),
+        };
+        let pipe = &mut part.pipe;
+        let manifest = &mut part.manifest;
+        let position = &mut part.position;
         let snapshot = pipe.engine.publish(final_through);
         // `sessions` gets a part with the rows of the sessions that changed since the last
         // checkpoint, or now and then every row as one part (see `Generation::sessions_rewrite_due`).
@@ -52,12 +90,16 @@ impl KafkaIngest<'_> {
             SessionRows::Changed(&rows)
         };
         pipe.fill(manifest, &snapshot);
-        let mut next = self
+        // This directory's partitions: all of them, or a worker's one.
+        let mut next: BTreeMap<i32, i64> = self
             .positions
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .next
-            .clone();
+            .iter()
+            .filter(|(p, _)| key == super::consume::ALL || **p == key)
+            .map(|(&p, &n)| (p, n))
+            .collect();
         // Events still waiting in the gate are not in the tables: the checkpoint stops before the
         // first of them, and a restart reads them again (so they are not counted as read yet).
         let mut stored_position = position.clone();
@@ -79,6 +121,16 @@ impl KafkaIngest<'_> {
         position.checkpoints += 1;
         stored_position.next_offsets = next.clone();
         stored_position.checkpoints = position.checkpoints;
+        stored_position.watermarks = next
+            .keys()
+            .filter_map(|&p| pipe.engine.watermark(p as u32).map(|w| (p, w)))
+            .collect();
+        stored_position.at_end = next
+            .keys()
+            .filter(|p| self.eof.contains(p))
+            .copied()
+            .collect();
+        stored_position.finished = final_through.is_none();
         manifest.kafka = Some(stored_position);
         // The engine's state now and then, so that a restart replays only the events after it.
         let unsaved = manifest.events
@@ -106,6 +158,7 @@ impl KafkaIngest<'_> {
         let mut tpl = TopicPartitionList::new();
         for p in assigned {
             if let Some(&n) = next.get(&p) {
+                // (Only this directory's partitions are in `next`.)
                 let _ = tpl.add_partition_offset(&position.topic, p, Offset::Offset(n));
             }
         }
@@ -122,24 +175,70 @@ impl KafkaIngest<'_> {
                 "saved the engine state with the checkpoint"
             );
         }
+        part.dirty = false;
+        if !self.workers {
+            // A worker tells the caller about the union instead (`publish_union`).
+            on_checkpoint(&Checkpoint {
+                summary: &pipe.summary,
+                position,
+                generation: &generation,
+                took: t.elapsed(),
+            });
+        }
+        Ok(())
+    }
+
+    /// A group of workers: the union of every partition's newest checkpoint, as the tables of
+    /// the data directory (see `union`); the caller hears of it as a checkpoint.
+    pub(super) fn publish_union(
+        &mut self,
+        on_checkpoint: &mut dyn FnMut(&Checkpoint<'_>),
+    ) -> Result<(), IngestError> {
+        let t = Instant::now();
+        let published = super::union::publish_union(
+            &self.data_dir,
+            self.settings,
+            self.pseudonyms,
+            &self.source.topic,
+        )?;
+        let Some(generation) = published else {
+            return Ok(());
+        };
+        let manifest = read_manifest(&generation)?;
+        let mut summary = Summary {
+            messages: manifest.messages,
+            events: manifest.events,
+            counted: manifest.counted,
+            late: manifest.late,
+            duplicates: manifest.duplicates,
+            rejected: manifest.rejected,
+            ..Summary::default()
+        };
+        let position = manifest.kafka.unwrap_or_default();
+        summary.bytes = position.bytes;
+        tracing::debug!(
+            generation = %generation.display(),
+            total_ms = t.elapsed().as_secs_f64() * 1e3,
+            "published the union of the partitions"
+        );
         on_checkpoint(&Checkpoint {
-            summary: &pipe.summary,
-            position,
+            summary: &summary,
+            position: &position,
             generation: &generation,
             took: t.elapsed(),
         });
-        self.published(true, t.elapsed());
         Ok(())
     }
 
     /// Between checkpoints: `streams`, `buckets` and `rollups` from the engine's live figures,
     /// over the last checkpoint's other tables (see [`Generation::publish_figures`]).
-    pub(super) fn publish_figures(
-        &mut self,
-        final_through: Option<earshot_contract::Millis>,
-    ) -> Result<(), IngestError> {
+    pub(super) fn publish_figures(&mut self) -> Result<(), IngestError> {
         let t = Instant::now();
-        let pipe = &mut self.pipe;
+        let Some(part) = self.parts.get_mut(&super::consume::ALL) else {
+            return Ok(());
+        };
+        let final_through = live_final_through(&part.pipe.engine, &self.positions, &self.eof);
+        let pipe = &mut part.pipe;
         let snapshot = pipe.engine.publish(final_through);
         let figures = t.elapsed();
         let generation = pipe.generation.publish_figures(&snapshot)?;

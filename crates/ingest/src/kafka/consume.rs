@@ -26,38 +26,105 @@ pub fn ingest_kafka(
             "redelivered messages skipped"
         );
     }
-    let mut summary = ingest.pipe.summary;
+    let mut summary = std::mem::take(&mut ingest.handed_over);
+    let mut memory = earshot_core::MemoryUse::default();
+    for part in ingest.parts.values() {
+        summary.add(&part.pipe.summary);
+        let m = part.pipe.engine.memory();
+        memory.sessions += m.sessions;
+        memory.session_bytes += m.session_bytes;
+        memory.dedup_bytes += m.dedup_bytes;
+        memory.live_bytes += m.live_bytes;
+    }
     // The wait that decided the topic was idle is not ingest time.
     summary.elapsed = started.elapsed().saturating_sub(idle_tail);
-    summary.memory = ingest.pipe.engine.memory();
+    summary.memory = memory;
     Ok(summary)
 }
 
-/// One consumer's run: the pipeline, where each partition stands, the clients, and the clocks
-/// that decide when to publish.
-pub(super) struct KafkaIngest<'a> {
-    pub(super) source: &'a KafkaSource,
-    pseudonyms: &'a Pseudonymizer,
+/// The key of the one part of a single consumer, which holds every partition.
+pub(super) const ALL: i32 = -1;
+
+/// One data directory being written: a single consumer's (every partition), or in a group of
+/// workers one partition's.
+pub(super) struct Part {
     pub(super) pipe: Pipeline,
     /// What the last checkpoint stored, and the counts since.
     pub(super) position: KafkaPosition,
     pub(super) manifest: Manifest,
+    /// Partitions whose event source name the pipeline knows.
+    named: BTreeSet<i32>,
+    /// A message arrived since the last checkpoint.
+    pub(super) dirty: bool,
+    /// Revoked (a group of workers): checkpointed, and dropped once the group has assigned
+    /// partitions again without it (the assignment count then), or after a few seconds.
+    pub(super) parked: Option<(u64, Instant)>,
+}
+
+impl Part {
+    pub(super) fn new(
+        mut pipe: Pipeline,
+        mut position: KafkaPosition,
+        source: &KafkaSource,
+        settings: &Settings,
+        pseudonyms: &Pseudonymizer,
+        dead_letters: bool,
+    ) -> Part {
+        position.group = source.group.clone();
+        // Publishing every second must cost what changed, not a pass over every session.
+        pipe.engine.go_live();
+        if dead_letters {
+            pipe.dead_letters = Some(Vec::new());
+        }
+        Part {
+            pipe,
+            position,
+            manifest: new_manifest(settings, pseudonyms),
+            named: BTreeSet::new(),
+            dirty: false,
+            parked: None,
+        }
+    }
+}
+
+/// Which buckets a checkpoint calls final.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Final {
+    /// None yet (a new data directory's first, empty checkpoint).
+    Nothing,
+    /// As the watermarks say (see [`live_final_through`]).
+    Live,
+    /// Every bucket: the topic was idle to its end.
+    All,
+}
+
+/// One consumer's run: the data directories it writes, where each partition stands, the
+/// clients, and the clocks that decide when to publish.
+pub(super) struct KafkaIngest<'a> {
+    pub(super) source: &'a KafkaSource,
+    pub(super) pseudonyms: &'a Pseudonymizer,
+    pub(super) settings: Settings,
+    pub(super) data_dir: std::path::PathBuf,
+    /// A group of workers (`Assignment::Group`): one data directory per partition under
+    /// `data_dir/partitions/`, and the union published in `data_dir`. Otherwise one part, [`ALL`].
+    pub(super) workers: bool,
+    pub(super) parts: BTreeMap<i32, Part>,
+    /// The summaries of parts handed over to other workers during this run.
+    pub(super) handed_over: Summary,
     /// Shared with the rebalance callback.
     pub(super) positions: Arc<Mutex<Positions>>,
     pub(super) consumer: BaseConsumer<ConsumerCtx>,
     pub(super) dead_letters: Option<(String, BaseProducer<ProducerCtx>)>,
-    /// Partitions whose event source name the pipeline knows.
-    named: BTreeSet<i32>,
     /// Partitions at their end (they do not hold buckets back from being final).
     pub(super) eof: BTreeSet<i32>,
-    clocks: Clocks,
+    pub(super) clocks: Clocks,
     skipped_redelivered: u64,
     /// The run is ending: its last checkpoint saves the engine's state.
     pub(super) closing: bool,
 }
 
 /// When things last happened.
-struct Clocks {
+pub(super) struct Clocks {
     last_message: Instant,
     last_checkpoint: Instant,
     last_publish: Instant,
@@ -74,6 +141,8 @@ struct Clocks {
     unassigned_since: Instant,
     warned_unassigned: bool,
     partitions_checked: Instant,
+    /// When pending partitions' data directories were last tried (see `workers`).
+    pub(super) pending_tried: Instant,
 }
 
 impl<'a> KafkaIngest<'a> {
@@ -86,16 +155,23 @@ impl<'a> KafkaIngest<'a> {
         pseudonyms: &'a Pseudonymizer,
         on_checkpoint: &mut dyn FnMut(&Checkpoint<'_>),
     ) -> Result<KafkaIngest<'a>, IngestError> {
-        let (mut pipe, mut position) = resume(source, data_dir, settings, pseudonyms)?;
-        position.group = source.group.clone();
-        // Publishing every second must cost what changed, not a pass over every session.
-        pipe.engine.go_live();
+        let workers = source.assignment == Assignment::Group;
+        super::workers::check_layout(data_dir, workers)?;
+        let single = if workers {
+            None
+        } else {
+            Some(resume(source, data_dir, settings, pseudonyms)?)
+        };
         let positions = Arc::new(Mutex::new(Positions {
-            next: position.next_offsets.clone(),
+            next: single
+                .as_ref()
+                .map(|(_, position)| position.next_offsets.clone())
+                .unwrap_or_default(),
             ..Positions::default()
         }));
         let ctx = ConsumerCtx {
             topic: source.topic.clone(),
+            workers: workers.then(|| data_dir.to_owned()),
             positions: positions.clone(),
             last_error: LastError::default(),
             rebalances: AtomicU64::new(0),
@@ -143,7 +219,6 @@ impl<'a> KafkaIngest<'a> {
                     source.connect_timeout,
                     &producer.context().last_error,
                 )?;
-                pipe.dead_letters = Some(Vec::new());
                 Some((topic.clone(), producer))
             }
             None => None,
@@ -157,17 +232,31 @@ impl<'a> KafkaIngest<'a> {
                 .map_err(|e| KafkaProblem::Fatal(e.to_string()))?,
         }
         let now = Instant::now();
-        let first = position.checkpoints == 0;
+        let mut parts = BTreeMap::new();
+        let mut first = false;
+        if let Some((pipe, position)) = single {
+            first = position.checkpoints == 0;
+            let part = Part::new(
+                pipe,
+                position,
+                source,
+                &settings,
+                pseudonyms,
+                dead_letters.is_some(),
+            );
+            parts.insert(ALL, part);
+        }
         let mut ingest = KafkaIngest {
             source,
             pseudonyms,
-            pipe,
-            position,
-            manifest: new_manifest(&settings, pseudonyms),
+            settings,
+            data_dir: data_dir.to_owned(),
+            workers,
+            parts,
+            handed_over: Summary::default(),
             positions,
             consumer,
             dead_letters,
-            named: BTreeSet::new(),
             eof: BTreeSet::new(),
             clocks: Clocks {
                 last_message: now,
@@ -181,6 +270,7 @@ impl<'a> KafkaIngest<'a> {
                 unassigned_since: now,
                 warned_unassigned: false,
                 partitions_checked: now,
+                pending_tried: now,
             },
             skipped_redelivered: 0,
             closing: false,
@@ -188,7 +278,11 @@ impl<'a> KafkaIngest<'a> {
         if first {
             // A new data directory gets (empty) tables at once, so that it can be served and
             // queried before the first message arrives.
-            ingest.checkpoint(Some(i64::MIN), on_checkpoint)?;
+            ingest.checkpoint(Final::Nothing, on_checkpoint)?;
+        }
+        if workers {
+            // The union, at once: of the partitions other workers (or earlier runs) stored.
+            ingest.publish_union(on_checkpoint)?;
         }
         Ok(ingest)
     }
@@ -245,6 +339,9 @@ impl<'a> KafkaIngest<'a> {
                 producer.poll(Duration::ZERO);
             }
             self.watch_assignment()?;
+            if self.workers {
+                self.tend_partitions(on_checkpoint)?;
+            }
             if let Some(idle) = self.source.exit_when_idle
                 && self.clocks.last_message.elapsed() >= idle
             {
@@ -256,8 +353,7 @@ impl<'a> KafkaIngest<'a> {
                 && c.last_checkpoint.elapsed()
                     >= self.source.checkpoint_every.max(c.checkpoint_took * 4)
             {
-                let final_through = self.final_through();
-                self.checkpoint(final_through, on_checkpoint)?;
+                self.checkpoint(Final::Live, on_checkpoint)?;
             } else if c.unpublished_since.is_some_and(|t| {
                 // Caught up: at once, but not more than ten times per freshness interval (nothing
                 // waits to be consumed, so the publish costs no throughput). Under load: once a
@@ -271,19 +367,18 @@ impl<'a> KafkaIngest<'a> {
                     t.elapsed() >= self.source.freshness / 2 && since >= c.publish_took * 9
                 }
             }) {
-                let final_through = self.final_through();
-                self.publish_figures(final_through)?;
+                self.publish_figures()?;
             }
         };
         // At the end every bucket is final, as at the end of a file; after a stop the live rule
         // holds.
-        let final_through = if finished_by_idle {
-            None
+        let last = if finished_by_idle {
+            Final::All
         } else {
-            self.final_through()
+            Final::Live
         };
         self.closing = true;
-        self.checkpoint(final_through, on_checkpoint)?;
+        self.checkpoint(last, on_checkpoint)?;
         Ok(idle_tail)
     }
 
@@ -291,6 +386,12 @@ impl<'a> KafkaIngest<'a> {
     /// right after an assignment reads from further back; a redelivery is skipped), then taken
     /// through the pipeline, and its rejects sent to the dead-letter topic.
     fn take(&mut self, p: i32, offset: i64, payload: &[u8]) -> Result<(), IngestError> {
+        let key = if self.workers { p } else { ALL };
+        if !self.parts.contains_key(&key) {
+            // A worker's partition it has not opened (yet) or has handed over: not applied, and
+            // its position does not move (it is read again from the stored offset).
+            return Ok(());
+        }
         let mut guard = self.positions.lock().unwrap_or_else(|p| p.into_inner());
         let expected = guard.next.get(&p).copied();
         if let (Some(n), Some(&check)) = (expected, guard.unverified.get(&p)) {
@@ -341,16 +442,23 @@ impl<'a> KafkaIngest<'a> {
         self.eof.remove(&p);
         self.clocks.last_message = Instant::now();
         self.clocks.dirty = true;
-        self.clocks
-            .unpublished_since
-            .get_or_insert(self.clocks.last_message);
-        self.position.bytes += payload.len() as u64;
-        *self.position.messages.entry(p).or_default() += 1;
-        if self.named.insert(p) {
-            self.pipe
+        if !self.workers {
+            // A group of workers publishes the union at its checkpoints only.
+            self.clocks
+                .unpublished_since
+                .get_or_insert(self.clocks.last_message);
+        }
+        let Some(part) = self.parts.get_mut(&key) else {
+            return Ok(());
+        };
+        part.dirty = true;
+        part.position.bytes += payload.len() as u64;
+        *part.position.messages.entry(p).or_default() += 1;
+        if part.named.insert(p) {
+            part.pipe
                 .name_partition(p as u32, format!("kafka:{}/{p}@", self.source.topic));
         }
-        self.pipe.take(
+        part.pipe.take(
             p as u32,
             parse_event(payload, self.pseudonyms),
             payload,
@@ -359,14 +467,15 @@ impl<'a> KafkaIngest<'a> {
                 bytes: payload.len() as u64,
             },
         )?;
-        self.send_dead_letters()
+        self.send_dead_letters(key)
     }
 
-    fn send_dead_letters(&mut self) -> Result<(), IngestError> {
-        let Some((topic, producer)) = &self.dead_letters else {
+    fn send_dead_letters(&mut self, key: i32) -> Result<(), IngestError> {
+        let (Some((topic, producer)), Some(part)) = (&self.dead_letters, self.parts.get_mut(&key))
+        else {
             return Ok(());
         };
-        let queue = self.pipe.dead_letters.as_mut().map(std::mem::take);
+        let queue = part.pipe.dead_letters.as_mut().map(std::mem::take);
         for dead in queue.unwrap_or_default() {
             let headers = OwnedHeaders::new()
                 .insert(Header {
@@ -385,7 +494,7 @@ impl<'a> KafkaIngest<'a> {
                 .payload(dead.payload.as_slice())
                 .headers(headers);
             send_with_backpressure(producer, record, topic)?;
-            self.position.dead_lettered += 1;
+            part.position.dead_lettered += 1;
         }
         Ok(())
     }
@@ -394,19 +503,23 @@ impl<'a> KafkaIngest<'a> {
     /// partitions (after a restart that can take a session timeout). Partitions added to the
     /// topic while running are read too.
     fn watch_assignment(&mut self) -> Result<(), IngestError> {
-        let holding = !self
-            .positions
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .assigned
-            .is_empty();
+        // A worker waiting for a partition's previous owner to let go is not idle either.
+        let holding = {
+            let positions = self.positions.lock().unwrap_or_else(|p| p.into_inner());
+            !positions.assigned.is_empty() && positions.pending.is_empty()
+        };
         if !holding {
             self.clocks.last_message = Instant::now();
             if self.clocks.unassigned_since.elapsed() > Duration::from_secs(60)
                 && !self.clocks.warned_unassigned
             {
+                let hint = if self.workers {
+                    "a group has no use for more workers than the topic has partitions"
+                } else {
+                    "run one earshot per group, or --assign group for several workers"
+                };
                 tracing::warn!(
-                    "no partition of {} has been assigned to this consumer for a minute: another member of group {} may hold them (run one earshot per group)",
+                    "no partition of {} has been assigned to this consumer for a minute: another member of group {} may hold them ({hint})",
                     self.source.topic,
                     self.source.group
                 );
@@ -447,10 +560,6 @@ impl<'a> KafkaIngest<'a> {
         } else {
             self.clocks.publish_took = took;
         }
-    }
-
-    fn final_through(&self) -> Option<earshot_contract::Millis> {
-        live_final_through(&self.pipe.engine, &self.positions, &self.eof)
     }
 }
 

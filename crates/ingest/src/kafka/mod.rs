@@ -43,9 +43,12 @@ mod checkpoint;
 mod consume;
 mod produce;
 mod resume;
+mod union;
+mod workers;
 
 pub use consume::ingest_kafka;
 pub use produce::{Pace, Produced, produce};
+pub use union::{PARTITIONS, partition_dir};
 /// Settings earshot relies on; `-X` may not change them.
 const RESERVED: [&str; 6] = [
     "bootstrap.servers",
@@ -207,6 +210,13 @@ struct Positions {
     assigned: BTreeSet<i32>,
     /// Partitions assigned at an offset that is not yet confirmed (see [`Continuity`]).
     unverified: BTreeMap<i32, Continuity>,
+    /// A group of workers: the partitions whose data directory this worker has open.
+    open: BTreeSet<i32>,
+    /// A group of workers: partitions assigned (and paused) whose data directory this worker has
+    /// not opened yet; its previous owner may still hold it (see `workers`).
+    pending: BTreeSet<i32>,
+    /// Assignments received so far.
+    assignments: u64,
 }
 
 impl Positions {
@@ -237,6 +247,8 @@ enum Continuity {
 
 struct ConsumerCtx {
     topic: String,
+    /// A group of workers: the data directory holding `partitions/`.
+    workers: Option<std::path::PathBuf>,
     positions: Arc<Mutex<Positions>>,
     last_error: LastError,
     rebalances: AtomicU64,
@@ -272,15 +284,23 @@ impl ConsumerContext for ConsumerCtx {
                     .iter()
                     .map(|e| (e.topic().to_owned(), e.partition()))
                     .collect();
+                let mut paused = TopicPartitionList::new();
                 for (topic, p) in partitions {
-                    let offset = if topic == self.topic {
-                        positions.start(p)
-                    } else {
-                        Offset::Beginning
+                    let offset = match &self.workers {
+                        _ if topic != self.topic => Offset::Beginning,
+                        // A worker reads a partition only once it holds its data directory:
+                        // until then it waits, paused, at the offset last stored there.
+                        Some(dir) if !positions.open.contains(&p) => {
+                            positions.pending.insert(p);
+                            let _ = paused.add_partition(&topic, p);
+                            union::stored_offset(dir, p).map_or(Offset::Beginning, Offset::Offset)
+                        }
+                        _ => positions.start(p),
                     };
                     let _ = tpl.set_partition_offset(&topic, p, offset);
                     positions.assigned.insert(p);
                 }
+                positions.assignments += 1;
                 let result = if cooperative {
                     consumer.incremental_assign(tpl)
                 } else {
@@ -289,12 +309,18 @@ impl ConsumerContext for ConsumerCtx {
                 if let Err(e) = result {
                     self.last_error.set(format!("assign failed: {e}"));
                 }
+                if paused.count() > 0
+                    && let Err(e) = consumer.pause(&paused)
+                {
+                    self.last_error.set(format!("pause failed: {e}"));
+                }
                 tracing::info!(partitions = ?positions.assigned, "partitions assigned");
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 for e in tpl.elements() {
                     positions.assigned.remove(&e.partition());
                     positions.unverified.remove(&e.partition());
+                    positions.pending.remove(&e.partition());
                 }
                 let _ = if cooperative {
                     consumer.incremental_unassign(tpl)
@@ -306,6 +332,7 @@ impl ConsumerContext for ConsumerCtx {
             other => {
                 self.last_error.set(format!("rebalance failed: {other:?}"));
                 positions.assigned.clear();
+                positions.pending.clear();
                 let _ = consumer.unassign();
             }
         }

@@ -79,29 +79,84 @@ pub(super) fn resume(
         }
         .into());
     }
-    // The saved engine state, when there is a sound one, counts the first parts of `events`; the
-    // parts after it are replayed: the same events in the same order rebuild the same state, and
-    // must come out with the same late flags. Without a state (or with one that does not load),
-    // every stored event is replayed.
+    let (mut engine, replayed) = rebuild(data_dir, &current, &manifest, settings, &source.topic)?;
+    if replayed.state_refused {
+        // Not carried on: the next checkpoint saves a sound one.
+        generation.forget_engine_state();
+    }
+    // A loaded live engine marks the sessions the replay changes; their rows are stored already
+    // (a checkpoint writes its events and its sessions in one generation).
+    engine.forget_changed_sessions();
+    let mut pipe = Pipeline::new(engine, generation, pseudonyms.clone());
+    let s = &mut pipe.summary;
+    s.resumed_messages = manifest.messages;
+    s.bytes = position.bytes;
+    s.messages = manifest.messages;
+    s.duplicates = manifest.duplicates;
+    s.rejected = manifest.rejected;
+    for (code, n) in &manifest.rejected_by_reason {
+        if let Some(code) = earshot_contract::RejectCode::ALL
+            .into_iter()
+            .find(|c| c.as_str() == code)
+        {
+            s.rejected_by_reason.insert(code, *n);
+        }
+    }
+    tracing::info!(
+        events = replayed.from_state + replayed.rows,
+        from_state = replayed.from_state,
+        replayed = replayed.rows,
+        generation = %current.display(),
+        load_ms = replayed.load.as_millis() as u64,
+        replay_ms = replayed.replay.as_millis() as u64,
+        "resumed from checkpoint"
+    );
+    Ok((pipe, position))
+}
+
+/// How [`rebuild`] got its engine.
+pub(super) struct Replayed {
+    /// Events counted by the saved state, and replayed after it.
+    pub from_state: u64,
+    pub rows: u64,
+    /// A saved state was there but could not be used (every event was replayed instead).
+    pub state_refused: bool,
+    pub load: Duration,
+    pub replay: Duration,
+}
+
+/// The engine of the checkpoint `current` (a generation of `data_dir`, whose manifest is
+/// `manifest`), consuming `topic`: its saved state, when there is a sound one, counts the first
+/// parts of `events`; the parts after it are replayed: the same events in the same order rebuild
+/// the same state, and must come out with the same late flags. Without a state (or with one that
+/// does not load), every stored event is replayed. Reads only: no lock is taken.
+pub(super) fn rebuild(
+    data_dir: &Path,
+    current: &Path,
+    manifest: &Manifest,
+    settings: Settings,
+    topic: &str,
+) -> Result<(Engine, Replayed), IngestError> {
+    let dir = data_dir.display().to_string();
     let started = Instant::now();
-    let (mut engine, first_part) = match load_state(&current, &manifest, settings) {
+    let mut state_refused = false;
+    let (mut engine, first_part) = match load_state(current, manifest, settings) {
         Ok(Some(loaded)) => loaded,
         Ok(None) => (Engine::new(settings), 0),
         Err(why) => {
             tracing::warn!(
                 "the saved engine state was not loaded ({why}); replaying every stored event instead"
             );
-            // Not carried on: the next checkpoint saves a sound one.
-            generation.forget_engine_state();
+            state_refused = true;
             (Engine::new(settings), 0)
         }
     };
-    let loaded_in = started.elapsed();
+    let load = started.elapsed();
     let from_state = engine.tally().counted + engine.tally().late;
     let replay = Instant::now();
-    let prefix = format!("kafka:{}/", source.topic);
+    let prefix = format!("kafka:{topic}/");
     let mut rows = 0u64;
-    stored_events_from(&current, first_part, |row| {
+    stored_events_from(current, first_part, |row| {
         rows += 1;
         let inconsistent = |detail: String| StoreError::Encode {
             table: "events",
@@ -129,14 +184,11 @@ pub(super) fn resume(
     })
     .map_err(|e| match e {
         StoreError::Encode { message, .. } => IngestError::Kafka(KafkaProblem::Inconsistent {
-            data_dir: data_dir.display().to_string(),
+            data_dir: dir.clone(),
             detail: message,
         }),
         other => other.into(),
     })?;
-    // A loaded live engine marks the sessions the replay changes; their rows are stored already
-    // (a checkpoint writes its events and its sessions in one generation).
-    engine.forget_changed_sessions();
     if engine.tally().counted + engine.tally().late != manifest.events {
         return Err(KafkaProblem::Inconsistent {
             data_dir: dir,
@@ -148,31 +200,16 @@ pub(super) fn resume(
         }
         .into());
     }
-    let mut pipe = Pipeline::new(engine, generation, pseudonyms.clone());
-    let s = &mut pipe.summary;
-    s.resumed_messages = manifest.messages;
-    s.bytes = position.bytes;
-    s.messages = manifest.messages;
-    s.duplicates = manifest.duplicates;
-    s.rejected = manifest.rejected;
-    for (code, n) in &manifest.rejected_by_reason {
-        if let Some(code) = earshot_contract::RejectCode::ALL
-            .into_iter()
-            .find(|c| c.as_str() == code)
-        {
-            s.rejected_by_reason.insert(code, *n);
-        }
-    }
-    tracing::info!(
-        events = from_state + rows,
-        from_state,
-        replayed = rows,
-        generation = %current.display(),
-        load_ms = loaded_in.as_millis() as u64,
-        replay_ms = replay.elapsed().as_millis() as u64,
-        "resumed from checkpoint"
-    );
-    Ok((pipe, position))
+    Ok((
+        engine,
+        Replayed {
+            from_state,
+            rows,
+            state_refused,
+            load,
+            replay: replay.elapsed(),
+        },
+    ))
 }
 
 /// The engine saved with `generation` (or with one before it) and the number of `events` parts

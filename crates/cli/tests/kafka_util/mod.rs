@@ -1,0 +1,267 @@
+//! What the Kafka tests share: a tansu broker started on a port of 127.0.0.1 the test picks, the
+//! independent client (`tests/kafka_tool.py`), the earshot commands, and the comparison of every
+//! table with the file ingest of the same messages.
+#![allow(dead_code)]
+
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const TOPIC: &str = "events";
+
+pub fn earshot() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_earshot"));
+    c.env("EARSHOT_PSEUDONYM_KEY", "kafka-test-secret");
+    c
+}
+
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+pub fn ok(out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "command failed ({}): {}\nstdout: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A tansu broker on 127.0.0.1, stopped on drop. With `sqlite`, its data survives a restart.
+pub struct Broker {
+    child: Option<Child>,
+    port: u16,
+    dir: PathBuf,
+    sqlite: bool,
+}
+
+impl Broker {
+    pub fn start(dir: &Path, sqlite: bool) -> Broker {
+        let mut b = Broker {
+            child: None,
+            port: free_port(),
+            dir: dir.to_owned(),
+            sqlite,
+        };
+        b.spawn();
+        b
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn spawn(&mut self) {
+        let url = format!("tcp://127.0.0.1:{}", self.port);
+        let storage = if self.sqlite {
+            "sqlite://broker.db".to_string()
+        } else {
+            "memory://tansu/".to_string()
+        };
+        let log = std::fs::File::create(self.dir.join("broker.log")).unwrap();
+        let child = Command::new("tansu")
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            .args(["--storage-engine", &storage])
+            .current_dir(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("tansu is not on PATH: run scripts/setup (it installs the broker the Kafka tests use)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "tansu did not start listening");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    pub fn create_topic(&self, name: &str, partitions: u32) {
+        ok(Command::new("tansu")
+            .args(["topic", "create", "--broker"])
+            .arg(format!("tcp://127.0.0.1:{}", self.port))
+            .args(["--partitions", &partitions.to_string(), name])
+            .output()
+            .unwrap());
+    }
+
+    pub fn tool(&self, args: &[&str]) -> String {
+        let mut c = Command::new("python3");
+        c.arg(repo().join("tests/kafka_tool.py"))
+            .arg(args[0])
+            .arg(self.addr())
+            .args(&args[1..]);
+        ok(c.output().unwrap())
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A simulated event with duplicates, late and malformed lines, written to `dir/input.ndjson`.
+pub fn simulate(dir: &Path, listeners: u32, seed: u32) -> PathBuf {
+    let input = dir.join("input.ndjson");
+    ok(earshot()
+        .args(["simulate", "--listeners", &listeners.to_string()])
+        .args(["--seed", &seed.to_string()])
+        .args([
+            "--duplicates",
+            "0.03",
+            "--malformed",
+            "0.005",
+            "--late",
+            "0.002",
+        ])
+        .arg("--output")
+        .arg(&input)
+        .output()
+        .unwrap());
+    input
+}
+
+pub fn produce(b: &Broker, input: &Path) {
+    ok(earshot()
+        .args(["produce", "--kafka", &b.addr(), "--topic", TOPIC, "--input"])
+        .arg(input)
+        .output()
+        .unwrap());
+}
+
+pub fn kafka_ingest(b: &Broker, data: &Path, extra: &[&str]) -> Command {
+    let mut c = earshot();
+    c.args(["ingest", "--kafka", &b.addr(), "--topic", TOPIC, "--data"])
+        .arg(data)
+        .args(extra);
+    c
+}
+
+/// The file ingest of every partition's messages (the reference), into `dir/file-data`.
+pub fn file_reference(b: &Broker, dir: &Path, partitions: u32) -> PathBuf {
+    file_reference_of(b, dir, partitions, None)
+}
+
+/// The same, reading until `expected` messages have been dumped when it is known.
+pub fn file_reference_of(
+    b: &Broker,
+    dir: &Path,
+    partitions: u32,
+    expected: Option<usize>,
+) -> PathBuf {
+    let parts = dir.join("parts");
+    std::fs::create_dir_all(&parts).unwrap();
+    let expected = expected.map(|n| n.to_string());
+    let mut args = vec!["dump", TOPIC, parts.to_str().unwrap()];
+    args.extend(expected.as_deref());
+    b.tool(&args);
+    let data = dir.join("file-data");
+    let mut c = earshot();
+    c.arg("ingest").arg("--data").arg(&data);
+    for p in 0..partitions {
+        c.arg("--input").arg(parts.join(format!("p{p}.ndjson")));
+    }
+    ok(c.output().unwrap());
+    data
+}
+
+/// Every table of `data` as sorted CSV lines, leaving out where rows came from (`source`) and
+/// when rejects were received (a wall clock).
+pub fn tables(data: &Path, with_source: bool) -> Vec<(String, Vec<String>)> {
+    ["streams", "buckets", "sessions", "events", "rejects"]
+        .iter()
+        .map(|name| {
+            let left_out: &[&str] = match (*name, with_source) {
+                ("events", false) => &["source"],
+                ("rejects", false) => &["source", "received_at"],
+                ("rejects", true) => &["received_at"],
+                _ => &[],
+            };
+            let columns: Vec<String> = earshot_store::table_schema(name)
+                .unwrap()
+                .fields()
+                .iter()
+                .map(|f| f.name().clone())
+                .filter(|c| !left_out.contains(&c.as_str()))
+                .collect();
+            let out = ok(earshot()
+                .args(["sql", "--format", "csv", "--data"])
+                .arg(data)
+                .arg(format!("SELECT {} FROM {name}", columns.join(", ")))
+                .output()
+                .unwrap());
+            let mut lines: Vec<String> = out.lines().map(str::to_owned).collect();
+            lines.sort();
+            (name.to_string(), lines)
+        })
+        .collect()
+}
+
+pub fn assert_same_tables(a: &Path, b: &Path, with_source: bool) {
+    let (ta, tb) = (tables(a, with_source), tables(b, with_source));
+    for ((name, la), (_, lb)) in ta.iter().zip(&tb) {
+        assert!(la.len() > 1 || name == "rejects", "{name} is empty");
+        if la != lb {
+            let short = |l: &&String| l.chars().take(240).collect::<String>();
+            let only_a: Vec<_> = la
+                .iter()
+                .filter(|l| !lb.contains(l))
+                .take(3)
+                .map(|l| short(&l))
+                .collect();
+            let only_b: Vec<_> = lb
+                .iter()
+                .filter(|l| !la.contains(l))
+                .take(3)
+                .map(|l| short(&l))
+                .collect();
+            panic!(
+                "table {name} differs ({} vs {} rows)\nonly in {}: {only_a:#?}\nonly in {}: {only_b:#?}",
+                la.len(),
+                lb.len(),
+                a.display(),
+                b.display()
+            );
+        }
+    }
+}
+
+/// The number after `name=` in a log line.
+pub fn field(line: &str, name: &str) -> u64 {
+    let at = line
+        .find(&format!(" {name}="))
+        .unwrap_or_else(|| panic!("no {name} in {line}"));
+    line[at + name.len() + 2..]
+        .split(|c: char| !c.is_ascii_digit())
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{name} is not a number in {line}"))
+}
+
+pub fn manifest(data: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(data.join("current/manifest.json")).unwrap()).unwrap()
+}

@@ -1,0 +1,206 @@
+//! Several earshot workers on one topic (`--assign group`, one shared `--data`), against a real
+//! Kafka-protocol broker (tansu): the union they publish must equal one file ingest of the same
+//! messages, whatever the group does meanwhile (a worker killed and restarted, another joining),
+//! and a worker that lost its partitions must never write over their new owner.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+mod kafka_util;
+use kafka_util::*;
+
+/// A worker of group `g` on `data`, checkpointing often, logging its partitions.
+fn worker(b: &Broker, data: &Path, extra: &[&str], log: &Path) -> Child {
+    let args = [
+        "--assign",
+        "group",
+        "--group",
+        "g",
+        "--checkpoint-interval",
+        "300ms",
+        "-X",
+        "session.timeout.ms=6000",
+    ];
+    kafka_ingest(b, data, &args)
+        .args(extra)
+        .env("EARSHOT_LOG", "earshot_ingest=debug")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap()
+}
+
+fn wait_ok(mut child: Child, log: &Path) {
+    let status = child.wait().unwrap();
+    assert!(
+        status.success(),
+        "a worker failed ({status}):\n{}",
+        std::fs::read_to_string(log).unwrap_or_default()
+    );
+}
+
+fn produce_at(b: &Broker, input: &Path, rate: u32) -> Child {
+    earshot()
+        .args(["produce", "--kafka", &b.addr(), "--topic", TOPIC])
+        .args(["--rate", &rate.to_string(), "--input"])
+        .arg(input)
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+fn log_of(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+/// The number of each partition directory's current generation.
+fn partition_generations(data: &Path, partitions: u32) -> Vec<Option<String>> {
+    (0..partitions)
+        .map(|p| {
+            std::fs::read_link(data.join(format!("partitions/{p}/current")))
+                .ok()
+                .map(|l| l.display().to_string())
+        })
+        .collect()
+}
+
+#[test]
+fn three_workers_one_killed_and_restarted_and_a_fourth_joining_give_one_process_figures() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Broker::start(dir.path(), false);
+    b.create_topic(TOPIC, 6);
+    let input = simulate(dir.path(), 1000, 11);
+    let lines = std::fs::read_to_string(&input).unwrap().lines().count();
+    let data = dir.path().join("data");
+    let logs: Vec<_> = (0..5)
+        .map(|i| dir.path().join(format!("worker{i}.log")))
+        .collect();
+    let idle = ["--exit-when-idle", "10s"];
+    // The messages arrive over about ten seconds while the group changes under them.
+    let producer = produce_at(&b, &input, 5000);
+    let mut w: Vec<Option<Child>> = (0..3)
+        .map(|i| Some(worker(&b, &data, &idle, &logs[i])))
+        .collect();
+    std::thread::sleep(Duration::from_secs(4));
+    // Worker 1 dies without a word; it is started again (a new member) a second later.
+    let mut killed = w[1].take().unwrap();
+    killed.kill().unwrap();
+    killed.wait().unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    w[1] = Some(worker(&b, &data, &idle, &logs[3]));
+    std::thread::sleep(Duration::from_secs(2));
+    w.push(Some(worker(&b, &data, &idle, &logs[4])));
+    assert!(producer.wait_with_output().unwrap().status.success());
+    // Each running worker's log: worker 1's is its second life's.
+    for (child, log) in w.into_iter().zip([&logs[0], &logs[3], &logs[2], &logs[4]]) {
+        wait_ok(child.unwrap(), log);
+    }
+    // Partitions changed hands: the killed worker's partitions were taken over by others.
+    let all: String = logs.iter().map(|l| log_of(l)).collect();
+    assert!(all.contains("partition taken over"), "{all}");
+    let reference = file_reference_of(&b, dir.path(), 6, Some(lines));
+    assert_same_tables(&reference, &data, false);
+    let m = manifest(&data);
+    assert_eq!(m["messages"].as_u64(), Some(lines as u64), "{m}");
+    let f = manifest(&reference);
+    for k in ["events", "counted", "late", "duplicates", "rejected"] {
+        assert_eq!(m[k], f[k], "{k}");
+    }
+    // Every partition is a data directory of its own, and the union names all six.
+    for p in 0..6 {
+        assert!(data.join(format!("partitions/{p}/current")).exists());
+    }
+    assert_eq!(m["kafka"]["next_offsets"].as_object().unwrap().len(), 6);
+}
+
+#[test]
+fn a_worker_that_lost_its_partitions_cannot_write_over_their_new_owner() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Broker::start(dir.path(), false);
+    b.create_topic(TOPIC, 4);
+    let input = simulate(dir.path(), 600, 5);
+    let lines = std::fs::read_to_string(&input).unwrap().lines().count();
+    let data = dir.path().join("data");
+    let (log_a, log_b) = (dir.path().join("a.log"), dir.path().join("b.log"));
+    let producer = produce_at(&b, &input, 4000);
+    // A takes every partition and reads for a while.
+    let a = worker(&b, &data, &["--exit-when-idle", "6s"], &log_a);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while partition_generations(&data, 4).iter().any(Option::is_none) {
+        assert!(Instant::now() < deadline, "A did not open its partitions");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    // A stops answering (a long pause, a partition of the network): the group expires it and
+    // gives its partitions to B. B must wait: A still holds them, with messages it has read.
+    signal(&a, "STOP");
+    let frozen = partition_generations(&data, 4);
+    let b_worker = worker(&b, &data, &["--exit-when-idle", "6s"], &log_b);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !log_of(&log_b).contains("partitions assigned") {
+        assert!(
+            Instant::now() < deadline,
+            "B got no partition: {}",
+            log_of(&log_b)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        partition_generations(&data, 4),
+        frozen,
+        "a partition was written while its previous owner still held it"
+    );
+    assert!(
+        log_of(&log_b).contains("waiting for its previous owner to let go"),
+        "{}",
+        log_of(&log_b)
+    );
+    assert!(!log_of(&log_b).contains("partition taken over"));
+    // A comes back, finds it lost the partitions, checkpoints what it read and lets go; B reads
+    // on from there.
+    signal(&a, "CONT");
+    assert!(producer.wait_with_output().unwrap().status.success());
+    wait_ok(a, &log_a);
+    wait_ok(b_worker, &log_b);
+    assert!(
+        log_of(&log_a).contains("partition handed over"),
+        "{}",
+        log_of(&log_a)
+    );
+    assert!(
+        log_of(&log_b).contains("partition taken over"),
+        "{}",
+        log_of(&log_b)
+    );
+    let reference = file_reference_of(&b, dir.path(), 4, Some(lines));
+    assert_same_tables(&reference, &data, false);
+    assert_eq!(manifest(&data)["messages"].as_u64(), Some(lines as u64));
+}
+
+#[test]
+fn one_consumer_and_a_group_of_workers_never_share_a_data_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Broker::start(dir.path(), false);
+    b.create_topic(TOPIC, 2);
+    let data = dir.path().join("data");
+    let first = kafka_ingest(&b, &data, &["--exit-when-idle", "1s"])
+        .output()
+        .unwrap();
+    ok(first);
+    let out = kafka_ingest(&b, &data, &["--assign", "group", "--exit-when-idle", "1s"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("one consumer of every partition"), "{err}");
+}
+
+fn signal(child: &Child, sig: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{sig}"), &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}

@@ -1,0 +1,201 @@
+//! Several workers, one set of tables. With `--assign group` each Kafka partition is a data
+//! directory of its own, `DATA/partitions/<p>/`, written only by the worker that holds it (its
+//! writer lock is the fence: see `consume`). The tables users read are the **union**, published
+//! as ordinary generations of `DATA` itself, so `earshot sql`, `serve` and `audit` read it as they
+//! read any data directory:
+//! - the engines of every partition's checkpoint are rebuilt (saved state plus replay) and merged
+//!   ([`Engine::merge`]: whole sessions move in, change points sum, sketches and listener sets
+//!   unite), and the merged engine's snapshot gives `streams`, `buckets`, `rollups` and
+//!   `sessions` — exactly the figures one consumer of every partition would give;
+//! - the partitions' `events` and `rejects` parts are hard-linked in, never copied;
+//! - the manifest adds the partitions' counts and offsets.
+//!
+//! Any worker publishes the union after its own checkpoints. Only one at a time can (the union's
+//! writer lock); a worker that finds it taken goes on, and the holder looks at the partitions
+//! again after releasing it, so the newest checkpoint of every partition always reaches the union.
+
+use earshot_store::{PART_TABLES, part_files};
+
+use super::resume::rebuild;
+use super::*;
+
+/// Where the partitions' data directories live, under the union's.
+pub const PARTITIONS: &str = "partitions";
+
+/// The data directory of partition `p` of a group of workers writing `data_dir`.
+pub fn partition_dir(data_dir: &Path, p: i32) -> std::path::PathBuf {
+    data_dir.join(PARTITIONS).join(p.to_string())
+}
+
+/// The next offset of partition `p` that its data directory's checkpoint stores, if any.
+pub(super) fn stored_offset(data_dir: &Path, p: i32) -> Option<i64> {
+    let current = current_generation(&partition_dir(data_dir, p)).ok()?;
+    read_manifest(&current)
+        .ok()?
+        .kafka?
+        .next_offsets
+        .get(&p)
+        .copied()
+}
+
+/// Every partition's current generation, by partition (partitions not checkpointed yet are left
+/// out).
+fn partition_generations(data_dir: &Path) -> Result<Vec<(i32, std::path::PathBuf)>, StoreError> {
+    let dir = data_dir.join(PARTITIONS);
+    let mut out = Vec::new();
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => {
+            return Err(StoreError::Io {
+                action: "read",
+                path: dir.display().to_string(),
+                cause: e,
+            });
+        }
+    };
+    for entry in entries.flatten() {
+        let Some(p) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        if let Ok(current) = current_generation(&entry.path()) {
+            out.push((p, current));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Publishes the union of the partitions' newest checkpoints as a generation of `data_dir`.
+/// Returns `None` when another worker was publishing it (that worker then publishes this one's
+/// checkpoint too). A generation that its writer replaced while it was read is read again.
+pub(super) fn publish_union(
+    data_dir: &Path,
+    settings: Settings,
+    pseudonyms: &Pseudonymizer,
+    topic: &str,
+) -> Result<Option<std::path::PathBuf>, IngestError> {
+    let mut published = None;
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let (dir, merged) = match union_once(data_dir, settings, pseudonyms, topic) {
+            Ok(Some(done)) => done,
+            Ok(None) => return Ok(published),
+            // A partition's writer removed the generation being read (it keeps two): read again.
+            Err(IngestError::Store(StoreError::Io { .. })) if attempts < 5 => continue,
+            Err(e) => return Err(e),
+        };
+        published = Some(dir);
+        // The lock is released: a worker that checkpointed meanwhile may have found it taken.
+        if partition_generations(data_dir)? == merged || attempts >= 5 {
+            return Ok(published);
+        }
+    }
+}
+
+/// One union publish, holding the union's writer lock; `None` if another worker holds it.
+/// Returns the generation and the partitions' generations it merged.
+#[allow(clippy::type_complexity)]
+fn union_once(
+    data_dir: &Path,
+    settings: Settings,
+    pseudonyms: &Pseudonymizer,
+    topic: &str,
+) -> Result<Option<(std::path::PathBuf, Vec<(i32, std::path::PathBuf)>)>, IngestError> {
+    let mut generation = match Generation::begin(data_dir) {
+        Ok(g) => g,
+        Err(StoreError::Busy { .. }) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let sources = partition_generations(data_dir)?;
+    let mut engine = Engine::new(settings);
+    let mut manifest = new_manifest(&settings, pseudonyms);
+    let mut position = KafkaPosition {
+        topic: topic.to_owned(),
+        finished: true,
+        ..KafkaPosition::default()
+    };
+    for (p, current) in &sources {
+        let part_dir = partition_dir(data_dir, *p);
+        let m = read_manifest(current)?;
+        if m.key_check != manifest.key_check || m.settings != manifest.settings {
+            return Err(KafkaProblem::SettingsChanged {
+                data_dir: part_dir.display().to_string(),
+                field: "the settings or the pseudonym key",
+                was: "those its worker used".into(),
+                now: "this worker's".into(),
+            }
+            .into());
+        }
+        let (partition_engine, _) = rebuild(&part_dir, current, &m, settings, topic)?;
+        engine
+            .merge(partition_engine)
+            .map_err(|detail| KafkaProblem::Inconsistent {
+                data_dir: part_dir.display().to_string(),
+                detail,
+            })?;
+        add_counts(&mut manifest, &m);
+        let k = m.kafka.unwrap_or_default();
+        position.group = k.group;
+        position.next_offsets.extend(k.next_offsets);
+        position.messages.extend(k.messages);
+        position.watermarks.extend(k.watermarks);
+        position.bytes += k.bytes;
+        position.dead_lettered += k.dead_lettered;
+        position.checkpoints += k.checkpoints;
+        if k.finished {
+            // Every partition of a finished worker was at its end.
+            position.at_end.insert(*p);
+        } else {
+            position.finished = false;
+        }
+        position.at_end.extend(k.at_end);
+        for table in PART_TABLES {
+            for file in part_files(current, table)? {
+                generation.adopt_part(table, &file)?;
+            }
+        }
+    }
+    position.finished = position.finished && !sources.is_empty();
+    let final_through = union_final_through(&position);
+    manifest.kafka = Some(position);
+    let snapshot = engine.snapshot(final_through);
+    let dir = generation.checkpoint(&snapshot, &manifest)?;
+    Ok(Some((dir, sources)))
+}
+
+/// Which buckets of the union are final, as one consumer of every partition decides it: every
+/// bucket when every worker finished; else up to the slowest watermark among partitions not at
+/// their end (with all at their end, the newest).
+fn union_final_through(position: &KafkaPosition) -> Option<earshot_contract::Millis> {
+    if position.finished {
+        return None;
+    }
+    let marks = &position.watermarks;
+    let busy = marks
+        .iter()
+        .filter(|(p, _)| !position.at_end.contains(p))
+        .map(|(_, &w)| w)
+        .min();
+    Some(
+        busy.or_else(|| marks.values().copied().max())
+            .unwrap_or(i64::MIN),
+    )
+}
+
+fn add_counts(to: &mut Manifest, from: &Manifest) {
+    to.messages += from.messages;
+    to.events += from.events;
+    to.counted += from.counted;
+    to.late += from.late;
+    to.duplicates += from.duplicates;
+    to.rejected += from.rejected;
+    for (code, n) in &from.rejected_by_reason {
+        *to.rejected_by_reason.entry(code.clone()).or_default() += n;
+    }
+}
