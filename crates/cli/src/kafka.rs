@@ -55,8 +55,10 @@ pub struct ConsumeArgs {
     pub group: String,
     /// Who decides which partitions this process reads: `direct` (the default) assigns it every
     /// partition of the topic itself, at its own checkpointed offsets, so a restart after a crash
-    /// reads again at once; `group` joins --group and lets the group coordinator hand partitions
-    /// out (for several consumers sharing a topic; a restart then waits for the group).
+    /// reads again at once; `group` makes it one of several workers: start N processes with the
+    /// same --group and --data, the group coordinator hands partitions out, each partition is
+    /// stored in DATA/partitions/<p>/ with its state, and DATA holds the union of them all
+    /// (a restart then waits for the group).
     #[arg(long, value_enum, default_value = "direct")]
     pub assign: Assign,
     /// Stop once no message has arrived for this long (e.g. 10s); without it, run until stopped.
