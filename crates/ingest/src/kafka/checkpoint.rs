@@ -200,9 +200,17 @@ impl KafkaIngest<'_> {
             self.settings,
             self.pseudonyms,
             &self.source.topic,
-        )?;
-        let Some(generation) = published else {
-            return Ok(());
+        );
+        let generation = match published {
+            Ok(Some(generation)) => generation,
+            Ok(None) => return Ok(()),
+            Err(e) => {
+                // The partitions' own checkpoints are safe and go on; only the union stays at its
+                // last generation until what stopped it is fixed (a session produced to two
+                // partitions, workers with other settings or keys).
+                tracing::error!("the union of the partitions was not published: {e}");
+                return Ok(());
+            }
         };
         let manifest = read_manifest(&generation)?;
         let mut summary = Summary {
