@@ -138,7 +138,9 @@ impl KafkaIngest<'_> {
                 .generation
                 .engine_state()
                 .map_or(0, |state| state.events.min(manifest.events));
-        let save_state = if self.closing {
+        // A worker saves it at every checkpoint: the union rebuilds each partition's engine from
+        // its state, and a replay of the events after it would cost every publish of the union.
+        let save_state = if self.closing || self.workers {
             unsaved > 0
         } else {
             unsaved >= self.source.state_every

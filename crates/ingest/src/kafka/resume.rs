@@ -79,7 +79,14 @@ pub(super) fn resume(
         }
         .into());
     }
-    let (mut engine, replayed) = rebuild(data_dir, &current, &manifest, settings, &source.topic)?;
+    let (mut engine, replayed) = rebuild(
+        data_dir,
+        &current,
+        &manifest,
+        settings,
+        &source.topic,
+        Rebuild::ToContinue,
+    )?;
     if replayed.state_refused {
         // Not carried on: the next checkpoint saves a sound one.
         generation.forget_engine_state();
@@ -114,6 +121,16 @@ pub(super) fn resume(
     Ok((pipe, position))
 }
 
+/// What an engine is rebuilt for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Rebuild {
+    /// To count on: complete, with its de-duplication set.
+    ToContinue,
+    /// Only to be merged into a union and snapshotted: its de-duplication set is not built (the
+    /// stored events replayed after the state are distinct already).
+    ToMerge,
+}
+
 /// How [`rebuild`] got its engine.
 pub(super) struct Replayed {
     /// Events counted by the saved state, and replayed after it.
@@ -136,11 +153,12 @@ pub(super) fn rebuild(
     manifest: &Manifest,
     settings: Settings,
     topic: &str,
+    what_for: Rebuild,
 ) -> Result<(Engine, Replayed), IngestError> {
     let dir = data_dir.display().to_string();
     let started = Instant::now();
     let mut state_refused = false;
-    let (mut engine, first_part) = match load_state(current, manifest, settings) {
+    let (mut engine, first_part) = match load_state(current, manifest, settings, what_for) {
         Ok(Some(loaded)) => loaded,
         Ok(None) => (Engine::new(settings), 0),
         Err(why) => {
@@ -218,6 +236,7 @@ fn load_state(
     generation: &Path,
     manifest: &Manifest,
     settings: Settings,
+    what_for: Rebuild,
 ) -> Result<Option<(Engine, usize)>, String> {
     let Some(info) = &manifest.engine_state else {
         return Ok(None);
@@ -225,7 +244,11 @@ fn load_state(
     let path = generation.join(&info.file);
     let said = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
     let bytes = std::fs::read(&path).map_err(|e| said(&e))?;
-    let engine = Engine::load_state(&bytes, settings).map_err(|e| said(&e))?;
+    let engine = match what_for {
+        Rebuild::ToContinue => Engine::load_state(&bytes, settings),
+        Rebuild::ToMerge => Engine::load_state_for_merge(&bytes, settings),
+    }
+    .map_err(|e| said(&e))?;
     let stored = engine.tally().counted + engine.tally().late;
     if stored != info.events {
         return Err(said(&format!(

@@ -16,7 +16,7 @@
 
 use earshot_store::{PART_TABLES, part_files};
 
-use super::resume::rebuild;
+use super::resume::{Rebuild, rebuild};
 use super::*;
 
 /// Where the partitions' data directories live, under the union's.
@@ -132,7 +132,8 @@ fn union_once(
             }
             .into());
         }
-        let (partition_engine, _) = rebuild(&part_dir, current, &m, settings, topic)?;
+        let (partition_engine, _) =
+            rebuild(&part_dir, current, &m, settings, topic, Rebuild::ToMerge)?;
         engine
             .merge(partition_engine)
             .map_err(|detail| KafkaProblem::Inconsistent {
