@@ -14,15 +14,18 @@
 //!   such lock: see the README.)
 //! - **Handing a partition over**: on revocation the worker checkpoints it at once and keeps it
 //!   open until the group's next assignment (so an eager rebalance that gives it straight back
-//!   costs nothing), or a few seconds.
+//!   costs nothing), or 15 s.
 
 use super::consume::{ALL, Final, KafkaIngest, Part};
 use super::resume::resume;
 use super::union::{PARTITIONS, partition_dir};
 use super::*;
 
-/// How long a revoked partition is kept open waiting for the next assignment.
-const PARKED_FOR: Duration = Duration::from_secs(3);
+/// How long a revoked partition is kept open waiting for the next assignment, in case none comes
+/// (the group's next assignment decides sooner). Longer than a rebalance takes: tansu hands out
+/// the next assignment 3 s after a revocation, and a partition let go a moment before it is given
+/// straight back would be opened again (its state loaded) for nothing.
+const PARKED_FOR: Duration = Duration::from_secs(15);
 
 /// How often a pending partition's directory is tried again.
 const RETRY_EVERY: Duration = Duration::from_millis(200);
