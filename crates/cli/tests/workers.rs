@@ -97,10 +97,24 @@ fn three_workers_one_killed_and_restarted_and_a_fourth_joining_give_one_process_
     // Partitions changed hands: the killed worker's partitions were taken over by others.
     let all: String = logs.iter().map(|l| log_of(l)).collect();
     assert!(all.contains("partition taken over"), "{all}");
+    // Every message is in the union (else: which partition fell short, and what the workers did).
+    let m = manifest(&data);
+    if m["messages"].as_u64() != Some(lines as u64) {
+        let per: Vec<String> = (0..6)
+            .map(|p| {
+                let pm = manifest(&data.join(format!("partitions/{p}")));
+                format!("p{p}: {} messages", pm["messages"])
+            })
+            .collect();
+        let told: Vec<&str> = all.lines().filter(|l| !l.contains("DEBUG")).collect();
+        panic!(
+            "the union has {} of {lines} messages; partitions: {per:?}\n{}",
+            m["messages"],
+            told.join("\n")
+        );
+    }
     let reference = file_reference_of(&b, dir.path(), 6, Some(lines));
     assert_same_tables(&reference, &data, false);
-    let m = manifest(&data);
-    assert_eq!(m["messages"].as_u64(), Some(lines as u64), "{m}");
     let f = manifest(&reference);
     for k in ["events", "counted", "late", "duplicates", "rejected"] {
         assert_eq!(m[k], f[k], "{k}");
@@ -138,7 +152,13 @@ fn a_worker_that_lost_its_partitions_cannot_write_over_their_new_owner() {
     // gives its partitions to B. B must wait: A still holds them, with messages it has read.
     signal(&a, "STOP");
     let frozen = partition_generations(&data, 4);
-    let b_worker = worker(&b, &data, &quick, &log_b);
+    // (B waits longer for its first messages: the group gives it nothing until A's session ends.)
+    let b_worker = worker(
+        &b,
+        &data,
+        &["--exit-when-idle", "15s", "-X", "session.timeout.ms=6000"],
+        &log_b,
+    );
     let deadline = Instant::now() + Duration::from_secs(60);
     // (B's first assignment is empty: the group waits for A's session to expire.)
     while !log_of(&log_b).contains("partitions assigned partitions={0") {
@@ -167,16 +187,26 @@ fn a_worker_that_lost_its_partitions_cannot_write_over_their_new_owner() {
     assert!(producer.wait_with_output().unwrap().status.success());
     wait_ok(a, &log_a);
     wait_ok(b_worker, &log_b);
-    assert!(
-        log_of(&log_a).contains("partition handed over"),
-        "{}",
-        log_of(&log_a)
-    );
-    assert!(
-        log_of(&log_b).contains("partition taken over"),
-        "{}",
-        log_of(&log_b)
-    );
+    // Back in the group, A may be given some partitions again; each one B took over, B opened
+    // only after A let go of it: A handed it over, or A's run ended (its last checkpoint, then
+    // the lock goes with the process).
+    let (la, lb) = (log_of(&log_a), log_of(&log_b));
+    let taken = events_of(&lb, "partition taken over");
+    assert!(!taken.is_empty(), "B took no partition over:\n{lb}");
+    let handed = events_of(&la, "partition handed over");
+    let a_ended = la
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .next_back()
+        .unwrap_or_default()
+        .to_owned();
+    for (p, at) in &taken {
+        let let_go = handed.iter().find(|(q, _)| q == p).map(|(_, t)| t);
+        assert!(
+            let_go.is_some_and(|t| t < at) || a_ended.as_str() < at.as_str(),
+            "B took partition {p} over at {at}; A let go at {let_go:?}, ended at {a_ended}\nA:\n{la}\nB:\n{lb}"
+        );
+    }
     let reference = file_reference_of(&b, dir.path(), 4, Some(lines));
     assert_same_tables(&reference, &data, false);
     assert_eq!(manifest(&data)["messages"].as_u64(), Some(lines as u64));
@@ -198,6 +228,18 @@ fn one_consumer_and_a_group_of_workers_never_share_a_data_directory() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("one consumer of every partition"), "{err}");
+}
+
+/// (partition, timestamp) of each log line saying `what`, in order.
+fn events_of(log: &str, what: &str) -> Vec<(u32, String)> {
+    log.lines()
+        .filter(|l| l.contains(what))
+        .filter_map(|l| {
+            let at = l.split_whitespace().next()?.to_owned();
+            let p = l.split("partition=").nth(1)?.split_whitespace().next()?;
+            Some((p.parse().ok()?, at))
+        })
+        .collect()
 }
 
 fn signal(child: &Child, sig: &str) {

@@ -24,7 +24,7 @@ impl KafkaIngest<'_> {
             self.checkpoint_part(*key, fin, on_checkpoint)?;
         }
         if self.workers && !keys.is_empty() {
-            self.publish_union(on_checkpoint)?;
+            self.union_due(on_checkpoint)?;
         }
         self.published(true, t.elapsed());
         Ok(())
@@ -190,6 +190,22 @@ impl KafkaIngest<'_> {
         Ok(())
     }
 
+    /// A group of workers: this worker checkpointed, so the union owes its partitions' news. It is
+    /// published now if the last union (by any worker) is at least a checkpoint interval old, or
+    /// the run is ending; otherwise the run loop publishes it once it is (`union_owed`). So N
+    /// workers publish it about once per interval between them, not N times, and every
+    /// checkpoint reaches it within about two intervals.
+    pub(super) fn union_due(
+        &mut self,
+        on_checkpoint: &mut dyn FnMut(&Checkpoint<'_>),
+    ) -> Result<(), IngestError> {
+        self.clocks.union_owed = true;
+        if !self.closing && super::union::union_age(&self.data_dir) < self.source.checkpoint_every {
+            return Ok(());
+        }
+        self.publish_union(on_checkpoint)
+    }
+
     /// A group of workers: the union of every partition's newest checkpoint, as the tables of
     /// the data directory (see `union`); the caller hears of it as a checkpoint.
     pub(super) fn publish_union(
@@ -197,6 +213,9 @@ impl KafkaIngest<'_> {
         on_checkpoint: &mut dyn FnMut(&Checkpoint<'_>),
     ) -> Result<(), IngestError> {
         let t = Instant::now();
+        // Published now, or being published by another worker, which then looks at the
+        // partitions again after it finishes: either way this worker's checkpoints get in.
+        self.clocks.union_owed = false;
         let published = super::union::publish_union(
             &self.data_dir,
             self.settings,

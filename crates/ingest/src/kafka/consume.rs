@@ -125,7 +125,7 @@ pub(super) struct KafkaIngest<'a> {
 
 /// When things last happened.
 pub(super) struct Clocks {
-    last_message: Instant,
+    pub(super) last_message: Instant,
     last_checkpoint: Instant,
     last_publish: Instant,
     /// How long the last checkpoint and the last figures publish took. While there is a backlog
@@ -143,6 +143,11 @@ pub(super) struct Clocks {
     partitions_checked: Instant,
     /// When pending partitions' data directories were last tried (see `workers`).
     pub(super) pending_tried: Instant,
+    /// A group of workers: this worker checkpointed since the union was last published (see
+    /// `union_due`).
+    pub(super) union_owed: bool,
+    /// The assignments received when the idle clock last looked.
+    assignments_seen: u64,
 }
 
 impl<'a> KafkaIngest<'a> {
@@ -271,6 +276,8 @@ impl<'a> KafkaIngest<'a> {
                 warned_unassigned: false,
                 partitions_checked: now,
                 pending_tried: now,
+                union_owed: false,
+                assignments_seen: 0,
             },
             skipped_redelivered: 0,
             closing: false,
@@ -338,10 +345,11 @@ impl<'a> KafkaIngest<'a> {
             if let Some((_, producer)) = &self.dead_letters {
                 producer.poll(Duration::ZERO);
             }
-            self.watch_assignment()?;
+            // Revoked partitions are parked first, so that the idle check sees them.
             if self.workers {
                 self.tend_partitions(on_checkpoint)?;
             }
+            self.watch_assignment()?;
             if let Some(idle) = self.source.exit_when_idle
                 && self.clocks.last_message.elapsed() >= idle
             {
@@ -379,6 +387,10 @@ impl<'a> KafkaIngest<'a> {
         };
         self.closing = true;
         self.checkpoint(last, on_checkpoint)?;
+        if self.workers && self.clocks.union_owed {
+            // Checkpoints of partitions handed over before the end, not yet in the union.
+            self.publish_union(on_checkpoint)?;
+        }
         Ok(idle_tail)
     }
 
@@ -503,13 +515,33 @@ impl<'a> KafkaIngest<'a> {
     /// partitions (after a restart that can take a session timeout). Partitions added to the
     /// topic while running are read too.
     fn watch_assignment(&mut self) -> Result<(), IngestError> {
-        // A worker waiting for a partition's previous owner to let go is not idle either.
-        let holding = {
+        let (assigned, pending, assignments) = {
             let positions = self.positions.lock().unwrap_or_else(|p| p.into_inner());
-            !positions.assigned.is_empty() && positions.pending.is_empty()
+            (
+                !positions.assigned.is_empty(),
+                !positions.pending.is_empty(),
+                positions.assignments,
+            )
         };
-        if !holding {
+        if assignments != self.clocks.assignments_seen {
+            // New partitions are work to do: idle counts from here.
+            self.clocks.assignments_seen = assignments;
             self.clocks.last_message = Instant::now();
+        }
+        let holding = assigned && !pending;
+        // Not idle: a single consumer that holds no partition (after a restart the group may take
+        // a session timeout to hand them back), a worker waiting for a partition's previous owner
+        // to let go, or one holding a revoked partition. A worker the group left without
+        // partitions is idle like any other: the group gives its partitions to the others.
+        let busy = if self.workers {
+            pending || self.parts.values().any(|p| p.parked.is_some())
+        } else {
+            !holding
+        };
+        if busy {
+            self.clocks.last_message = Instant::now();
+        }
+        if !holding {
             if self.clocks.unassigned_since.elapsed() > Duration::from_secs(60)
                 && !self.clocks.warned_unassigned
             {

@@ -38,6 +38,15 @@ pub(super) fn stored_offset(data_dir: &Path, p: i32) -> Option<i64> {
         .copied()
 }
 
+/// How long ago the union was last published (by any worker); `MAX` when it never was.
+pub(super) fn union_age(data_dir: &Path) -> Duration {
+    std::fs::symlink_metadata(data_dir.join(earshot_store::CURRENT))
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .unwrap_or(Duration::MAX)
+}
+
 /// Every partition's current generation, by partition (partitions not checkpointed yet are left
 /// out).
 fn partition_generations(data_dir: &Path) -> Result<Vec<(i32, std::path::PathBuf)>, StoreError> {

@@ -104,6 +104,10 @@ impl KafkaIngest<'_> {
             }
         }
         if changed {
+            self.union_due(on_checkpoint)?;
+        } else if self.clocks.union_owed
+            && super::union::union_age(&self.data_dir) >= self.source.checkpoint_every
+        {
             self.publish_union(on_checkpoint)?;
         }
         Ok(())
@@ -163,6 +167,9 @@ impl KafkaIngest<'_> {
             positions.start(p)
         };
         self.parts.insert(p, part);
+        // A partition just taken over has not been read yet: the idle clock starts again, or a
+        // worker idle before the handover would end at once and leave it unread.
+        self.clocks.last_message = Instant::now();
         tracing::info!(partition = p, offset = ?stored, "partition taken over");
         if let Err(e) = self
             .consumer
