@@ -161,7 +161,7 @@ impl<'a> KafkaIngest<'a> {
         on_checkpoint: &mut dyn FnMut(&Checkpoint<'_>),
     ) -> Result<KafkaIngest<'a>, IngestError> {
         let workers = source.assignment == Assignment::Group;
-        super::workers::check_layout(data_dir, workers)?;
+        super::union::check_layout(data_dir, workers)?;
         let single = if workers {
             None
         } else {

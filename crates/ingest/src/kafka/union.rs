@@ -209,3 +209,28 @@ fn add_counts(to: &mut Manifest, from: &Manifest) {
         *to.rejected_by_reason.entry(code.clone()).or_default() += n;
     }
 }
+
+/// A data directory is written by one consumer of every partition, or by a group of workers
+/// (`partitions/` beside the union): never both.
+pub(super) fn check_layout(data_dir: &Path, workers: bool) -> Result<(), IngestError> {
+    let partitioned = data_dir.join(PARTITIONS).is_dir();
+    let single = !partitioned && current_generation(data_dir).is_ok();
+    let dir = data_dir.display().to_string();
+    if workers && single {
+        return Err(KafkaProblem::OtherSource {
+            data_dir: dir,
+            what: "one consumer of every partition (--assign direct)".into(),
+            wanted: "a group of workers (--assign group)".into(),
+        }
+        .into());
+    }
+    if !workers && partitioned {
+        return Err(KafkaProblem::OtherSource {
+            data_dir: dir,
+            what: "a group of workers (--assign group)".into(),
+            wanted: "one consumer of every partition (--assign direct)".into(),
+        }
+        .into());
+    }
+    Ok(())
+}

@@ -18,7 +18,7 @@
 
 use super::consume::{ALL, Final, KafkaIngest, Part};
 use super::resume::resume;
-use super::union::{PARTITIONS, partition_dir};
+use super::union::partition_dir;
 use super::*;
 
 /// How long a revoked partition is kept open waiting for the next assignment, in case none comes
@@ -29,31 +29,6 @@ const PARKED_FOR: Duration = Duration::from_secs(15);
 
 /// How often a pending partition's directory is tried again.
 const RETRY_EVERY: Duration = Duration::from_millis(200);
-
-/// A data directory is written by one consumer of every partition, or by a group of workers
-/// (`partitions/` beside the union): never both.
-pub(super) fn check_layout(data_dir: &Path, workers: bool) -> Result<(), IngestError> {
-    let partitioned = data_dir.join(PARTITIONS).is_dir();
-    let single = !partitioned && current_generation(data_dir).is_ok();
-    let dir = data_dir.display().to_string();
-    if workers && single {
-        return Err(KafkaProblem::OtherSource {
-            data_dir: dir,
-            what: "one consumer of every partition (--assign direct)".into(),
-            wanted: "a group of workers (--assign group)".into(),
-        }
-        .into());
-    }
-    if !workers && partitioned {
-        return Err(KafkaProblem::OtherSource {
-            data_dir: dir,
-            what: "a group of workers (--assign group)".into(),
-            wanted: "one consumer of every partition (--assign direct)".into(),
-        }
-        .into());
-    }
-    Ok(())
-}
 
 impl KafkaIngest<'_> {
     /// After each poll: checkpoints and lets go of revoked partitions, and opens the pending
