@@ -234,3 +234,51 @@ pub(super) fn check_layout(data_dir: &Path, workers: bool) -> Result<(), IngestE
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn position(marks: &[(i32, i64)], at_end: &[i32], finished: bool) -> KafkaPosition {
+        KafkaPosition {
+            watermarks: marks.iter().copied().collect(),
+            at_end: at_end.iter().copied().collect(),
+            finished,
+            ..KafkaPosition::default()
+        }
+    }
+
+    #[test]
+    fn the_union_is_final_as_one_consumer_of_every_partition_decides() {
+        // Every worker finished: every bucket is final.
+        assert_eq!(union_final_through(&position(&[(0, 5)], &[0], true)), None);
+        // The slowest partition still delivering holds buckets back.
+        let p = position(&[(0, 50), (1, 20), (2, 90)], &[2], false);
+        assert_eq!(union_final_through(&p), Some(20));
+        // With every partition at its end, up to the newest watermark.
+        let p = position(&[(0, 50), (1, 20)], &[0, 1], false);
+        assert_eq!(union_final_through(&p), Some(50));
+        // No watermark anywhere yet: nothing is final.
+        assert_eq!(
+            union_final_through(&position(&[], &[], false)),
+            Some(i64::MIN)
+        );
+    }
+
+    #[test]
+    fn a_directory_keeps_the_layout_it_was_started_with() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path();
+        // A new directory can become either.
+        assert!(check_layout(data, true).is_ok());
+        assert!(check_layout(data, false).is_ok());
+        std::fs::create_dir_all(data.join(PARTITIONS)).unwrap();
+        assert!(check_layout(data, true).is_ok());
+        let err = check_layout(data, false).unwrap_err().to_string();
+        assert!(err.contains("a group of workers"), "{err}");
+        // No partition has a stored offset yet, and none is listed.
+        assert_eq!(stored_offset(data, 0), None);
+        assert!(partition_generations(data).unwrap().is_empty());
+        assert_eq!(union_age(data), Duration::MAX);
+    }
+}
