@@ -74,7 +74,18 @@ fn three_workers_one_killed_and_restarted_and_a_fourth_joining_give_one_process_
     let logs: Vec<_> = (0..5)
         .map(|i| dir.path().join(format!("worker{i}.log")))
         .collect();
-    let idle = ["--exit-when-idle", "10s"];
+    // tansu 0.6 kept a killed member, and the partitions it held, in the group for a while past
+    // its session (a short session with frequent heartbeats shortens that; a short session with
+    // the default 3 s heartbeat made the group rebalance every 6 s without end). The survivors
+    // wait long enough for the group to give those partitions out.
+    let idle = [
+        "--exit-when-idle",
+        "25s",
+        "-X",
+        "session.timeout.ms=6000",
+        "-X",
+        "heartbeat.interval.ms=1000",
+    ];
     // The messages arrive over about ten seconds while the group changes under them.
     let producer = produce_at(&b, &input, 5000);
     let mut w: Vec<Option<Child>> = (0..3)

@@ -224,6 +224,16 @@ pub(super) fn check_layout(data_dir: &Path, workers: bool) -> Result<(), IngestE
         }
         .into());
     }
+    if workers && !partitioned {
+        // Before any union is published, so that a worker starting later never finds `current`
+        // without `partitions/` (the single consumer's layout).
+        let dir = data_dir.join(PARTITIONS);
+        std::fs::create_dir_all(&dir).map_err(|e| StoreError::Io {
+            action: "create",
+            path: dir.display().to_string(),
+            cause: e,
+        })?;
+    }
     if !workers && partitioned {
         return Err(KafkaProblem::OtherSource {
             data_dir: dir,
@@ -269,10 +279,11 @@ mod tests {
     fn a_directory_keeps_the_layout_it_was_started_with() {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path();
-        // A new directory can become either.
-        assert!(check_layout(data, true).is_ok());
+        // A new directory can become either; a worker marks it as a group's at once.
         assert!(check_layout(data, false).is_ok());
-        std::fs::create_dir_all(data.join(PARTITIONS)).unwrap();
+        assert!(!data.join(PARTITIONS).exists());
+        assert!(check_layout(data, true).is_ok());
+        assert!(data.join(PARTITIONS).is_dir());
         assert!(check_layout(data, true).is_ok());
         let err = check_layout(data, false).unwrap_err().to_string();
         assert!(err.contains("a group of workers"), "{err}");
