@@ -129,7 +129,11 @@ fn three_workers_once() -> Result<(), String> {
     assert!(all.contains("partition taken over"), "{all}");
     // Every message is in the union (else: which partition fell short, and what the workers did).
     let m = manifest(&data);
-    if m["messages"].as_u64() != Some(lines as u64) {
+    // Every message in, and every partition's last checkpoint written at the end of a run (a
+    // partition handed over and then given to nobody cannot say its input ended, so the union
+    // keeps its last buckets open, and they would differ from the file ingest's).
+    let finished = m["kafka"]["finished"].as_bool() == Some(true);
+    if m["messages"].as_u64() != Some(lines as u64) || !finished {
         // The workers that ran to the end (not the killed one's first life).
         let survivors: String = [0, 2, 3, 4].iter().map(|&i| log_of(&logs[i])).collect();
         let mut lines_of_all: Vec<&str> =
@@ -156,7 +160,7 @@ fn three_workers_once() -> Result<(), String> {
             })
             .collect();
         let why = format!(
-            "the union has {} of {lines} messages; partitions: {per:?}; unowned at the end: {unowned:?}",
+            "the union has {} of {lines} messages (finished: {finished}); partitions: {per:?}; unowned at the end: {unowned:?}",
             m["messages"]
         );
         assert!(!unowned.is_empty(), "{why}\n{}", lines_of_all.join("\n"));
