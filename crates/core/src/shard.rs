@@ -114,17 +114,14 @@ impl Engine {
             }
             self.clocks[p] = Some(clock);
         }
-        for (id, mut acc) in other.streams {
+        let mut streams = other.streams;
+        for acc in streams.values_mut() {
             acc.leave_live();
-            match self.streams.get_mut(&id) {
-                Some(mine) => mine
-                    .absorb(acc)
-                    .map_err(|e| format!("stream {id:?}: {e}"))?,
-                None => {
-                    self.streams.insert(id, acc);
-                }
-            }
         }
-        Ok(())
+        // Whole sessions, as a shard's move in.
+        self.absorb(Shard {
+            settings: self.settings,
+            streams,
+        })
     }
 }
