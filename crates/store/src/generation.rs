@@ -624,31 +624,40 @@ fn sync_dir(dir: &Path) -> Result<(), StoreError> {
         .map_err(|e| StoreError::io("sync", dir, e))
 }
 
-fn generation_numbers(data_dir: &Path) -> Result<Vec<u64>, StoreError> {
+/// The generations in `data_dir`, as (number, directory name). A name may carry a suffix after
+/// its number (`gen-000007-3fa2c1`: a generation pulled from object storage, see `earshot-remote`).
+fn generation_numbers(data_dir: &Path) -> Result<Vec<(u64, String)>, StoreError> {
     let mut out = Vec::new();
     for entry in fs::read_dir(data_dir).map_err(|e| StoreError::io("read", data_dir, e))? {
         let entry = entry.map_err(|e| StoreError::io("read", data_dir, e))?;
-        if let Some(n) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.strip_prefix("gen-"))
+        let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+            continue;
+        };
+        if let Some(n) = name
+            .strip_prefix("gen-")
+            .map(|s| s.split_once('-').map_or(s, |(n, _)| n))
             .and_then(|s| s.parse::<u64>().ok())
         {
-            out.push(n);
+            out.push((n, name));
         }
     }
     Ok(out)
 }
 
 fn next_generation_number(data_dir: &Path) -> Result<u64, StoreError> {
-    Ok(generation_numbers(data_dir)?.into_iter().max().unwrap_or(0) + 1)
+    Ok(generation_numbers(data_dir)?
+        .into_iter()
+        .map(|(n, _)| n)
+        .max()
+        .unwrap_or(0)
+        + 1)
 }
 
 /// Keeps the new generation and the one before it; readers of the old one are not cut off.
 fn remove_old_generations(data_dir: &Path, newest: u64) -> Result<(), StoreError> {
-    for n in generation_numbers(data_dir)? {
+    for (n, name) in generation_numbers(data_dir)? {
         if n + 1 < newest {
-            let dir = data_dir.join(format!("gen-{n:06}"));
+            let dir = data_dir.join(name);
             fs::remove_dir_all(&dir).map_err(|e| StoreError::io("remove", &dir, e))?;
         }
     }

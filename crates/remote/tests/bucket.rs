@@ -1,0 +1,147 @@
+//! The bucket layer against a real S3 API (moto's server): generations go up and come back
+//! byte for byte, a checkpoint uploads only its new files, and the pointer's compare-and-swap
+//! fences out a writer that lost its data directory.
+
+mod s3_server;
+
+use std::path::Path;
+
+use earshot_remote::{Lost, Remote};
+use s3_server::S3Server;
+
+fn remote(server: &S3Server, url: &str) -> Remote {
+    Remote::open_with(url, server.env()).unwrap()
+}
+
+/// A fake generation directory: two parts and a manifest.
+fn generation(dir: &Path, name: &str, files: &[(&str, &str)]) -> std::path::PathBuf {
+    let g = dir.join(name);
+    for (rel, body) in files {
+        let p = g.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, body).unwrap();
+    }
+    g
+}
+
+fn objects(server: &S3Server) -> usize {
+    // Counted through a second client, so the count does not rely on the code under test.
+    let out = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import boto3,sys; c=boto3.client('s3',endpoint_url=sys.argv[1],region_name='us-east-1',aws_access_key_id='t',aws_secret_access_key='t'); print(c.list_objects_v2(Bucket='earshot-test').get('KeyCount',0))",
+            &server.endpoint(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn generations_go_up_once_and_come_back_whole() {
+    let server = S3Server::start();
+    server.bucket("earshot-test");
+    let tmp = tempfile::tempdir().unwrap();
+    let w = remote(&server, "s3://earshot-test/ev");
+    assert!(w.current("").unwrap().is_none());
+    let g1 = generation(
+        tmp.path(),
+        "gen-000001",
+        &[
+            ("events/part-00000001.parquet", "one"),
+            ("manifest.json", "{1}"),
+        ],
+    );
+    let c1 = w.push("", &g1, None).unwrap().unwrap();
+    assert_eq!(objects(&server), 3, "two files and the pointer");
+    // The next generation keeps part 1 (hard-linked, as the store does) and adds part 2.
+    let g2 = tmp.path().join("gen-000002");
+    std::fs::create_dir_all(g2.join("events")).unwrap();
+    std::fs::hard_link(
+        g1.join("events/part-00000001.parquet"),
+        g2.join("events/part-00000001.parquet"),
+    )
+    .unwrap();
+    std::fs::write(g2.join("events/part-00000002.parquet"), "two").unwrap();
+    std::fs::write(g2.join("manifest.json"), "{2}").unwrap();
+    let c2 = w.push("", &g2, Some(&c1)).unwrap().unwrap();
+    assert_eq!(
+        objects(&server),
+        5,
+        "only part 2 and the new manifest went up"
+    );
+    assert!(c2.generation().unwrap().starts_with("gen-000002-"));
+
+    // Another process reads it back.
+    let r = remote(&server, "s3://earshot-test/ev/");
+    let local = tmp.path().join("reader");
+    let cur = r.current("").unwrap().unwrap();
+    let dir = r.pull(&cur, &local).unwrap().unwrap();
+    assert_eq!(
+        std::fs::read_to_string(dir.join("events/part-00000001.parquet")).unwrap(),
+        "one"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.join("events/part-00000002.parquet")).unwrap(),
+        "two"
+    );
+    assert_eq!(
+        std::fs::canonicalize(local.join("current")).unwrap(),
+        std::fs::canonicalize(&dir).unwrap()
+    );
+    // A prefix elsewhere in the bucket is another data set.
+    assert!(
+        remote(&server, "s3://earshot-test/other")
+            .current("")
+            .unwrap()
+            .is_none()
+    );
+}
+
+#[test]
+fn a_writer_whose_directory_was_claimed_cannot_publish_over_the_new_owner() {
+    let server = S3Server::start();
+    server.bucket("earshot-test");
+    let tmp = tempfile::tempdir().unwrap();
+    let old = remote(&server, "s3://earshot-test/ev");
+    let new = remote(&server, "s3://earshot-test/ev");
+    let dir = "partitions/3";
+    let g1 = generation(tmp.path(), "gen-000001", &[("manifest.json", "{old 1}")]);
+    let held = old.push(dir, &g1, None).unwrap().unwrap();
+    // Creating a pointer that exists fails too.
+    assert_eq!(new.push(dir, &g1, None).unwrap().unwrap_err(), Lost);
+
+    // The new owner takes it over: reads the pointer, then claims it.
+    let seen = new.current(dir).unwrap().unwrap();
+    let mut claimed = new.claim(dir, Some(&seen)).unwrap().unwrap();
+    assert_eq!(claimed.generation(), held.generation());
+
+    // The old owner wakes up and checkpoints with what it held: refused.
+    let g2 = generation(tmp.path(), "gen-000002", &[("manifest.json", "{old 2}")]);
+    assert_eq!(old.push(dir, &g2, Some(&held)).unwrap().unwrap_err(), Lost);
+    // The new owner's checkpoints go on.
+    let g3 = generation(
+        tmp.path().join("n").as_path(),
+        "gen-000002",
+        &[("manifest.json", "{new 2}")],
+    );
+    claimed = new.push(dir, &g3, Some(&claimed)).unwrap().unwrap();
+    let now = old.current(dir).unwrap().unwrap();
+    assert_eq!(now.generation(), claimed.generation());
+    let pulled = old.pull(&now, &tmp.path().join("check")).unwrap().unwrap();
+    assert_eq!(
+        std::fs::read_to_string(pulled.join("manifest.json")).unwrap(),
+        "{new 2}"
+    );
+    // A claim from a stale read is refused as well.
+    assert_eq!(old.claim(dir, Some(&seen)).unwrap().unwrap_err(), Lost);
+}
