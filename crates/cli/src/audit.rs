@@ -78,7 +78,8 @@ pub fn run(a: AuditArgs) -> anyhow::Result<()> {
         .stamp
         .then(|| chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
     let rt = crate::runtime()?;
-    let report = rt.block_on(earshot_audit::build(&a.data, &a.stream, claim, stamp))?;
+    let place = crate::place::Place::for_reading(&a.data)?;
+    let report = rt.block_on(earshot_audit::build(&place.local, &a.stream, claim, stamp))?;
     let svg_path = a.output.as_ref().map(|o| o.with_extension("svg"));
     let svg_name = svg_path
         .as_ref()

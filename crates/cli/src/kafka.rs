@@ -159,10 +159,16 @@ pub fn ingest(
     let stop = Arc::new(AtomicBool::new(false));
     stop_on_signal(stop.clone());
     let verbose = std::io::stderr().is_terminal() || std::env::var_os("EARSHOT_PROGRESS").is_some();
-    let summary =
-        earshot_ingest::kafka::ingest_kafka(&source, data, settings, &p, &stop, &mut |c| {
-            report(c, verbose)
-        })?;
+    let place = crate::place::Place::for_writing(data)?;
+    let summary = earshot_ingest::kafka::ingest_kafka(
+        &source,
+        &place.local,
+        place.remote.as_ref(),
+        settings,
+        &p,
+        &stop,
+        &mut |c| report(c, verbose),
+    )?;
     print_summary(&summary, data);
     Ok(())
 }
@@ -252,20 +258,24 @@ pub struct RunArgs {
 }
 
 /// `earshot run`: consume into the data directory and serve it, in one process.
-pub fn run(a: RunArgs) -> anyhow::Result<()> {
+pub fn run(mut a: RunArgs) -> anyhow::Result<()> {
     let source = a.consume.source(&a.cluster)?;
     let settings = a.settings.settings()?;
     let data: PathBuf = a.serve.data.clone();
+    // With a bucket, the consumer writes one local copy and the servers read another, which
+    // follows the bucket (the union there may be another worker's).
+    let place = crate::place::Place::for_writing(&data)?;
+    let served = Arc::new(crate::place::Place::for_writing(&data)?);
     let p = pseudonyms();
     let stop = Arc::new(AtomicBool::new(false));
     let (first_tx, first_rx) = std::sync::mpsc::channel::<()>();
     let ingest_stop = stop.clone();
-    let ingest_data = data.clone();
     let ingest = std::thread::spawn(move || {
         let mut first = Some(first_tx);
         let result = earshot_ingest::kafka::ingest_kafka(
             &source,
-            &ingest_data,
+            &place.local,
+            place.remote.as_ref(),
             settings,
             &p,
             &ingest_stop,
@@ -287,6 +297,11 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
             Ok(Err(e)) => Err(e.into()),
             Err(_) => anyhow::bail!("the consumer thread panicked"),
         };
+    }
+    if served.remote.is_some() {
+        served.refresh()?;
+        served.follow(Duration::from_secs(1), stop.clone());
+        a.serve.data = served.local.clone();
     }
     let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
     let watcher = std::thread::spawn(move || {

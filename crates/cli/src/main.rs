@@ -5,6 +5,7 @@
 mod audit;
 mod demo;
 mod kafka;
+mod place;
 mod serve;
 mod sql;
 
@@ -99,7 +100,8 @@ struct IngestArgs {
         conflicts_with = "brokers"
     )]
     input: Vec<String>,
-    /// Data directory to write the tables into (created if missing). With --kafka it is also the
+    /// Data directory to write the tables into (created if missing), or a bucket
+    /// (`s3://BUCKET/PREFIX`, with the usual AWS_* settings). With --kafka it is also the
     /// checkpoint: a restart continues from it.
     #[arg(long, short)]
     data: PathBuf,
@@ -422,7 +424,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Ingest(a) => {
             let settings = a.settings.settings()?;
             let p = pseudonyms();
-            let summary = run_ingest(&a.input, &a.data, settings, &p, a.threads)?;
+            let place = place::Place::for_writing(&a.data)?;
+            let seen = place.start_replacing()?;
+            let summary = run_ingest(&a.input, &place.local, settings, &p, a.threads)?;
+            place.publish(seen)?;
             print_summary(&summary, &a.data);
         }
         Command::Sql(a) => sql::run(a)?,

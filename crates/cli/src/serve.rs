@@ -127,8 +127,13 @@ pub fn serve(a: ServeArgs, until: impl std::future::Future<Output = ()>) -> anyh
         body_timeout: Duration::from_millis(a.http_body_timeout.max(1) as u64),
         max_connections: a.http_max_connections.max(1),
     };
-    rt.block_on(async {
-        let tables = Arc::new(earshot_sql::Tables::open(&a.data, limits).await?);
+    // A bucket is served from a local copy that follows it.
+    let place = Arc::new(crate::place::Place::for_reading(&a.data)?);
+    let stop_following = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    place.follow(Duration::from_secs(1), stop_following.clone());
+    let data = place.local.clone();
+    let served = rt.block_on(async {
+        let tables = Arc::new(earshot_sql::Tables::open(&data, limits).await?);
         let pg = match a.pg {
             Some(addr) => Some(PgServer::bind(tables.clone(), addr, auth.clone(), tls.clone(), limits).await?),
             None => None,
@@ -198,7 +203,9 @@ pub fn serve(a: ServeArgs, until: impl std::future::Future<Output = ()>) -> anyh
             _ = until => {}
         }
         Ok(())
-    })
+    });
+    stop_following.store(true, std::sync::atomic::Ordering::Relaxed);
+    served
 }
 
 pub async fn shutdown() {

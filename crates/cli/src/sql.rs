@@ -77,8 +77,9 @@ pub fn run(a: SqlArgs) -> anyhow::Result<()> {
     let limits = a.limits.limits()?;
     let params = Params::from_pairs(&a.params)?;
     let rt = crate::runtime()?;
+    let place = crate::place::Place::for_reading(&a.data)?;
     rt.block_on(async {
-        let tables = earshot_sql::Tables::open(&a.data, limits).await?;
+        let tables = earshot_sql::Tables::open(&place.local, limits).await?;
         let ctx = &tables.ctx;
         if let Some(query) = &a.query {
             return one(ctx, query, &params, &limits, a.format).await;

@@ -98,6 +98,9 @@ pub enum IngestError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Kafka(#[from] kafka::KafkaProblem),
+    /// Object storage (`--data s3://…`) refused.
+    #[error(transparent)]
+    Remote(#[from] earshot_remote::RemoteError),
     /// The counting threads could not start or did not finish (an earshot bug).
     #[error("counting threads: {0}")]
     Threads(String),

@@ -101,6 +101,12 @@ impl Current {
     pub fn generation(&self) -> Option<&str> {
         self.body.generation.as_deref()
     }
+
+    /// Whether `other` is this very write of the pointer (not just the same generation: a claim
+    /// keeps the generation and changes the writer).
+    pub fn same(&self, other: &Current) -> bool {
+        self.body == other.body
+    }
 }
 
 /// A replacement of the pointer lost to another writer's: the fence.

@@ -192,6 +192,15 @@ pub fn file_reference_of(
 /// Every table of `data` as sorted CSV lines, leaving out where rows came from (`source`) and
 /// when rejects were received (a wall clock).
 pub fn tables(data: &Path, with_source: bool) -> Vec<(String, Vec<String>)> {
+    tables_with(data, with_source, &[])
+}
+
+/// [`tables`] with `env` set for `earshot sql` (a bucket's settings).
+pub fn tables_with(
+    data: &Path,
+    with_source: bool,
+    env: &[(String, String)],
+) -> Vec<(String, Vec<String>)> {
     ["streams", "buckets", "sessions", "events", "rejects"]
         .iter()
         .map(|name| {
@@ -209,6 +218,7 @@ pub fn tables(data: &Path, with_source: bool) -> Vec<(String, Vec<String>)> {
                 .filter(|c| !left_out.contains(&c.as_str()))
                 .collect();
             let out = ok(earshot()
+                .envs(env.iter().map(|(k, v)| (k, v)))
                 .args(["sql", "--format", "csv", "--data"])
                 .arg(data)
                 .arg(format!("SELECT {} FROM {name}", columns.join(", ")))
@@ -222,7 +232,15 @@ pub fn tables(data: &Path, with_source: bool) -> Vec<(String, Vec<String>)> {
 }
 
 pub fn assert_same_tables(a: &Path, b: &Path, with_source: bool) {
-    let (ta, tb) = (tables(a, with_source), tables(b, with_source));
+    assert_same_tables_with(a, b, with_source, &[]);
+}
+
+/// [`assert_same_tables`] with `env` set for `earshot sql` (a bucket's settings).
+pub fn assert_same_tables_with(a: &Path, b: &Path, with_source: bool, env: &[(String, String)]) {
+    let (ta, tb) = (
+        tables_with(a, with_source, env),
+        tables_with(b, with_source, env),
+    );
     for ((name, la), (_, lb)) in ta.iter().zip(&tb) {
         assert!(la.len() > 1 || name == "rejects", "{name} is empty");
         if la != lb {

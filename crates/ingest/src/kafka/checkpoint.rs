@@ -2,6 +2,9 @@
 
 use super::*;
 
+use earshot_remote::Lost;
+
+use super::bucket::remote_dir;
 use super::consume::{Final, KafkaIngest, live_final_through};
 
 impl KafkaIngest<'_> {
@@ -150,6 +153,14 @@ impl KafkaIngest<'_> {
             state: save_state.then_some(&pipe.engine),
         };
         let generation = pipe.generation.checkpoint_with(&snapshot, manifest, with)?;
+        // `--data s3://…`: the generation goes up, unless another writer has claimed the
+        // directory since this one did (it then lets go: see `bucket`).
+        if let Some(remote) = self.remote {
+            match remote.push(&remote_dir(key), &generation, part.pointer.as_ref())? {
+                Ok(pointer) => part.pointer = Some(pointer),
+                Err(Lost) => return self.fenced_out(key),
+            }
+        }
         // Only now tell the group, for lag monitoring; a failure here loses nothing.
         let assigned = self
             .positions
@@ -200,7 +211,7 @@ impl KafkaIngest<'_> {
         on_checkpoint: &mut dyn FnMut(&Checkpoint<'_>),
     ) -> Result<(), IngestError> {
         self.clocks.union_owed = true;
-        if !self.closing && super::union::union_age(&self.data_dir) < self.source.checkpoint_every {
+        if !self.closing && self.union_age() < self.source.checkpoint_every {
             return Ok(());
         }
         self.publish_union(on_checkpoint)
@@ -216,12 +227,15 @@ impl KafkaIngest<'_> {
         // Published now, or being published by another worker, which then looks at the
         // partitions again after it finishes: either way this worker's checkpoints get in.
         self.clocks.union_owed = false;
-        let published = super::union::publish_union(
-            &self.data_dir,
-            self.settings,
-            self.pseudonyms,
-            &self.source.topic,
-        );
+        let published = match self.remote {
+            Some(remote) => self.publish_union_remote(remote),
+            None => super::union::publish_union(
+                &self.data_dir,
+                self.settings,
+                self.pseudonyms,
+                &self.source.topic,
+            ),
+        };
         let generation = match published {
             Ok(Some(generation)) => generation,
             Ok(None) => return Ok(()),
@@ -271,6 +285,12 @@ impl KafkaIngest<'_> {
         let snapshot = pipe.engine.publish(final_through);
         let figures = t.elapsed();
         let generation = pipe.generation.publish_figures(&snapshot)?;
+        if let Some(remote) = self.remote {
+            match remote.push("", &generation, part.pointer.as_ref())? {
+                Ok(pointer) => part.pointer = Some(pointer),
+                Err(Lost) => return self.fenced_out(super::consume::ALL),
+            }
+        }
         let stats = pipe.engine.live_stats();
         tracing::debug!(
             generation = %generation.display(),

@@ -2,6 +2,9 @@
 //! takes each message through the pipeline, publishes the figures when they have waited long
 //! enough, and checkpoints on time.
 
+use earshot_remote::{Current, Remote};
+
+use super::bucket::fetch_and_claim;
 use super::produce::send_with_backpressure;
 use super::resume::resume;
 use super::*;
@@ -12,13 +15,21 @@ use super::*;
 pub fn ingest_kafka(
     source: &KafkaSource,
     data_dir: &Path,
+    remote: Option<&Remote>,
     settings: Settings,
     pseudonyms: &Pseudonymizer,
     stop: &AtomicBool,
     on_checkpoint: &mut dyn FnMut(&Checkpoint<'_>),
 ) -> Result<Summary, IngestError> {
     let started = Instant::now();
-    let mut ingest = KafkaIngest::start(source, data_dir, settings, pseudonyms, on_checkpoint)?;
+    let mut ingest = KafkaIngest::start(
+        source,
+        data_dir,
+        remote,
+        settings,
+        pseudonyms,
+        on_checkpoint,
+    )?;
     let idle_tail = ingest.run(stop, on_checkpoint)?;
     if ingest.skipped_redelivered > 0 {
         tracing::info!(
@@ -59,6 +70,9 @@ pub(super) struct Part {
     /// Revoked (a group of workers): checkpointed, and dropped once the group has assigned
     /// partitions again without it (the assignment count then), or after a few seconds.
     pub(super) parked: Option<(u64, Instant)>,
+    /// `--data s3://…`: the bucket's pointer as this consumer last claimed or wrote it (see
+    /// `bucket`).
+    pub(super) pointer: Option<Current>,
 }
 
 impl Part {
@@ -83,6 +97,7 @@ impl Part {
             named: BTreeSet::new(),
             dirty: false,
             parked: None,
+            pointer: None,
         }
     }
 }
@@ -104,7 +119,11 @@ pub(super) struct KafkaIngest<'a> {
     pub(super) source: &'a KafkaSource,
     pub(super) pseudonyms: &'a Pseudonymizer,
     pub(super) settings: Settings,
+    /// The local data directory: with `--data s3://…`, this process's copy (see `bucket`).
     pub(super) data_dir: std::path::PathBuf,
+    pub(super) remote: Option<&'a Remote>,
+    /// Partitions let go because another worker claimed them in the bucket, and when.
+    pub(super) fenced: BTreeMap<i32, Instant>,
     /// A group of workers (`Assignment::Group`): one data directory per partition under
     /// `data_dir/partitions/`, and the union published in `data_dir`. Otherwise one part, [`ALL`].
     pub(super) workers: bool,
@@ -156,6 +175,7 @@ impl<'a> KafkaIngest<'a> {
     fn start(
         source: &'a KafkaSource,
         data_dir: &Path,
+        remote: Option<&'a Remote>,
         settings: Settings,
         pseudonyms: &'a Pseudonymizer,
         on_checkpoint: &mut dyn FnMut(&Checkpoint<'_>),
@@ -165,12 +185,21 @@ impl<'a> KafkaIngest<'a> {
         let single = if workers {
             None
         } else {
-            Some(resume(source, data_dir, settings, pseudonyms)?)
+            let pointer = match remote {
+                Some(r) => Some(fetch_and_claim(r, "", data_dir)?.ok_or_else(|| {
+                    KafkaProblem::Fenced {
+                        url: r.url().to_owned(),
+                    }
+                })?),
+                None => None,
+            };
+            let (pipe, position) = resume(source, data_dir, settings, pseudonyms)?;
+            Some((pipe, position, pointer))
         };
         let positions = Arc::new(Mutex::new(Positions {
             next: single
                 .as_ref()
-                .map(|(_, position)| position.next_offsets.clone())
+                .map(|(_, position, _)| position.next_offsets.clone())
                 .unwrap_or_default(),
             ..Positions::default()
         }));
@@ -239,9 +268,9 @@ impl<'a> KafkaIngest<'a> {
         let now = Instant::now();
         let mut parts = BTreeMap::new();
         let mut first = false;
-        if let Some((pipe, position)) = single {
+        if let Some((pipe, position, pointer)) = single {
             first = position.checkpoints == 0;
-            let part = Part::new(
+            let mut part = Part::new(
                 pipe,
                 position,
                 source,
@@ -249,6 +278,7 @@ impl<'a> KafkaIngest<'a> {
                 pseudonyms,
                 dead_letters.is_some(),
             );
+            part.pointer = pointer;
             parts.insert(ALL, part);
         }
         let mut ingest = KafkaIngest {
@@ -256,6 +286,8 @@ impl<'a> KafkaIngest<'a> {
             pseudonyms,
             settings,
             data_dir: data_dir.to_owned(),
+            remote,
+            fenced: BTreeMap::new(),
             workers,
             parts,
             handed_over: Summary::default(),

@@ -39,6 +39,7 @@ use rdkafka::types::RDKafkaRespErr;
 
 use crate::{At, IngestError, Pipeline, Summary, key_check, new_manifest};
 
+mod bucket;
 mod checkpoint;
 mod consume;
 mod produce;
@@ -151,6 +152,10 @@ pub enum KafkaProblem {
         "the checkpoint in {data_dir} does not replay consistently ({detail}); it was not written by this version of earshot or was altered\n  hint: keep it for inspection and ingest into a new --data directory"
     )]
     Inconsistent { data_dir: String, detail: String },
+    #[error(
+        "another earshot process replaced the tables at {url} while this one was writing them\n  hint: one consumer per --data location; for several, start each with --assign group (see \"More than one machine\" in the README)"
+    )]
+    Fenced { url: String },
     #[error(
         "Kafka failed: {0}\n  hint: this error is not one earshot can retry; check the broker's logs"
     )]

@@ -110,7 +110,7 @@ pub(super) fn publish_union(
 /// One union publish, holding the union's writer lock; `None` if another worker holds it.
 /// Returns the generation and the partitions' generations it merged.
 #[allow(clippy::type_complexity)]
-fn union_once(
+pub(super) fn union_once(
     data_dir: &Path,
     settings: Settings,
     pseudonyms: &Pseudonymizer,

@@ -16,6 +16,7 @@
 //!   open until the group's next assignment (so an eager rebalance that gives it straight back
 //!   costs nothing), or 15 s.
 
+use super::bucket::{fetch_and_claim, remote_dir};
 use super::consume::{ALL, Final, KafkaIngest, Part};
 use super::resume::resume;
 use super::union::partition_dir;
@@ -72,6 +73,21 @@ impl KafkaIngest<'_> {
                 Some(_) => {}
             }
         }
+        // A partition another worker claimed in the bucket (see `bucket`) is taken back only when
+        // the group assigns it again, or if after a while the group still says it is this one's.
+        let fenced: Vec<i32> = self
+            .fenced
+            .iter()
+            .filter(|(_, since)| since.elapsed() >= PARKED_FOR)
+            .map(|(&p, _)| p)
+            .collect();
+        for p in fenced {
+            self.fenced.remove(&p);
+            let mut positions = self.positions.lock().unwrap_or_else(|p| p.into_inner());
+            if assigned.contains(&p) && !positions.open.contains(&p) {
+                positions.pending.insert(p);
+            }
+        }
         if !pending.is_empty() && self.clocks.pending_tried.elapsed() >= RETRY_EVERY {
             self.clocks.pending_tried = Instant::now();
             for p in pending {
@@ -80,16 +96,14 @@ impl KafkaIngest<'_> {
         }
         if changed {
             self.union_due(on_checkpoint)?;
-        } else if self.clocks.union_owed
-            && super::union::union_age(&self.data_dir) >= self.source.checkpoint_every
-        {
+        } else if self.clocks.union_owed && self.union_age() >= self.source.checkpoint_every {
             self.publish_union(on_checkpoint)?;
         }
         Ok(())
     }
 
     /// Closes a partition's directory (releasing its lock) and forgets where it stood.
-    fn let_go(&mut self, p: i32) {
+    pub(super) fn let_go(&mut self, p: i32) {
         if let Some(part) = self.parts.remove(&p) {
             self.handed_over.add(&part.pipe.summary);
             tracing::info!(partition = p, "partition handed over");
@@ -110,6 +124,16 @@ impl KafkaIngest<'_> {
     ) -> Result<bool, IngestError> {
         debug_assert!(p != ALL);
         let dir = partition_dir(&self.data_dir, p);
+        let pointer = match self.remote {
+            Some(remote) => match fetch_and_claim(remote, &remote_dir(p), &dir)? {
+                Some(claimed) => Some(claimed),
+                None => {
+                    tracing::debug!(partition = p, "claimed by another worker meanwhile");
+                    return Ok(false);
+                }
+            },
+            None => None,
+        };
         let (pipe, position) = match resume(self.source, &dir, self.settings, self.pseudonyms) {
             Ok(opened) => opened,
             Err(IngestError::Store(StoreError::Busy { .. })) => {
@@ -120,7 +144,7 @@ impl KafkaIngest<'_> {
         };
         let first = position.checkpoints == 0;
         let stored = position.next_offsets.get(&p).copied();
-        let part = Part::new(
+        let mut part = Part::new(
             pipe,
             position,
             self.source,
@@ -128,6 +152,7 @@ impl KafkaIngest<'_> {
             self.pseudonyms,
             self.dead_letters.is_some(),
         );
+        part.pointer = pointer;
         let start = {
             let mut positions = self.positions.lock().unwrap_or_else(|p| p.into_inner());
             if !positions.pending.remove(&p) {
