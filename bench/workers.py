@@ -3,7 +3,7 @@
 throughput per worker and in total, the figures against one worker's, and what a query on the
 union costs.
 
-    python3 bench/workers.py [--input NDJSON | --listeners N] [--workers 1,3,8] [--partitions 8]
+    python3 bench/workers.py [--input NDJSON | --listeners N] [--workers 1,3,8] [--partitions 8] [--bucket]
 
 A tansu broker is started here (127.0.0.1, a free port). The input is produced once to a topic of
 --partitions partitions (keyed by session, `earshot produce`). Then for each worker count: a fresh
@@ -11,6 +11,9 @@ data directory, that many workers started together, each ending after 5 s withou
 wall time is from the start to the last worker's exit, minus those 5 s. Each worker's own summary
 gives its lines and lines/s. Then `earshot sql` times each query over the union (whole process,
 median of --runs), and the `streams` row must equal the one-worker run's.
+
+With --bucket the workers share a bucket on a local S3 server (moto's, started here) instead of a
+directory, and each `earshot sql` pulls the union into a local copy first (its time includes that).
 
 Needs tansu on PATH (scripts/setup). EARSHOT_BIN picks the binary (default target/debug/earshot).
 """
@@ -47,6 +50,18 @@ def free_port():
     return port
 
 
+def wait_for(port, what, seconds=30):
+    deadline = time.time() + seconds
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            if time.time() > deadline:
+                raise SystemExit(f"{what} did not start")
+            time.sleep(0.05)
+
+
 def run(args, **kw):
     return subprocess.run(args, check=True, capture_output=True, text=True, env=ENV, **kw).stdout
 
@@ -62,8 +77,20 @@ def main():
     ap.add_argument("--workers", default="1,3,8")
     ap.add_argument("--partitions", type=int, default=8)
     ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--bucket", action="store_true")
     a = ap.parse_args()
     tmp = tempfile.mkdtemp(prefix="earshot-workers-")
+    s3 = None
+    if a.bucket:
+        s3_port = free_port()
+        s3 = subprocess.Popen(["python3", "-m", "moto.server", "-H", "127.0.0.1", "-p", str(s3_port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        endpoint = f"http://127.0.0.1:{s3_port}"
+        ENV.update(AWS_ENDPOINT=endpoint, AWS_ALLOW_HTTP="true", AWS_ACCESS_KEY_ID="bench",
+                   AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1")
+        wait_for(s3_port, "moto")
+        import urllib.request
+        urllib.request.urlopen(urllib.request.Request(f"{endpoint}/earshot-bench", method="PUT")).read()
     port = free_port()
     url = f"tcp://127.0.0.1:{port}"
     broker = subprocess.Popen(
@@ -71,15 +98,7 @@ def main():
          "--storage-engine", "memory://tansu/"],
         cwd=tmp, stdout=subprocess.DEVNULL, stderr=open(os.path.join(tmp, "broker.log"), "w"))
     try:
-        deadline = time.time() + 20
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if time.time() > deadline:
-                    raise SystemExit("tansu did not start")
-                time.sleep(0.05)
+        wait_for(port, "tansu")
         run(["tansu", "topic", "create", "--broker", url, "--partitions", str(a.partitions), "events"])
         source = a.input
         if not source:
@@ -90,7 +109,7 @@ def main():
         print(f"input: {source}: {lines} lines, {a.partitions} partitions")
         first_streams = None
         for n in [int(w) for w in a.workers.split(",")]:
-            data = os.path.join(tmp, f"data-{n}")
+            data = f"s3://earshot-bench/data-{n}" if a.bucket else os.path.join(tmp, f"data-{n}")
             started = time.time()
             procs = [subprocess.Popen(
                 [BIN, "ingest", "--kafka", f"127.0.0.1:{port}", "--topic", "events", "--data", data,
@@ -112,8 +131,9 @@ def main():
             print(f"\n{n} worker(s): all {lines} lines in {wall:.2f} s wall, {lines / wall:,.0f} lines/s in total;"
                   f" streams row: {same}")
             print(f"  each worker read (its own summary; a worker that took a partition over also replays): {read}")
-            parts = len(os.listdir(os.path.join(data, "current", "events")))
-            print(f"  union: {parts} events parts")
+            if not a.bucket:
+                parts = len(os.listdir(os.path.join(data, "current", "events")))
+                print(f"  union: {parts} events parts")
             for name, q in QUERIES.items():
                 times = []
                 for _ in range(a.runs):
@@ -123,6 +143,8 @@ def main():
                 print(f"  query {name}: median {statistics.median(times) * 1e3:.0f} ms (earshot sql, whole process)")
     finally:
         broker.kill()
+        if s3:
+            s3.kill()
         shutil.rmtree(tmp, ignore_errors=True)
 
 
