@@ -27,8 +27,7 @@ fn server() -> S3Server {
 
 /// The manifest of the bucket's current tables under `prefix`, read with the bucket layer.
 fn bucket_manifest(s: &S3Server, prefix: &str, scratch: &Path) -> serde_json::Value {
-    let remote =
-        earshot_remote::Remote::open_with(url(prefix).to_str().unwrap(), s.env()).unwrap();
+    let remote = earshot_remote::Remote::open_with(url(prefix).to_str().unwrap(), s.env()).unwrap();
     let current = remote.current("").unwrap().expect("tables in the bucket");
     let local = scratch.join(format!("manifest-of-{}", prefix.replace('/', "-")));
     let dir = remote.pull(&current, &local).unwrap().unwrap();
@@ -40,7 +39,14 @@ fn worker(b: &Broker, s: &S3Server, prefix: &str, extra: &[&str], log: &Path) ->
     kafka_ingest(
         b,
         &url(prefix),
-        &["--assign", "group", "--group", "g", "--checkpoint-interval", "300ms"],
+        &[
+            "--assign",
+            "group",
+            "--group",
+            "g",
+            "--checkpoint-interval",
+            "300ms",
+        ],
     )
     .args(extra)
     .envs(s.env())
@@ -110,12 +116,26 @@ fn a_file_ingest_into_a_bucket_reads_back_as_from_a_directory() {
     // The audit reads the bucket too.
     let audit = ok(earshot()
         .envs(s.env())
-        .args(["audit", "--stream", "town-hall-main", "--format", "json", "--data"])
+        .args([
+            "audit",
+            "--stream",
+            "town-hall-main",
+            "--format",
+            "json",
+            "--data",
+        ])
         .arg(url("file"))
         .output()
         .unwrap());
     let local_audit = ok(earshot()
-        .args(["audit", "--stream", "town-hall-main", "--format", "json", "--data"])
+        .args([
+            "audit",
+            "--stream",
+            "town-hall-main",
+            "--format",
+            "json",
+            "--data",
+        ])
         .arg(&local)
         .output()
         .unwrap());
@@ -142,6 +162,16 @@ fn a_file_ingest_into_a_bucket_reads_back_as_from_a_directory() {
 
 #[test]
 fn three_workers_sharing_a_bucket_give_one_process_figures() {
+    // tansu 0.6 sometimes leaves a partition assigned to a member that is gone (see workers.rs):
+    // then the union misses that partition's tail. Once more on a new broker in that case only;
+    // wrong figures fail at once.
+    if let Err(short) = three_workers_in_a_bucket() {
+        eprintln!("the union fell short ({short}); once more, on a new broker");
+        three_workers_in_a_bucket().unwrap_or_else(|again| panic!("short twice: {again}"));
+    }
+}
+
+fn three_workers_in_a_bucket() -> Result<(), String> {
     let s = server();
     let dir = tempfile::tempdir().unwrap();
     let b = Broker::start(dir.path(), false);
@@ -176,20 +206,25 @@ fn three_workers_sharing_a_bucket_give_one_process_figures() {
     let all: String = logs.iter().map(|l| log_of(l)).collect();
     assert!(all.contains("partition taken over"), "{all}");
     let m = bucket_manifest(&s, "workers", dir.path());
-    assert_eq!(
-        m["messages"].as_u64(),
-        Some(lines as u64),
-        "the union misses messages:\n{all}"
-    );
-    assert_eq!(m["kafka"]["finished"].as_bool(), Some(true), "{all}");
+    if m["messages"].as_u64() != Some(lines as u64)
+        || m["kafka"]["finished"].as_bool() != Some(true)
+    {
+        return Err(format!(
+            "{} of {lines} messages, finished: {}; logs:\n{all}",
+            m["messages"], m["kafka"]["finished"]
+        ));
+    }
     // One consumer of every partition into another prefix of the bucket.
-    ok(kafka_ingest(&b, &url("single"), &["--exit-when-idle", "2s"])
-        .envs(s.env())
-        .output()
-        .unwrap());
+    ok(
+        kafka_ingest(&b, &url("single"), &["--exit-when-idle", "2s"])
+            .envs(s.env())
+            .output()
+            .unwrap(),
+    );
     let reference = file_reference_of(&b, dir.path(), 6, Some(lines));
     assert_same_tables_with(&reference, &url("workers"), false, &s.env());
     assert_same_tables_with(&reference, &url("single"), false, &s.env());
+    Ok(())
 }
 
 #[test]
@@ -229,7 +264,11 @@ fn a_worker_fenced_out_in_the_bucket_never_overwrites_its_successor() {
     .unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     while log_of(&log_a).matches("partition taken over").count() < 4 {
-        assert!(Instant::now() < deadline, "A did not open its partitions:\n{}", log_of(&log_a));
+        assert!(
+            Instant::now() < deadline,
+            "A did not open its partitions:\n{}",
+            log_of(&log_a)
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     std::thread::sleep(Duration::from_secs(1));

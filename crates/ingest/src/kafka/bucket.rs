@@ -135,7 +135,11 @@ impl KafkaIngest<'_> {
                 continue;
             };
             if let Some(part) = self.parts.get(&p) {
-                if part.pointer.as_ref().is_some_and(|ours| ours.same(&current)) {
+                if part
+                    .pointer
+                    .as_ref()
+                    .is_some_and(|ours| ours.same(&current))
+                {
                     continue;
                 }
                 self.fenced_out(p)?;

@@ -185,14 +185,15 @@ impl<'a> KafkaIngest<'a> {
         let single = if workers {
             None
         } else {
-            let pointer = match remote {
-                Some(r) => Some(fetch_and_claim(r, "", data_dir)?.ok_or_else(|| {
-                    KafkaProblem::Fenced {
-                        url: r.url().to_owned(),
-                    }
-                })?),
-                None => None,
-            };
+            let pointer =
+                match remote {
+                    Some(r) => Some(fetch_and_claim(r, "", data_dir)?.ok_or_else(|| {
+                        KafkaProblem::Fenced {
+                            url: r.url().to_owned(),
+                        }
+                    })?),
+                    None => None,
+                };
             let (pipe, position) = resume(source, data_dir, settings, pseudonyms)?;
             Some((pipe, position, pointer))
         };
