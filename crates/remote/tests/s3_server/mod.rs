@@ -45,21 +45,33 @@ impl S3Server {
         format!("http://127.0.0.1:{}", self.port)
     }
 
-    /// Creates a bucket (moto accepts an unsigned request).
+    /// Creates a bucket (moto accepts an unsigned request). A server that has just started may
+    /// accept a connection and drop it: the request is retried for a while.
     pub fn bucket(&self, name: &str) {
-        let mut s = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        let until = Instant::now() + Duration::from_secs(60);
+        loop {
+            match self.put_bucket(name) {
+                Ok(reply) if reply.starts_with("HTTP/1.1 200") => return,
+                Ok(reply) => panic!("creating bucket {name}: {reply}"),
+                Err(e) if Instant::now() < until => {
+                    eprintln!("creating bucket {name}: {e}; again");
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                Err(e) => panic!("creating bucket {name}: {e}"),
+            }
+        }
+    }
+
+    fn put_bucket(&self, name: &str) -> std::io::Result<String> {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port))?;
         write!(
             s,
             "PUT /{name} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
             self.port
-        )
-        .unwrap();
+        )?;
         let mut reply = String::new();
-        s.read_to_string(&mut reply).unwrap();
-        assert!(
-            reply.starts_with("HTTP/1.1 200"),
-            "creating bucket {name}: {reply}"
-        );
+        s.read_to_string(&mut reply)?;
+        Ok(reply)
     }
 
     /// The environment a client of this server needs.
