@@ -93,10 +93,20 @@ impl Place {
         let Some(remote) = &self.remote else {
             return Ok(true);
         };
-        let Some(current) = remote.current("")? else {
-            return Ok(false);
-        };
-        Ok(remote.pull(&current, &self.local)?.is_some())
+        // A writer deletes an object one replacement after its generation stopped listing it: a
+        // pull that lost that race reads the pointer again.
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let Some(current) = remote.current("")? else {
+                return Ok(false);
+            };
+            match remote.pull(&current, &self.local) {
+                Ok(pulled) => return Ok(pulled.is_some()),
+                Err(e) if attempts < 3 => tracing::debug!("pulling the tables again: {e}"),
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
 
     /// Keeps the local copy up to date with the bucket, every `every`, on a thread of its own,

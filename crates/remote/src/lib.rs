@@ -22,7 +22,14 @@
 //!   hard-linked, not downloaded again) and `current` is switched to it, so every local reader
 //!   works unchanged.
 //!
-//! Not yet: removing objects no generation lists any more (they stay in the bucket).
+//! - **Clearing up.** The objects a replaced pointer listed and its replacement does not (a
+//!   generation's own tables and manifest, an old engine state) are deleted by the same writer at
+//!   its next replacement, so a reader still pulling the previous generation finds it whole. Parts
+//!   of `events` and `rejects` are never dropped, and the union never deletes what it lists from
+//!   the partitions.
+//!
+//! Not yet: the uploads of a writer fenced out before it replaced the pointer, and what a writer
+//! meant to delete when it stopped, stay in the bucket.
 
 use std::collections::{BTreeMap, HashMap};
 use std::os::unix::fs::MetadataExt;
@@ -124,6 +131,9 @@ pub struct Remote {
     /// Local files known to be objects: key → a local path holding the same bytes. A path is
     /// trusted only while it still exists and is the same file (device and inode).
     known: Mutex<Known>,
+    /// Per data directory: objects its last replaced pointer listed and the new one does not,
+    /// deleted at this writer's next replacement.
+    retired: Mutex<HashMap<String, Vec<String>>>,
 }
 
 #[derive(Default)]
@@ -193,6 +203,7 @@ impl Remote {
             writer: token.iter().map(|b| format!("{b:02x}")).collect(),
             writes: AtomicU64::new(0),
             known: Mutex::new(Known::default()),
+            retired: Mutex::new(HashMap::new()),
         })
     }
 
@@ -421,16 +432,78 @@ impl Remote {
             },
         ));
         match put {
-            Ok(done) => Ok(Ok(Current {
-                body,
-                version: UpdateVersion {
-                    e_tag: done.e_tag,
-                    version: done.version,
-                },
-            })),
+            Ok(done) => {
+                self.retire(dir, expected, &body.files);
+                Ok(Ok(Current {
+                    body,
+                    version: UpdateVersion {
+                        e_tag: done.e_tag,
+                        version: done.version,
+                    },
+                }))
+            }
             Err(object_store::Error::Precondition { .. })
             | Err(object_store::Error::AlreadyExists { .. }) => Ok(Err(Lost)),
             Err(e) => Err(self.err("replace", &rel, e)),
+        }
+    }
+
+    /// After `dir`'s pointer was replaced: what the replaced one listed and the new one does not
+    /// waits for the next replacement; what waited since the last one is deleted now. Only
+    /// objects of `dir` itself (the union does not delete the partitions'). A failed delete
+    /// leaves an object behind and nothing else.
+    fn retire(&self, dir: &str, replaced: Option<&Current>, now: &BTreeMap<String, String>) {
+        let listed: std::collections::HashSet<&String> = now.values().collect();
+        let own = |key: &String| {
+            if dir.is_empty() {
+                !key.starts_with("partitions/")
+            } else {
+                key.starts_with(&format!("{dir}/"))
+            }
+        };
+        let dropped: Vec<String> = replaced
+            .map(|c| {
+                c.body
+                    .files
+                    .values()
+                    .filter(|k| !listed.contains(k) && own(k))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
+        let due = self
+            .retired
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(dir.to_owned(), dropped)
+            .unwrap_or_default();
+        let due: Vec<String> = due.into_iter().filter(|k| !listed.contains(k)).collect();
+        if due.is_empty() {
+            return;
+        }
+        {
+            let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+            for key in &due {
+                known.by_key.remove(key);
+            }
+            known.by_file.retain(|_, (key, _)| !due.contains(key));
+        }
+        let failed = self.rt.block_on(
+            futures::stream::iter(
+                due.iter()
+                    .map(|key| async move { self.store.delete(&self.key(key)).await.err() }),
+            )
+            .buffer_unordered(IN_FLIGHT)
+            .filter_map(|e| async move { e })
+            .count(),
+        );
+        if failed > 0 {
+            tracing::warn!(
+                failed,
+                of = due.len(),
+                dir,
+                "objects no generation lists could not be deleted (they stay in the bucket)"
+            );
         }
     }
 

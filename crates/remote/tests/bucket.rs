@@ -98,6 +98,30 @@ fn generations_go_up_once_and_come_back_whole() {
         std::fs::canonicalize(local.join("current")).unwrap(),
         std::fs::canonicalize(&dir).unwrap()
     );
+
+    // A third generation keeps both parts and writes a new manifest. Generation 1's manifest,
+    // listed by neither the second nor the third, is deleted; the second's is kept for readers
+    // still pulling it.
+    let g3 = tmp.path().join("gen-000003");
+    std::fs::create_dir_all(g3.join("events")).unwrap();
+    for part in ["part-00000001.parquet", "part-00000002.parquet"] {
+        std::fs::hard_link(g2.join("events").join(part), g3.join("events").join(part)).unwrap();
+    }
+    std::fs::write(g3.join("manifest.json"), "{3}").unwrap();
+    w.push("", &g3, Some(&c2)).unwrap().unwrap();
+    assert_eq!(
+        objects(&server),
+        5,
+        "manifest 3 went up, manifest 1 went away"
+    );
+    let old = r
+        .pull(&cur, &tmp.path().join("late-reader"))
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        std::fs::read_to_string(old.join("manifest.json")).unwrap(),
+        "{2}"
+    );
     // A prefix elsewhere in the bucket is another data set.
     assert!(
         remote(&server, "s3://earshot-test/other")

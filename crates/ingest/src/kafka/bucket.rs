@@ -36,6 +36,23 @@ pub(super) fn fetch_and_claim(
     dir: &str,
     local: &Path,
 ) -> Result<Option<Current>, IngestError> {
+    // The previous owner, still writing, may delete what its older generation listed while it
+    // is pulled (see `earshot-remote`): the pointer is read again.
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        match fetch(remote, dir, local) {
+            Ok(seen) => return Ok(remote.claim(dir, seen.as_ref())?.ok()),
+            Err(IngestError::Remote(e)) if attempts < 3 => {
+                tracing::debug!(dir, "pulling again: {e}");
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// One try of [`fetch_and_claim`]'s pull; returns the pointer it pulled.
+fn fetch(remote: &Remote, dir: &str, local: &Path) -> Result<Option<Current>, IngestError> {
     let seen = remote.current(dir)?;
     let clear = |action, e| StoreError::Io {
         action,
@@ -51,7 +68,7 @@ pub(super) fn fetch_and_claim(
     if let Some(c) = &seen {
         remote.pull(c, local)?;
     }
-    Ok(remote.claim(dir, seen.as_ref())?.ok())
+    Ok(seen)
 }
 
 impl KafkaIngest<'_> {
