@@ -318,10 +318,10 @@ impl Remote {
                     .buffer_unordered(IN_FLIGHT)
                     .try_collect::<Vec<()>>(),
             )?;
+            std::fs::rename(&tmp, &target).map_err(|e| local_err("rename", &target, e))?;
             for (rel, key) in &current.body.files {
                 self.remember(key, &target.join(rel));
             }
-            std::fs::rename(&tmp, &target).map_err(|e| local_err("rename", &target, e))?;
         }
         let previous = std::fs::read_link(local.join(earshot_store::CURRENT)).ok();
         point_current(local, name)?;
@@ -364,8 +364,11 @@ impl Remote {
         let name = format!("{local_name}-{}", self.writer);
         let mut files = BTreeMap::new();
         let mut upload = Vec::new();
+        // A partition's pointer lists only its own objects (the union deletes its own, and may
+        // list the partitions').
+        let usable = |key: &String| dir.is_empty() || key.starts_with(&format!("{dir}/"));
         for (rel, path) in walk(generation)? {
-            let key = match self.known_key(&path) {
+            let key = match self.known_key(&path).filter(usable) {
                 Some(key) => key,
                 None => {
                     let key = join(dir, &format!("{name}/{rel}"));

@@ -122,6 +122,22 @@ fn generations_go_up_once_and_come_back_whole() {
         std::fs::read_to_string(old.join("manifest.json")).unwrap(),
         "{2}"
     );
+    // The reader takes over: a generation it builds from the files it pulled lists their
+    // objects again instead of uploading them.
+    let cur3 = r.current("").unwrap().unwrap();
+    let pulled = r.pull(&cur3, &local).unwrap().unwrap();
+    let g4 = tmp.path().join("gen-000004");
+    std::fs::create_dir_all(g4.join("events")).unwrap();
+    for part in ["part-00000001.parquet", "part-00000002.parquet"] {
+        std::fs::hard_link(
+            pulled.join("events").join(part),
+            g4.join("events").join(part),
+        )
+        .unwrap();
+    }
+    std::fs::write(g4.join("manifest.json"), "{4}").unwrap();
+    r.push("", &g4, Some(&cur3)).unwrap().unwrap();
+    assert_eq!(objects(&server), 6, "only manifest 4 went up");
     // A prefix elsewhere in the bucket is another data set.
     assert!(
         remote(&server, "s3://earshot-test/other")
