@@ -221,6 +221,29 @@ fn three_workers_in_a_bucket() -> Result<(), String> {
             .output()
             .unwrap(),
     );
+    // A prefix keeps the layout it was started with, as a directory does.
+    for (prefix, args, wrote) in [
+        (
+            "single",
+            &["--assign", "group"][..],
+            "one consumer of every partition",
+        ),
+        ("workers", &[][..], "a group of workers"),
+    ] {
+        let out = kafka_ingest(
+            &b,
+            &url(prefix),
+            &[&["--exit-when-idle", "1s"], args].concat(),
+        )
+        .envs(s.env())
+        .output()
+        .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains(wrote),
+            "{prefix}: {err}"
+        );
+    }
     let reference = file_reference_of(&b, dir.path(), 6, Some(lines));
     assert_same_tables_with(&reference, &url("workers"), false, &s.env());
     assert_same_tables_with(&reference, &url("single"), false, &s.env());

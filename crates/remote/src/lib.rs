@@ -275,6 +275,27 @@ impl Remote {
         }
     }
 
+    /// Whether anything at all is stored under `dir`.
+    pub fn holds_anything(&self, dir: &str) -> Result<bool, RemoteError> {
+        let key = self.key(dir);
+        let listed = self
+            .rt
+            .block_on(self.store.list_with_delimiter(Some(&key)))
+            .map_err(|e| self.err("list", dir, e))?;
+        Ok(!listed.objects.is_empty() || !listed.common_prefixes.is_empty())
+    }
+
+    /// Stores a small object `rel` with `body` (overwriting): a marker.
+    pub fn mark(&self, rel: &str, body: &str) -> Result<(), RemoteError> {
+        self.rt
+            .block_on(
+                self.store
+                    .put(&self.key(rel), PutPayload::from(body.as_bytes().to_vec())),
+            )
+            .map_err(|e| self.err("write", rel, e))?;
+        Ok(())
+    }
+
     /// The data directories under `dir` that have a pointer or anything else (their names).
     pub fn children(&self, dir: &str) -> Result<Vec<String>, RemoteError> {
         let key = self.key(dir);

@@ -14,7 +14,7 @@
 
 use std::time::SystemTime;
 
-use earshot_remote::{Current, Lost, Remote};
+use earshot_remote::{Lost, Remote};
 
 use super::consume::{ALL, KafkaIngest};
 use super::union::{PARTITIONS, partition_dir};
@@ -27,48 +27,6 @@ pub(super) fn remote_dir(key: i32) -> String {
     } else {
         format!("{PARTITIONS}/{key}")
     }
-}
-
-/// Replaces `local` with the bucket's current generation of `dir` (this process's copy may be
-/// older), then claims `dir`. `None` when another writer claimed it in between.
-pub(super) fn fetch_and_claim(
-    remote: &Remote,
-    dir: &str,
-    local: &Path,
-) -> Result<Option<Current>, IngestError> {
-    // The previous owner, still writing, may delete what its older generation listed while it
-    // is pulled (see `earshot-remote`): the pointer is read again.
-    let mut attempts = 0;
-    loop {
-        attempts += 1;
-        match fetch(remote, dir, local) {
-            Ok(seen) => return Ok(remote.claim(dir, seen.as_ref())?.ok()),
-            Err(IngestError::Remote(e)) if attempts < 3 => {
-                tracing::debug!(dir, "pulling again: {e}");
-            }
-            Err(e) => return Err(e),
-        }
-    }
-}
-
-/// One try of [`fetch_and_claim`]'s pull; returns the pointer it pulled.
-fn fetch(remote: &Remote, dir: &str, local: &Path) -> Result<Option<Current>, IngestError> {
-    let seen = remote.current(dir)?;
-    let clear = |action, e| StoreError::Io {
-        action,
-        path: local.display().to_string(),
-        cause: e,
-    };
-    match std::fs::remove_dir_all(local) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(clear("clear", e).into()),
-    }
-    std::fs::create_dir_all(local).map_err(|e| clear("create", e))?;
-    if let Some(c) = &seen {
-        remote.pull(c, local)?;
-    }
-    Ok(seen)
 }
 
 impl KafkaIngest<'_> {

@@ -4,9 +4,8 @@
 
 use earshot_remote::{Current, Remote};
 
-use super::bucket::fetch_and_claim;
 use super::produce::send_with_backpressure;
-use super::resume::resume;
+use super::resume::{fetch_and_claim, resume};
 use super::*;
 
 /// Consumes `source.topic` into `data_dir`, checkpointing every `checkpoint_every` and publishing
@@ -181,7 +180,7 @@ impl<'a> KafkaIngest<'a> {
         on_checkpoint: &mut dyn FnMut(&Checkpoint<'_>),
     ) -> Result<KafkaIngest<'a>, IngestError> {
         let workers = source.assignment == Assignment::Group;
-        super::union::check_layout(data_dir, workers)?;
+        super::union::check_layout(data_dir, workers, remote)?;
         let single = if workers {
             None
         } else {

@@ -1,4 +1,7 @@
-//! Resuming: the engine rebuilt by replaying the stored events, and where each partition goes on.
+//! Resuming: the engine rebuilt by replaying the stored events, and where each partition goes on;
+//! with a bucket, the data directory first pulled from it (see `bucket`).
+
+use earshot_remote::{Current, Remote};
 
 use super::*;
 
@@ -258,4 +261,46 @@ fn load_state(
     }
     let parts = usize::try_from(info.event_parts).map_err(|e| said(&e))?;
     Ok(Some((engine, parts)))
+}
+
+/// Replaces `local` with the bucket's current generation of `dir` (this process's copy may be
+/// older), then claims `dir`. `None` when another writer claimed it in between.
+pub(super) fn fetch_and_claim(
+    remote: &Remote,
+    dir: &str,
+    local: &Path,
+) -> Result<Option<Current>, IngestError> {
+    // The previous owner, still writing, may delete what its older generation listed while it
+    // is pulled (see `earshot-remote`): the pointer is read again.
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        match fetch(remote, dir, local) {
+            Ok(seen) => return Ok(remote.claim(dir, seen.as_ref())?.ok()),
+            Err(IngestError::Remote(e)) if attempts < 3 => {
+                tracing::debug!(dir, "pulling again: {e}");
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// One try of [`fetch_and_claim`]'s pull; returns the pointer it pulled.
+fn fetch(remote: &Remote, dir: &str, local: &Path) -> Result<Option<Current>, IngestError> {
+    let seen = remote.current(dir)?;
+    let clear = |action, e| StoreError::Io {
+        action,
+        path: local.display().to_string(),
+        cause: e,
+    };
+    match std::fs::remove_dir_all(local) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(clear("clear", e).into()),
+    }
+    std::fs::create_dir_all(local).map_err(|e| clear("create", e))?;
+    if let Some(c) = &seen {
+        remote.pull(c, local)?;
+    }
+    Ok(seen)
 }

@@ -212,7 +212,14 @@ fn add_counts(to: &mut Manifest, from: &Manifest) {
 
 /// A data directory is written by one consumer of every partition, or by a group of workers
 /// (`partitions/` beside the union): never both.
-pub(super) fn check_layout(data_dir: &Path, workers: bool) -> Result<(), IngestError> {
+pub(super) fn check_layout(
+    data_dir: &Path,
+    workers: bool,
+    remote: Option<&earshot_remote::Remote>,
+) -> Result<(), IngestError> {
+    if let Some(remote) = remote {
+        return check_bucket_layout(remote, workers);
+    }
     let partitioned = data_dir.join(PARTITIONS).is_dir();
     let single = !partitioned && current_generation(data_dir).is_ok();
     let dir = data_dir.display().to_string();
@@ -243,6 +250,34 @@ pub(super) fn check_layout(data_dir: &Path, workers: bool) -> Result<(), IngestE
         .into());
     }
     Ok(())
+}
+
+/// What a group of workers leaves under `partitions/` in a bucket from its start (a bucket has no
+/// directories to create).
+const WORKERS_MARK: &str = "partitions/LAYOUT";
+
+/// [`check_layout`] for a bucket prefix.
+fn check_bucket_layout(remote: &earshot_remote::Remote, workers: bool) -> Result<(), IngestError> {
+    let partitioned = remote.holds_anything(PARTITIONS)?;
+    let single = !partitioned && remote.current("")?.is_some();
+    let (one, group) = (
+        "one consumer of every partition (--assign direct)",
+        "a group of workers (--assign group)",
+    );
+    let refuse = |what: &str, wanted: &str| {
+        Err(KafkaProblem::OtherSource {
+            data_dir: remote.url().to_owned(),
+            what: what.into(),
+            wanted: wanted.into(),
+        }
+        .into())
+    };
+    match (workers, partitioned, single) {
+        (true, _, true) => refuse(one, group),
+        (false, true, _) => refuse(group, one),
+        (true, false, false) => Ok(remote.mark(WORKERS_MARK, "a group of workers writes here\n")?),
+        _ => Ok(()),
+    }
 }
 
 #[cfg(test)]
@@ -280,12 +315,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path();
         // A new directory can become either; a worker marks it as a group's at once.
-        assert!(check_layout(data, false).is_ok());
+        assert!(check_layout(data, false, None).is_ok());
         assert!(!data.join(PARTITIONS).exists());
-        assert!(check_layout(data, true).is_ok());
+        assert!(check_layout(data, true, None).is_ok());
         assert!(data.join(PARTITIONS).is_dir());
-        assert!(check_layout(data, true).is_ok());
-        let err = check_layout(data, false).unwrap_err().to_string();
+        assert!(check_layout(data, true, None).is_ok());
+        let err = check_layout(data, false, None).unwrap_err().to_string();
         assert!(err.contains("a group of workers"), "{err}");
         // No partition has a stored offset yet, and none is listed.
         assert_eq!(stored_offset(data, 0), None);

@@ -16,9 +16,9 @@
 //!   open until the group's next assignment (so an eager rebalance that gives it straight back
 //!   costs nothing), or 15 s.
 
-use super::bucket::{fetch_and_claim, remote_dir};
+use super::bucket::remote_dir;
 use super::consume::{ALL, Final, KafkaIngest, Part};
-use super::resume::resume;
+use super::resume::{fetch_and_claim, resume};
 use super::union::partition_dir;
 use super::*;
 
