@@ -330,3 +330,81 @@ fn a_worker_fenced_out_in_the_bucket_never_overwrites_its_successor() {
     let reference = file_reference_of(&b, dir.path(), 4, Some(lines));
     assert_same_tables_with(&reference, &url("fence"), false, &s.env());
 }
+
+#[test]
+fn run_serves_a_bucket_it_writes_as_a_worker() {
+    use std::io::BufRead;
+    let s = server();
+    let dir = tempfile::tempdir().unwrap();
+    let b = Broker::start(dir.path(), false);
+    b.create_topic(TOPIC, 2);
+    let input = simulate(dir.path(), 300, 9);
+    produce(&b, &input);
+    let reference = file_reference(&b, dir.path(), 2);
+    let figures =
+        "SELECT sessions || '/' || listeners_joined || '/' || peak_connected FROM streams";
+    let want = ok(earshot()
+        .args(["sql", "--format", "csv", "--data"])
+        .arg(&reference)
+        .arg(figures)
+        .output()
+        .unwrap())
+    .lines()
+    .nth(1)
+    .unwrap()
+    .to_owned();
+    let mut child = earshot()
+        .envs(s.env())
+        .args([
+            "run",
+            "--kafka",
+            &b.addr(),
+            "--topic",
+            TOPIC,
+            "--assign",
+            "group",
+        ])
+        .args([
+            "--group",
+            "r",
+            "--checkpoint-interval",
+            "300ms",
+            "--exit-when-idle",
+            "8s",
+        ])
+        .arg("--data")
+        .arg(url("run"))
+        .args(["--pg", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    let port: u16 = loop {
+        line.clear();
+        assert!(
+            out.read_line(&mut line).unwrap() > 0,
+            "run ended before serving"
+        );
+        if let Some(rest) = line.strip_prefix("postgres: listening on ") {
+            let addr = rest.split_whitespace().next().unwrap();
+            break addr.rsplit(':').next().unwrap().parse().unwrap();
+        }
+    };
+    // The served copy follows the union in the bucket until it holds every message.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut got = String::new();
+    while got != want {
+        assert!(
+            Instant::now() < deadline,
+            "served {got:?}, the file ingest says {want:?}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+        got = psql(port, figures);
+    }
+    // Idle to its end, it ends with a last checkpoint that calls every bucket final, as the file
+    // ingest does.
+    assert!(child.wait().unwrap().success());
+    assert_same_tables_with(&reference, &url("run"), false, &s.env());
+}

@@ -538,26 +538,6 @@ fn kafka_problems_are_said_plainly() {
     assert!(err.contains("holds tables from a file ingest"), "{err}");
 }
 
-/// Runs `psql` against the endpoint on `port` and returns the single value printed.
-fn psql(port: u16, sql: &str) -> String {
-    ok(Command::new("psql")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "-U",
-            "earshot",
-            "-d",
-            "earshot",
-        ])
-        .args(["-X", "-A", "-t", "-c", sql])
-        .output()
-        .unwrap())
-    .trim()
-    .to_string()
-}
-
 /// `earshot run` on `data` with a Postgres endpoint on a free port: the child, its standard output
 /// (after the line giving the port) and the port.
 fn spawn_run(

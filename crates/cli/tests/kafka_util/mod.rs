@@ -283,3 +283,23 @@ pub fn field(line: &str, name: &str) -> u64 {
 pub fn manifest(data: &Path) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(data.join("current/manifest.json")).unwrap()).unwrap()
 }
+
+/// Runs `psql` against the endpoint on `port` and returns the single value printed.
+pub fn psql(port: u16, sql: &str) -> String {
+    ok(Command::new("psql")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-U",
+            "earshot",
+            "-d",
+            "earshot",
+        ])
+        .args(["-X", "-A", "-t", "-c", sql])
+        .output()
+        .unwrap())
+    .trim()
+    .to_string()
+}
