@@ -10,8 +10,9 @@
 //!   stopped, cut off from the group, its session expired — still holds it, so the new owner
 //!   waits and never writes over it; when the old owner comes back it checkpoints what it had
 //!   read and lets go, and the new owner reads on from that checkpoint. Nothing is counted twice
-//!   and nothing is lost. (The lock holds on one machine's file system; object storage has no
-//!   such lock: see the README.)
+//!   and nothing is lost. (The lock holds on one machine's file system. In a bucket the fence is
+//!   a compare-and-swap on the partition's pointer instead, and the new owner does not wait: see
+//!   `bucket`.)
 //! - **Handing a partition over**: on revocation the worker checkpoints it at once and keeps it
 //!   open until the group's next assignment (so an eager rebalance that gives it straight back
 //!   costs nothing), or 15 s.
