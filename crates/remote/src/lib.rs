@@ -28,8 +28,10 @@
 //!   of `events` and `rejects` are never dropped, and the union never deletes what it lists from
 //!   the partitions.
 //!
-//! Not yet: the uploads of a writer fenced out before it replaced the pointer, and what a writer
-//! meant to delete when it stopped, stay in the bucket.
+//!   A push that loses its compare-and-swap deletes what it uploaded.
+//!
+//! Not yet: what a writer uploaded or meant to delete when it stopped (or crashed) stays in the
+//! bucket.
 
 use std::collections::{BTreeMap, HashMap};
 use std::os::unix::fs::MetadataExt;
@@ -407,7 +409,14 @@ impl Remote {
         for (key, path) in &upload {
             self.remember(key, path);
         }
-        self.replace(dir, Some(name), files, expected)
+        let replaced = self.replace(dir, Some(name), files, expected)?;
+        if replaced.is_err() {
+            // No pointer lists what this push uploaded, and none ever will: a fenced writer
+            // leaves nothing behind.
+            let keys: Vec<String> = upload.into_iter().map(|(key, _)| key).collect();
+            self.delete(dir, &keys);
+        }
+        Ok(replaced)
     }
 
     /// Rewrites `dir`'s pointer unchanged but as this writer's, if it is still `expected`
@@ -502,19 +511,25 @@ impl Remote {
             .insert(dir.to_owned(), dropped)
             .unwrap_or_default();
         let due: Vec<String> = due.into_iter().filter(|k| !listed.contains(k)).collect();
-        if due.is_empty() {
+        self.delete(dir, &due);
+    }
+
+    /// Deletes objects no pointer lists (and forgets them). A failed delete leaves an object
+    /// behind and nothing else.
+    fn delete(&self, dir: &str, keys: &[String]) {
+        if keys.is_empty() {
             return;
         }
         {
             let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
-            for key in &due {
+            for key in keys {
                 known.by_key.remove(key);
             }
-            known.by_file.retain(|_, (key, _)| !due.contains(key));
+            known.by_file.retain(|_, (key, _)| !keys.contains(key));
         }
         let failed = self.rt.block_on(
             futures::stream::iter(
-                due.iter()
+                keys.iter()
                     .map(|key| async move { self.store.delete(&self.key(key)).await.err() }),
             )
             .buffer_unordered(IN_FLIGHT)
@@ -524,7 +539,7 @@ impl Remote {
         if failed > 0 {
             tracing::warn!(
                 failed,
-                of = due.len(),
+                of = keys.len(),
                 dir,
                 "objects no generation lists could not be deleted (they stay in the bucket)"
             );

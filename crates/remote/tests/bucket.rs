@@ -167,7 +167,13 @@ fn a_writer_whose_directory_was_claimed_cannot_publish_over_the_new_owner() {
 
     // The old owner wakes up and checkpoints with what it held: refused.
     let g2 = generation(tmp.path(), "gen-000002", &[("manifest.json", "{old 2}")]);
+    let before = objects(&server);
     assert_eq!(old.push(dir, &g2, Some(&held)).unwrap().unwrap_err(), Lost);
+    assert_eq!(
+        objects(&server),
+        before,
+        "the refused push left nothing behind"
+    );
     // The new owner's checkpoints go on.
     let g3 = generation(
         tmp.path().join("n").as_path(),
