@@ -4,7 +4,7 @@
 //! one process's figures, and a worker fenced out in the bucket never overwrites its successor.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 mod kafka_util;
@@ -17,6 +17,11 @@ const BUCKET: &str = "earshot-tables";
 
 fn url(prefix: &str) -> PathBuf {
     PathBuf::from(format!("s3://{BUCKET}/{prefix}"))
+}
+
+/// A worker of group `g` writing the bucket, checkpointing often, logging its partitions.
+fn worker(b: &Broker, s: &S3Server, prefix: &str, extra: &[&str], log: &Path) -> Child {
+    worker_with(b, &url(prefix), "300ms", extra, &s.env(), log)
 }
 
 fn server() -> S3Server {
@@ -32,60 +37,6 @@ fn bucket_manifest(s: &S3Server, prefix: &str, scratch: &Path) -> serde_json::Va
     let local = scratch.join(format!("manifest-of-{}", prefix.replace('/', "-")));
     let dir = remote.pull(&current, &local).unwrap().unwrap();
     serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).unwrap()).unwrap()
-}
-
-/// A worker of group `g` writing the bucket, checkpointing often, logging its partitions.
-fn worker(b: &Broker, s: &S3Server, prefix: &str, extra: &[&str], log: &Path) -> Child {
-    kafka_ingest(
-        b,
-        &url(prefix),
-        &[
-            "--assign",
-            "group",
-            "--group",
-            "g",
-            "--checkpoint-interval",
-            "300ms",
-        ],
-    )
-    .args(extra)
-    .envs(s.env())
-    .env("EARSHOT_LOG", "earshot_ingest=debug")
-    .stdout(Stdio::null())
-    .stderr(std::fs::File::create(log).unwrap())
-    .spawn()
-    .unwrap()
-}
-
-fn wait_ok(mut child: Child, log: &Path) {
-    let status = child.wait().unwrap();
-    assert!(
-        status.success(),
-        "a worker failed ({status}):\n{}",
-        std::fs::read_to_string(log).unwrap_or_default()
-    );
-}
-
-fn log_of(path: &Path) -> String {
-    std::fs::read_to_string(path).unwrap_or_default()
-}
-
-fn produce_at(b: &Broker, input: &Path, rate: u32) -> Child {
-    earshot()
-        .args(["produce", "--kafka", &b.addr(), "--topic", TOPIC])
-        .args(["--rate", &rate.to_string(), "--input"])
-        .arg(input)
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap()
-}
-
-fn signal(child: &Child, sig: &str) {
-    let status = Command::new("kill")
-        .args([&format!("-{sig}"), &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
 }
 
 #[test]
@@ -263,28 +214,14 @@ fn a_worker_fenced_out_in_the_bucket_never_overwrites_its_successor() {
     // A takes every partition and checkpoints them once (when it opens them), then not again
     // for an hour: whatever it reads after that is its own until a checkpoint it never gets to
     // publish.
-    let a = kafka_ingest(
+    let a = worker_with(
         &b,
         &url("fence"),
-        &[
-            "--assign",
-            "group",
-            "--group",
-            "g",
-            "--checkpoint-interval",
-            "1h",
-            "--exit-when-idle",
-            "6s",
-            "-X",
-            "session.timeout.ms=6000",
-        ],
-    )
-    .envs(s.env())
-    .env("EARSHOT_LOG", "earshot_ingest=debug")
-    .stdout(Stdio::null())
-    .stderr(std::fs::File::create(&log_a).unwrap())
-    .spawn()
-    .unwrap();
+        "1h",
+        &["--exit-when-idle", "6s", "-X", "session.timeout.ms=6000"],
+        &s.env(),
+        &log_a,
+    );
     let deadline = Instant::now() + Duration::from_secs(60);
     while log_of(&log_a).matches("partition taken over").count() < 4 {
         assert!(
@@ -333,7 +270,6 @@ fn a_worker_fenced_out_in_the_bucket_never_overwrites_its_successor() {
 
 #[test]
 fn run_serves_a_bucket_it_writes_as_a_worker() {
-    use std::io::BufRead;
     let s = server();
     let dir = tempfile::tempdir().unwrap();
     let b = Broker::start(dir.path(), false);
@@ -379,19 +315,9 @@ fn run_serves_a_bucket_it_writes_as_a_worker() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    // (Kept open to the end: the run prints its summary there.)
     let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    let port: u16 = loop {
-        line.clear();
-        assert!(
-            out.read_line(&mut line).unwrap() > 0,
-            "run ended before serving"
-        );
-        if let Some(rest) = line.strip_prefix("postgres: listening on ") {
-            let addr = rest.split_whitespace().next().unwrap();
-            break addr.rsplit(':').next().unwrap().parse().unwrap();
-        }
-    };
+    let port = pg_port(&mut out);
     // The served copy follows the union in the bucket until it holds every message.
     let deadline = Instant::now() + Duration::from_secs(90);
     let mut got = String::new();
@@ -406,5 +332,39 @@ fn run_serves_a_bucket_it_writes_as_a_worker() {
     // Idle to its end, it ends with a last checkpoint that calls every bucket final, as the file
     // ingest does.
     assert!(child.wait().unwrap().success());
+    drop(out);
     assert_same_tables_with(&reference, &url("run"), false, &s.env());
+}
+
+#[test]
+fn a_bucket_that_cannot_be_used_is_a_clear_error() {
+    let fails = |data: &str, env: &[(&str, String)]| {
+        let out = earshot()
+            .envs(env.iter().map(|(k, v)| (*k, v)))
+            .args(["sql", "--data", data, "SELECT 1"])
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = fails("s3://", &[]);
+    assert!(
+        err.contains("the bucket name is missing") && err.contains("hint"),
+        "{err}"
+    );
+    // Nothing listens on the endpoint: refused at once, with the settings to check.
+    let endpoint = format!("http://127.0.0.1:{}", free_port());
+    let err = fails(
+        "s3://earshot-tables/x",
+        &[
+            ("AWS_ENDPOINT", endpoint),
+            ("AWS_ALLOW_HTTP", "true".into()),
+            ("AWS_ACCESS_KEY_ID", "k".into()),
+            ("AWS_SECRET_ACCESS_KEY", "s".into()),
+        ],
+    );
+    assert!(
+        err.contains("object storage refused") && err.contains("AWS_ENDPOINT"),
+        "{err}"
+    );
 }

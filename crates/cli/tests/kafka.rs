@@ -549,7 +549,6 @@ fn spawn_run(
     std::io::BufReader<std::process::ChildStdout>,
     u16,
 ) {
-    use std::io::BufRead;
     let mut child = earshot()
         .args(["run", "--kafka", &b.addr(), "--topic", TOPIC, "--data"])
         .arg(data)
@@ -560,18 +559,7 @@ fn spawn_run(
         .spawn()
         .unwrap();
     let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    let port: u16 = loop {
-        line.clear();
-        assert!(
-            out.read_line(&mut line).unwrap() > 0,
-            "run ended before serving"
-        );
-        if let Some(rest) = line.strip_prefix("postgres: listening on ") {
-            let addr = rest.split_whitespace().next().unwrap();
-            break addr.rsplit(':').next().unwrap().parse().unwrap();
-        }
-    };
+    let port = pg_port(&mut out);
     (child, out, port)
 }
 

@@ -4,7 +4,7 @@
 //! and a worker that lost its partitions must never write over their new owner.
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 mod kafka_util;
@@ -12,44 +12,7 @@ use kafka_util::*;
 
 /// A worker of group `g` on `data`, checkpointing often, logging its partitions.
 fn worker(b: &Broker, data: &Path, extra: &[&str], log: &Path) -> Child {
-    let args = [
-        "--assign",
-        "group",
-        "--group",
-        "g",
-        "--checkpoint-interval",
-        "300ms",
-    ];
-    kafka_ingest(b, data, &args)
-        .args(extra)
-        .env("EARSHOT_LOG", "earshot_ingest=debug")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(log).unwrap())
-        .spawn()
-        .unwrap()
-}
-
-fn wait_ok(mut child: Child, log: &Path) {
-    let status = child.wait().unwrap();
-    assert!(
-        status.success(),
-        "a worker failed ({status}):\n{}",
-        std::fs::read_to_string(log).unwrap_or_default()
-    );
-}
-
-fn produce_at(b: &Broker, input: &Path, rate: u32) -> Child {
-    earshot()
-        .args(["produce", "--kafka", &b.addr(), "--topic", TOPIC])
-        .args(["--rate", &rate.to_string(), "--input"])
-        .arg(input)
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap()
-}
-
-fn log_of(path: &Path) -> String {
-    std::fs::read_to_string(path).unwrap_or_default()
+    worker_with(b, data, "300ms", extra, &[], log)
 }
 
 /// The number of each partition directory's current generation.
@@ -294,12 +257,4 @@ fn events_of(log: &str, what: &str) -> Vec<(u32, String)> {
             Some((p.parse().ok()?, at))
         })
         .collect()
-}
-
-fn signal(child: &Child, sig: &str) {
-    let status = Command::new("kill")
-        .args([&format!("-{sig}"), &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
 }

@@ -303,3 +303,83 @@ pub fn psql(port: u16, sql: &str) -> String {
     .trim()
     .to_string()
 }
+
+/// A worker of group `g` on `data` (a directory, or a bucket with `env`), checkpointing every
+/// `every`, its log (partitions taken over and handed over) in `log`.
+pub fn worker_with(
+    b: &Broker,
+    data: &Path,
+    every: &str,
+    extra: &[&str],
+    env: &[(String, String)],
+    log: &Path,
+) -> Child {
+    kafka_ingest(
+        b,
+        data,
+        &[
+            "--assign",
+            "group",
+            "--group",
+            "g",
+            "--checkpoint-interval",
+            every,
+        ],
+    )
+    .args(extra)
+    .envs(env.iter().map(|(k, v)| (k, v)))
+    .env("EARSHOT_LOG", "earshot_ingest=debug")
+    .stdout(Stdio::null())
+    .stderr(std::fs::File::create(log).unwrap())
+    .spawn()
+    .unwrap()
+}
+
+/// Waits for a worker and fails with its log if it failed.
+pub fn wait_ok(mut child: Child, log: &Path) {
+    let status = child.wait().unwrap();
+    assert!(
+        status.success(),
+        "a worker failed ({status}):\n{}",
+        std::fs::read_to_string(log).unwrap_or_default()
+    );
+}
+
+/// Produces `input` at `rate` messages a second, in the background.
+pub fn produce_at(b: &Broker, input: &Path, rate: u32) -> Child {
+    earshot()
+        .args(["produce", "--kafka", &b.addr(), "--topic", TOPIC])
+        .args(["--rate", &rate.to_string(), "--input"])
+        .arg(input)
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+pub fn log_of(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+pub fn signal(child: &Child, sig: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{sig}"), &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// The port of the Postgres endpoint a `run` or `serve` announces on standard output.
+pub fn pg_port(out: &mut impl std::io::BufRead) -> u16 {
+    let mut line = String::new();
+    loop {
+        line.clear();
+        assert!(
+            out.read_line(&mut line).unwrap() > 0,
+            "it ended before serving"
+        );
+        if let Some(rest) = line.strip_prefix("postgres: listening on ") {
+            let addr = rest.split_whitespace().next().unwrap();
+            return addr.rsplit(':').next().unwrap().parse().unwrap();
+        }
+    }
+}
