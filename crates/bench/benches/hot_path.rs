@@ -142,7 +142,7 @@ fn store(c: &mut Criterion) {
                 let mut generation = Generation::begin(dir.path()).expect("begin");
                 for (i, e) in events.iter().enumerate() {
                     generation
-                        .push_event(e, false, "file:bench:", i as u64 + 1)
+                        .push_event(e.clone(), false, "file:bench:", i as u64 + 1)
                         .expect("push");
                 }
                 generation

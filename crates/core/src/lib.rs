@@ -366,6 +366,12 @@ impl Engine {
         Outcome::Counted
     }
 
+    /// Makes room in the de-duplication set for `more` events (a file ingest that knows its size
+    /// up front): one allocation instead of a rehash at every doubling.
+    pub fn expect_events(&mut self, more: usize) {
+        self.seen.reserve(more);
+    }
+
     /// Heap bytes held by the de-duplication set (its table's allocation).
     pub fn dedup_bytes(&self) -> usize {
         session::table_buckets(self.seen.capacity()) * (std::mem::size_of::<u128>() + 1)

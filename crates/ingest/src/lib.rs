@@ -32,6 +32,9 @@ pub struct Input {
     pub reader: Box<dyn BufRead + Send>,
     /// SHA-256 of every byte read, for the manifest (provenance an auditor can re-check).
     digest: Arc<Mutex<Sha256>>,
+    /// How many bytes it holds, when that is known up front (a file): sizes the de-duplication
+    /// set once, from the first lines' average length, instead of growing it by doubling.
+    len: Option<u64>,
 }
 
 /// Hashes what passes through it.
@@ -68,6 +71,7 @@ impl Input {
                 },
             )),
             digest,
+            len: None,
         }
     }
 
@@ -76,7 +80,11 @@ impl Input {
             source_name: path.display().to_string(),
             error: e,
         })?;
-        Ok(Input::from_reader(format!("file:{}", path.display()), f))
+        let len = f.metadata().ok().filter(|m| m.is_file()).map(|m| m.len());
+        Ok(Input {
+            len,
+            ..Input::from_reader(format!("file:{}", path.display()), f)
+        })
     }
 
     pub fn stdin() -> Input {
@@ -222,10 +230,17 @@ pub fn ingest(
                     source,
                     reader,
                     digest,
+                    len,
                 } = input;
                 pipe.name_partition(partition, format!("{source}:"));
-                let (line_no, bytes) =
-                    read_input(&mut pipe, partition, reader, &source, threads, progress)?;
+                let (line_no, bytes) = read_input(
+                    &mut pipe,
+                    partition,
+                    (reader, len),
+                    &source,
+                    threads,
+                    progress,
+                )?;
                 progress(bytes);
                 pipe.summary.bytes += bytes;
                 let sha256 = std::mem::take(&mut *digest.lock().unwrap_or_else(|p| p.into_inner()))
@@ -463,22 +478,22 @@ impl Pipeline {
         } = self;
         let prefix = prefixes.get(partition as usize).map_or("", String::as_str);
         let mut write = |e: earshot_contract::Event, at: At, verdict: Verdict| {
+            if verdict == Verdict::Offered(Outcome::Counted)
+                && let Some(r) = router.as_mut()
+            {
+                r.route(e.clone());
+            }
             let written = decided(
                 generation,
                 summary,
                 dead_letters,
                 prefix,
-                &e,
+                e,
                 at.position,
                 verdict,
             );
             if let Err(err) = written {
                 failed.get_or_insert(err);
-            }
-            if verdict == Verdict::Offered(Outcome::Counted)
-                && let Some(r) = router.as_mut()
-            {
-                r.route(e);
             }
         };
         match event {
@@ -517,7 +532,7 @@ fn decided(
     summary: &mut Summary,
     dead_letters: &mut Option<Vec<DeadLetter>>,
     prefix: &str,
-    event: &earshot_contract::Event,
+    event: earshot_contract::Event,
     position: u64,
     verdict: Verdict,
 ) -> Result<(), StoreError> {

@@ -27,7 +27,7 @@ const LINES_PER_BATCH: usize = 4096;
 pub(crate) fn read_input(
     pipe: &mut Pipeline,
     partition: u32,
-    reader: Box<dyn BufRead + Send>,
+    (reader, len): (Box<dyn BufRead + Send>, Option<u64>),
     source: &str,
     threads: usize,
     progress: &mut dyn FnMut(u64),
@@ -58,6 +58,7 @@ pub(crate) fn read_input(
             (reader_thread, Box::new(rx.into_iter()))
         };
         let mut consumed = (0u64, 0u64);
+        let mut sized = len.is_none();
         for batch in batches {
             for l in batch {
                 // Bytes of the line and its newline (the last line may have none: off by one).
@@ -71,6 +72,16 @@ pub(crate) fn read_input(
                     bytes: l.len as u64,
                 };
                 pipe.take(partition, parsed, &payload, at)?;
+            }
+            if !sized && consumed.1 > 0 {
+                // Every line may be an event: as many more as the first batch's average line
+                // length says the rest of the input holds. The de-duplication set is sized once,
+                // instead of growing by doubling (each step rehashes it onto fresh pages).
+                sized = true;
+                let rest = len.unwrap_or(0).saturating_sub(consumed.1);
+                let more = u128::from(rest) * u128::from(consumed.0) / u128::from(consumed.1);
+                pipe.engine
+                    .expect_events(usize::try_from(more).unwrap_or(usize::MAX));
             }
             progress(consumed.1);
         }

@@ -11,7 +11,7 @@ use crate::figure_parts::{FIGURE_PART_TABLES, FinalParts};
 use crate::manifest::{EngineState, Manifest};
 use crate::session_parts::{SessionParts, SessionRows};
 use crate::writer::{
-    BATCH_ROWS, EventColumns, REJECT_PAYLOAD_BYTES, RejectColumns, TableFile, closed, write_streams,
+    BATCH_ROWS, EventRows, REJECT_PAYLOAD_BYTES, RejectColumns, TableFile, closed, write_streams,
 };
 use crate::{CURRENT, StoreError};
 
@@ -64,8 +64,8 @@ pub struct Generation {
     figures: [FinalParts; 2],
     /// `sessions`: what the last generation holds.
     sessions: SessionParts,
-    events: Option<TableFile>,
-    event_rows: EventColumns,
+    events: Option<TableFile<EventRows>>,
+    event_rows: EventRows,
     rejects: Option<TableFile>,
     reject_rows: RejectColumns,
 }
@@ -76,7 +76,7 @@ impl Generation {
     pub fn begin(data_dir: &Path) -> Result<Generation, StoreError> {
         let mut g = Generation::open(data_dir, None)?;
         // Every generation has at least one part per table, so that any tool can read it.
-        g.events = Some(g.new_part(0)?);
+        g.events = Some(g.new_events_part()?);
         g.rejects = Some(g.new_part(1)?);
         Ok(g)
     }
@@ -168,7 +168,7 @@ impl Generation {
             figures: FIGURE_PART_TABLES.map(FinalParts::new),
             sessions: SessionParts::default(),
             events: None,
-            event_rows: EventColumns::default(),
+            event_rows: EventRows::default(),
             rejects: None,
             reject_rows: RejectColumns::default(),
         })
@@ -184,15 +184,20 @@ impl Generation {
         )
     }
 
+    fn new_events_part(&mut self) -> Result<TableFile<EventRows>, StoreError> {
+        let name = part_name(self.next_part);
+        self.next_part += 1;
+        TableFile::create_events(&self.staging.join(PART_TABLES[0]), name)
+    }
+
     fn write_events(&mut self) -> Result<(), StoreError> {
         if self.events.is_none() {
-            self.events = Some(self.new_part(0)?);
+            self.events = Some(self.new_events_part()?);
         }
-        let cols = self.event_rows.finish();
-        self.events
-            .as_mut()
-            .ok_or_else(|| closed("events"))?
-            .write(cols)
+        let events = self.events.as_mut().ok_or_else(|| closed("events"))?;
+        // The rows go to the encoder thread; an emptied batch it handed back takes their place.
+        let spare = events.reusable().unwrap_or_default();
+        events.write(std::mem::replace(&mut self.event_rows, spare))
     }
 
     fn write_rejects(&mut self) -> Result<(), StoreError> {
@@ -210,7 +215,7 @@ impl Generation {
     /// so that encoding them overlaps with what the caller does next (the final snapshot of a
     /// file ingest) instead of waiting for the checkpoint.
     pub fn flush_rows(&mut self) -> Result<(), StoreError> {
-        if self.event_rows.rows > 0 {
+        if self.event_rows.len() > 0 {
             self.write_events()?;
         }
         if self.reject_rows.rows > 0 {
@@ -243,13 +248,13 @@ impl Generation {
     /// caller passes the separator as the end of `source`.
     pub fn push_event(
         &mut self,
-        e: &Event,
+        e: Event,
         late: bool,
         source: &str,
         position: u64,
     ) -> Result<(), StoreError> {
         self.event_rows.push(e, late, source, position);
-        if self.event_rows.rows >= BATCH_ROWS {
+        if self.event_rows.len() >= BATCH_ROWS {
             self.write_events()?;
         }
         Ok(())
@@ -298,14 +303,13 @@ impl Generation {
     ) -> Result<PathBuf, StoreError> {
         // Close the open parts: a part is immutable once a generation names it.
         self.flush_rows()?;
-        for (i, part) in [self.events.take(), self.rejects.take()]
-            .into_iter()
-            .enumerate()
-        {
-            if let Some(part) = part {
-                self.closed[i].push(part.name.clone());
-                part.finish()?;
-            }
+        if let Some(part) = self.events.take() {
+            self.closed[0].push(part.name.clone());
+            part.finish()?;
+        }
+        if let Some(part) = self.rejects.take() {
+            self.closed[1].push(part.name.clone());
+            part.finish()?;
         }
 
         let number = next_generation_number(&self.data_dir)?;

@@ -70,15 +70,17 @@ const SKETCH_TABLES: [&str; 2] = ["buckets", "rollups"];
 const SKETCH_PAGE_ROWS: usize = 64;
 
 /// A Parquet file being written under the temporary generation directory. Encoding and compression
-/// run on a thread of their own, so the thread that counts only builds Arrow columns: batches go to
-/// the encoder through a short queue, and [`TableFile::finish`] waits for the file to be complete
-/// and on disk.
-pub(crate) struct TableFile {
+/// run on a thread of their own, so the thread that counts only hands rows over: batches go to the
+/// encoder through a short queue, and [`TableFile::finish`] waits for the file to be complete and
+/// on disk. `T` is what goes through the queue: Arrow columns, or rows whose columns the encoder
+/// thread builds itself ([`EventRows`]).
+pub(crate) struct TableFile<T = Vec<ArrayRef>> {
     table: &'static str,
     /// The file's name in its directory.
     pub(crate) name: String,
-    schema: SchemaRef,
-    batches: Option<mpsc::SyncSender<RecordBatch>>,
+    batches: Option<mpsc::SyncSender<T>>,
+    /// Emptied batches the encoder hands back, to be filled again without fresh allocations.
+    emptied: Option<mpsc::Receiver<T>>,
     encoder: Option<thread::JoinHandle<Result<(), StoreError>>>,
 }
 
@@ -88,10 +90,7 @@ impl TableFile {
         table: &'static str,
         name: String,
     ) -> Result<TableFile, StoreError> {
-        let schema = table_schema(table).ok_or_else(|| StoreError::Encode {
-            table,
-            message: "no schema".into(),
-        })?;
+        let schema = table_schema(table).ok_or_else(|| no_schema(table))?;
         TableFile::create_with(dir, table, name, schema)
     }
 
@@ -102,6 +101,59 @@ impl TableFile {
         name: String,
         schema: SchemaRef,
     ) -> Result<TableFile, StoreError> {
+        TableFile::spawn(dir, table, name, schema, false, move |schema, columns| {
+            RecordBatch::try_new(schema.clone(), std::mem::take(columns))
+                .map_err(|e| encode_err(table)(e.to_string()))
+        })
+    }
+}
+
+impl TableFile<EventRows> {
+    /// A part of `events`, whose Arrow columns are built on the encoder thread from the rows.
+    pub(crate) fn create_events(dir: &Path, name: String) -> Result<Self, StoreError> {
+        let schema = table_schema("events").ok_or_else(|| no_schema("events"))?;
+        let mut columns = EventColumns::default();
+        TableFile::spawn(
+            dir,
+            "events",
+            name,
+            schema,
+            true,
+            move |schema, rows: &mut EventRows| {
+                let mut runs = rows.sources.iter().peekable();
+                let mut source = "";
+                for (i, (event, late, position)) in rows.rows.iter().enumerate() {
+                    if let Some((_, s)) = runs.next_if(|(start, _)| *start == i) {
+                        source = s;
+                    }
+                    columns.push(event, *late, source, *position);
+                }
+                rows.clear();
+                RecordBatch::try_new(schema.clone(), columns.finish())
+                    .map_err(|e| encode_err("events")(e.to_string()))
+            },
+        )
+    }
+}
+
+fn no_schema(table: &'static str) -> StoreError {
+    StoreError::Encode {
+        table,
+        message: "no schema".into(),
+    }
+}
+
+impl<T: Send + 'static> TableFile<T> {
+    /// Starts the encoder thread of a file of `table`: `to_batch` turns each queued item into a
+    /// batch of `schema`; with `reuse`, the item it leaves (emptied) goes back to the sender.
+    fn spawn(
+        dir: &Path,
+        table: &'static str,
+        name: String,
+        schema: SchemaRef,
+        reuse: bool,
+        mut to_batch: impl FnMut(&SchemaRef, &mut T) -> Result<RecordBatch, StoreError> + Send + 'static,
+    ) -> Result<TableFile<T>, StoreError> {
         let path = dir.join(&name);
         let file = File::create(&path).map_err(|e| StoreError::io("create", &path, e))?;
         let mut props = WriterProperties::builder()
@@ -120,11 +172,17 @@ impl TableFile {
         }
         let mut writer = ArrowWriter::try_new(file, schema.clone(), Some(props.build()))
             .map_err(parquet_err(table, &path))?;
-        let (batches, queue) = mpsc::sync_channel::<RecordBatch>(2);
+        let (batches, queue) = mpsc::sync_channel::<T>(2);
+        let (give_back, emptied) = mpsc::sync_channel::<T>(2);
         let encoder = thread::Builder::new()
             .name(format!("earshot-{table}-writer"))
             .spawn(move || {
-                for batch in queue {
+                for mut item in queue {
+                    let batch = to_batch(&schema, &mut item)?;
+                    if reuse {
+                        // Full (the sender has spares) or gone: the item is dropped here.
+                        let _ = give_back.try_send(item);
+                    }
                     writer.write(&batch).map_err(parquet_err(table, &path))?;
                 }
                 let file = writer.into_inner().map_err(parquet_err(table, &path))?;
@@ -135,17 +193,20 @@ impl TableFile {
         Ok(TableFile {
             table,
             name,
-            schema,
             batches: Some(batches),
+            emptied: Some(emptied),
             encoder: Some(encoder),
         })
     }
 
-    pub(crate) fn write(&mut self, columns: Vec<ArrayRef>) -> Result<(), StoreError> {
-        let batch = RecordBatch::try_new(self.schema.clone(), columns)
-            .map_err(|e| encode_err(self.table)(e.to_string()))?;
+    /// An emptied item handed back by the encoder, if one is waiting.
+    pub(crate) fn reusable(&self) -> Option<T> {
+        self.emptied.as_ref().and_then(|r| r.try_recv().ok())
+    }
+
+    pub(crate) fn write(&mut self, item: T) -> Result<(), StoreError> {
         let sent = match &self.batches {
-            Some(queue) => queue.send(batch).is_ok(),
+            Some(queue) => queue.send(item).is_ok(),
             None => false,
         };
         if sent {
@@ -172,6 +233,34 @@ impl TableFile {
     pub(crate) fn finish(mut self) -> Result<(), StoreError> {
         self.batches = None;
         self.join()
+    }
+}
+
+/// Rows of `events` on their way to the encoder thread, which builds their Arrow columns (the
+/// counting thread only moves each event in).
+#[derive(Default)]
+pub(crate) struct EventRows {
+    /// Each event with whether it is late and its position in its source.
+    rows: Vec<(Event, bool, u64)>,
+    /// Where each run of rows of one source starts, and that source (`file:PATH:`, ...).
+    sources: Vec<(usize, String)>,
+}
+
+impl EventRows {
+    pub(crate) fn push(&mut self, e: Event, late: bool, source: &str, position: u64) {
+        if self.sources.last().is_none_or(|(_, s)| s != source) {
+            self.sources.push((self.rows.len(), source.to_owned()));
+        }
+        self.rows.push((e, late, position));
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    fn clear(&mut self) {
+        self.rows.clear();
+        self.sources.clear();
     }
 }
 
