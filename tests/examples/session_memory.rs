@@ -56,12 +56,12 @@ fn main() {
     let heap_before = LIVE.load(Ordering::Relaxed);
     for i in 0..n {
         let e = Event {
-            event_id: format!("town-hall-main-{i}"),
+            event_id: format!("town-hall-main-{i}").into(),
             kind: EventType::Join,
             ts: base_ts + i as i64 / 10,
             stream_id: "town-hall-main".into(),
             listener_key: Some(p.pseudonym(&format!("user-{i}"))),
-            session_id: Some(format!("{:036}", i)),
+            session_id: Some(format!("{:036}", i).into()),
             reason: None,
             displayed: None,
             state: None,

@@ -180,15 +180,15 @@ impl Session {
                     EndType::Drop
                 }
             }),
-            end_reason: end_event.and_then(|c| c.event.reason.clone()),
+            end_reason: end_event.and_then(|c| c.event.reason.as_deref().map(str::to_owned)),
             alive,
             heartbeats: evs
                 .iter()
                 .filter(|c| c.event.kind == EventType::Heartbeat)
                 .count() as u64,
             // Like the listener, client and region are those of the session's earliest event.
-            client: first.event.client.clone(),
-            region: first.event.region.clone(),
+            client: first.event.client.as_deref().map(str::to_owned),
+            region: first.event.region.as_deref().map(str::to_owned),
         }
     }
 

@@ -102,21 +102,25 @@ impl StreamState {
     }
 }
 
+/// The text fields of an [`Event`]: up to 23 bytes are kept inline (ids and labels usually
+/// are), so parsing an event allocates nothing and dropping it on another thread frees nothing.
+pub type Text = smol_str::SmolStr;
+
 /// A valid event. Only the fields its type uses are set; `listener_key` is the pseudonym.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Event {
-    pub event_id: String,
+    pub event_id: Text,
     pub kind: EventType,
     pub ts: Millis,
-    pub stream_id: String,
+    pub stream_id: Text,
     pub listener_key: Option<ListenerKey>,
-    pub session_id: Option<String>,
-    pub reason: Option<String>,
+    pub session_id: Option<Text>,
+    pub reason: Option<Text>,
     pub displayed: Option<i64>,
     pub state: Option<StreamState>,
     pub scheduled_start: Option<Millis>,
-    pub client: Option<String>,
-    pub region: Option<String>,
+    pub client: Option<Text>,
+    pub region: Option<Text>,
     pub audio_ms: Option<i64>,
 }
 
@@ -216,14 +220,14 @@ impl Event {
             o.insert(k.to_owned(), v);
         };
         put("v", CONTRACT_VERSION.into());
-        put("event_id", self.event_id.clone().into());
+        put("event_id", self.event_id.as_str().into());
         put("type", self.kind.as_str().into());
         put("ts", format_rfc3339_ms(self.ts).into());
-        put("stream_id", self.stream_id.clone().into());
+        put("stream_id", self.stream_id.as_str().into());
         if let Some(k) = self.listener_key {
             put("listener_key", k.to_hex().into());
         }
-        let text = |v: &Option<String>| v.clone().map(serde_json::Value::from);
+        let text = |v: &Option<Text>| v.as_deref().map(serde_json::Value::from);
         for (k, v) in [
             ("session_id", text(&self.session_id)),
             ("reason", text(&self.reason)),

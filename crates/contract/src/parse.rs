@@ -14,7 +14,7 @@ use serde_json::error::Category;
 
 use crate::{
     CONTRACT_VERSION, Event, EventType, MAX_MESSAGE_BYTES, Pseudonymizer, Reject, RejectCode,
-    StreamState, parse_rfc3339_ms,
+    StreamState, Text, parse_rfc3339_ms,
 };
 
 /// Longest `event_id`, `stream_id`, `listener_id`, `session_id`, in bytes.
@@ -406,10 +406,10 @@ impl<'a> RawEvent<'a> {
         let stream_id = self.required_string(STREAM_ID, None, 1, MAX_ID_BYTES)?;
 
         let mut event = Event {
-            event_id: event_id.to_owned(),
+            event_id: event_id.into(),
             kind,
             ts,
-            stream_id: stream_id.to_owned(),
+            stream_id: stream_id.into(),
             listener_key: None,
             session_id: None,
             reason: None,
@@ -424,12 +424,12 @@ impl<'a> RawEvent<'a> {
             let listener = self.required_string(LISTENER_ID, Some(kind), 1, MAX_ID_BYTES)?;
             let session = self.required_string(SESSION_ID, Some(kind), 1, MAX_ID_BYTES)?;
             event.listener_key = Some(pseudonyms.pseudonym(listener));
-            event.session_id = Some(session.to_owned());
+            event.session_id = Some(session.into());
         }
         match kind {
             EventType::Drop => {
                 let reason = self.required_string(REASON, Some(kind), 0, MAX_REASON_BYTES)?;
-                event.reason = Some(reason.to_owned());
+                event.reason = Some(reason.into());
             }
             EventType::Heartbeat => event.audio_ms = self.non_negative(AUDIO_MS)?,
             EventType::Display => {
@@ -453,8 +453,8 @@ impl<'a> RawEvent<'a> {
             }
             _ => {}
         }
-        event.client = self.string(CLIENT, 0, usize::MAX)?.map(str::to_owned);
-        event.region = self.string(REGION, 0, usize::MAX)?.map(str::to_owned);
+        event.client = self.string(CLIENT, 0, usize::MAX)?.map(Text::from);
+        event.region = self.string(REGION, 0, usize::MAX)?.map(Text::from);
         Ok(event)
     }
 }

@@ -209,7 +209,7 @@ mod tests {
 
     fn ev(n: u64, ts: Millis) -> Event {
         Event {
-            event_id: format!("e{n}"),
+            event_id: format!("e{n}").into(),
             kind: EventType::Display,
             ts,
             stream_id: "s".into(),

@@ -347,7 +347,7 @@ impl Engine {
                 Some(s) => s.widen(event.ts),
                 None => {
                     self.streams
-                        .insert(event.stream_id.clone(), StreamAcc::new(event.ts));
+                        .insert(event.stream_id.to_string(), StreamAcc::new(event.ts));
                 }
             }
             return Outcome::Counted;
@@ -360,7 +360,7 @@ impl Engine {
                     s.go_live(&settings);
                 }
                 s.apply(event, self.arrival, &settings);
-                self.streams.insert(event.stream_id.clone(), s);
+                self.streams.insert(event.stream_id.to_string(), s);
             }
         }
         Outcome::Counted
@@ -618,12 +618,12 @@ mod tests {
 
     fn event(n: u64, kind: EventType, ts: Millis, session: u64) -> Event {
         Event {
-            event_id: format!("e-{n}"),
+            event_id: format!("e-{n}").into(),
             kind,
             ts,
             stream_id: "s".into(),
             listener_key: Some(earshot_contract::ListenerKey([session as u8; 16])),
-            session_id: Some(format!("sess-{session:08}-0123456789abcdef")),
+            session_id: Some(format!("sess-{session:08}-0123456789abcdef").into()),
             reason: None,
             displayed: None,
             state: None,

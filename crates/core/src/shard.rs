@@ -51,7 +51,7 @@ impl Shard {
             None => {
                 let mut s = StreamAcc::new(event.ts);
                 s.apply(event, arrival, &settings);
-                self.streams.insert(event.stream_id.clone(), s);
+                self.streams.insert(event.stream_id.to_string(), s);
             }
         }
     }

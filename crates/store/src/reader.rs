@@ -30,8 +30,8 @@ fn text<'a>(
         .ok_or_else(|| bad(format!("column {name} missing or not text")))
 }
 
-fn opt(a: &StringArray, i: usize) -> Option<String> {
-    (!a.is_null(i)).then(|| a.value(i).to_string())
+fn opt(a: &StringArray, i: usize) -> Option<&str> {
+    (!a.is_null(i)).then(|| a.value(i))
 }
 
 fn key(hex: &str) -> Option<ListenerKey> {
@@ -135,7 +135,7 @@ fn read_batch(
             .into_iter()
             .find(|k| k.as_str() == kind.value(i))
             .ok_or_else(|| bad(format!("unknown type {}", kind.value(i))))?;
-        let state = match opt(state, i).as_deref() {
+        let state = match opt(state, i) {
             None => None,
             Some("scheduled") => Some(StreamState::Scheduled),
             Some("live") => Some(StreamState::Live),
@@ -144,22 +144,22 @@ fn read_batch(
         };
         let listener_key = match opt(listener, i) {
             None => None,
-            Some(hex) => Some(key(&hex).ok_or_else(|| bad(format!("bad listener_key {hex}")))?),
+            Some(hex) => Some(key(hex).ok_or_else(|| bad(format!("bad listener_key {hex}")))?),
         };
         each(StoredEvent {
             event: Event {
-                event_id: id.value(i).to_string(),
+                event_id: id.value(i).into(),
                 kind,
                 ts: ts.value(i),
-                stream_id: stream.value(i).to_string(),
+                stream_id: stream.value(i).into(),
                 listener_key,
-                session_id: opt(session, i),
-                reason: opt(reason, i),
+                session_id: opt(session, i).map(Into::into),
+                reason: opt(reason, i).map(Into::into),
                 displayed: (!displayed.is_null(i)).then(|| displayed.value(i)),
                 state,
                 scheduled_start: (!sched.is_null(i)).then(|| sched.value(i)),
-                client: opt(client, i),
-                region: opt(region, i),
+                client: opt(client, i).map(Into::into),
+                region: opt(region, i).map(Into::into),
                 audio_ms: (!audio.is_null(i)).then(|| audio.value(i)),
             },
             late: late.value(i),

@@ -248,6 +248,10 @@ pub(crate) struct EventRows {
 
 impl EventRows {
     pub(crate) fn push(&mut self, e: Event, late: bool, source: &str, position: u64) {
+        if self.rows.capacity() == 0 {
+            // A batch's worth at once: growing by doubling would copy every row again.
+            self.rows.reserve_exact(BATCH_ROWS);
+        }
         if self.sources.last().is_none_or(|(_, s)| s != source) {
             self.sources.push((self.rows.len(), source.to_owned()));
         }
