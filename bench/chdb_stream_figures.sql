@@ -8,10 +8,16 @@
 -- coerces `"v":"1"` to 1 and keeps one of two duplicate keys, which would count events earshot
 -- and DuckDB reject. ClickHouse computes a CTE again at each use, so the on-time events, the
 -- sessions and the connected intervals are made in-memory tables first (one statement each).
+-- Lines are numbered in file order on one thread: with parallel reading, rowNumberInAllBlocks()
+-- numbers blocks in the order they happen to finish, and then the first copy of an event_id (and
+-- lateness) would depend on timing (one run in a few counted 172 fewer sessions).
+CREATE TABLE lines ENGINE = Memory AS
+  SELECT rowNumberInAllBlocks() AS rn, line FROM file('{path}', 'LineAsString')
+  SETTINGS max_threads = 1, input_format_parallel_parsing = 0;
 CREATE TABLE ontime ENGINE = Memory AS
 WITH
 raw AS (
-  SELECT rowNumberInAllBlocks() AS rn, line FROM file('{path}', 'LineAsString')
+  SELECT rn, line FROM lines
 ),
 fields AS (  -- one parse per line: each key with its raw JSON value (none for a line that is not an object)
   SELECT rn, JSONExtractKeysAndValuesRaw(line) AS kv, arrayMap(x -> x.1, kv) AS keys,
