@@ -11,7 +11,8 @@ use crate::figure_parts::{FIGURE_PART_TABLES, FinalParts};
 use crate::manifest::{EngineState, Manifest};
 use crate::session_parts::{SessionParts, SessionRows};
 use crate::writer::{
-    BATCH_ROWS, EventRows, REJECT_PAYLOAD_BYTES, RejectColumns, TableFile, closed, write_streams,
+    BATCH_ROWS, Closing, EventRows, REJECT_PAYLOAD_BYTES, RejectColumns, TableFile, closed,
+    write_streams,
 };
 use crate::{CURRENT, StoreError};
 
@@ -68,6 +69,9 @@ pub struct Generation {
     event_rows: EventRows,
     rejects: Option<TableFile>,
     reject_rows: RejectColumns,
+    /// Parts of `events` and `rejects` (the index in [`PART_TABLES`]) whose input has ended,
+    /// still being encoded and synced: the next checkpoint waits for them and names them.
+    closing: Vec<(usize, Closing)>,
 }
 
 impl Generation {
@@ -171,6 +175,7 @@ impl Generation {
             event_rows: EventRows::default(),
             rejects: None,
             reject_rows: RejectColumns::default(),
+            closing: Vec::new(),
         })
     }
 
@@ -211,15 +216,22 @@ impl Generation {
             .write(cols)
     }
 
-    /// Hands the rows pushed so far to their tables' encoder threads without closing the parts,
-    /// so that encoding them overlaps with what the caller does next (the final snapshot of a
-    /// file ingest) instead of waiting for the checkpoint.
+    /// Hands the rows pushed so far to their tables' encoder threads and ends the open parts'
+    /// input, so that encoding and syncing them overlaps with what the caller does next (the
+    /// final snapshot of a file ingest) instead of waiting for the checkpoint, which names them.
+    /// Rows pushed after this go to new parts.
     pub fn flush_rows(&mut self) -> Result<(), StoreError> {
         if self.event_rows.len() > 0 {
             self.write_events()?;
         }
         if self.reject_rows.rows > 0 {
             self.write_rejects()?;
+        }
+        if let Some(part) = self.events.take() {
+            self.closing.push((0, part.close()));
+        }
+        if let Some(part) = self.rejects.take() {
+            self.closing.push((1, part.close()));
         }
         Ok(())
     }
@@ -303,12 +315,8 @@ impl Generation {
     ) -> Result<PathBuf, StoreError> {
         // Close the open parts: a part is immutable once a generation names it.
         self.flush_rows()?;
-        if let Some(part) = self.events.take() {
-            self.closed[0].push(part.name.clone());
-            part.finish()?;
-        }
-        if let Some(part) = self.rejects.take() {
-            self.closed[1].push(part.name.clone());
+        for (i, part) in std::mem::take(&mut self.closing) {
+            self.closed[i].push(part.name.clone());
             part.finish()?;
         }
 

@@ -218,21 +218,49 @@ impl<T: Send + 'static> TableFile<T> {
         }
     }
 
-    fn join(&mut self) -> Result<(), StoreError> {
-        match self.encoder.take() {
-            Some(handle) => handle.join().unwrap_or_else(|_| {
-                Err(encode_err(self.table)(
-                    "the Parquet encoder panicked".into(),
-                ))
-            }),
-            None => Err(closed(self.table)),
+    /// Ends the file's input: the encoder writes what it has, closes and syncs the file on its
+    /// own, and [`Closing::finish`] waits for that.
+    pub(crate) fn close(self) -> Closing {
+        Closing {
+            table: self.table,
+            name: self.name,
+            encoder: self.encoder,
         }
     }
 
     /// Ends the file and waits until it is written and synced.
-    pub(crate) fn finish(mut self) -> Result<(), StoreError> {
-        self.batches = None;
-        self.join()
+    pub(crate) fn finish(self) -> Result<(), StoreError> {
+        self.close().finish()
+    }
+
+    fn join(&mut self) -> Result<(), StoreError> {
+        join_encoder(self.table, self.encoder.take())
+    }
+}
+
+/// A file whose input has ended, being finished by its encoder thread.
+pub(crate) struct Closing {
+    table: &'static str,
+    pub(crate) name: String,
+    encoder: Option<thread::JoinHandle<Result<(), StoreError>>>,
+}
+
+impl Closing {
+    /// Waits until the file is written and synced.
+    pub(crate) fn finish(self) -> Result<(), StoreError> {
+        join_encoder(self.table, self.encoder)
+    }
+}
+
+fn join_encoder(
+    table: &'static str,
+    encoder: Option<thread::JoinHandle<Result<(), StoreError>>>,
+) -> Result<(), StoreError> {
+    match encoder {
+        Some(handle) => handle
+            .join()
+            .unwrap_or_else(|_| Err(encode_err(table)("the Parquet encoder panicked".into()))),
+        None => Err(closed(table)),
     }
 }
 
