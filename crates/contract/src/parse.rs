@@ -48,18 +48,24 @@ pub fn parse_event(bytes: &[u8], pseudonyms: &Pseudonymizer) -> Result<Event, Re
     {
         return Err(Reject::new(RejectCode::Empty, "empty message"));
     }
+    match scan_plain(text) {
+        Some(raw) => raw.validate(pseudonyms),
+        None => read_json(text)?.validate(pseudonyms),
+    }
+}
+
+/// The fields of any message, read by serde_json: the JSON grammar is checked first.
+fn read_json(text: &str) -> Result<RawEvent<'_>, Reject> {
     let mut de = serde_json::Deserializer::from_str(text);
-    let raw = match de::Deserialize::deserialize(&mut de).and_then(|r: Parsed<'_>| {
+    match de::Deserialize::deserialize(&mut de).and_then(|r: Parsed<'_>| {
         de.end()?;
         Ok(r)
     }) {
-        Ok(Parsed::Object(raw)) => raw,
-        Ok(Parsed::NotObject(kind)) => {
-            return Err(Reject::new(
-                RejectCode::NotObject,
-                format!("message is a JSON {kind}, not an object"),
-            ));
-        }
+        Ok(Parsed::Object(raw)) => Ok(raw),
+        Ok(Parsed::NotObject(kind)) => Err(Reject::new(
+            RejectCode::NotObject,
+            format!("message is a JSON {kind}, not an object"),
+        )),
         Err(e) => {
             let code = if e.classify() == Category::Eof {
                 RejectCode::TruncatedJson
@@ -71,13 +77,116 @@ pub fn parse_event(bytes: &[u8], pseudonyms: &Pseudonymizer) -> Result<Event, Re
             } else {
                 "not valid JSON"
             };
-            return Err(Reject::new(code, format!("{what}: {e}")));
+            Err(Reject::new(code, format!("{what}: {e}")))
         }
+    }
+}
+
+/// The fields of a message in the shape producers write almost always, read without serde: one
+/// flat object, no whitespace, keys and strings without escapes or control characters, values
+/// that are strings or integers that fit 64 bits, no key twice. Anything else (`null`, a
+/// float, a nested value, an escape, a repeated key, a grammar error) gives `None`, and the
+/// message goes through serde_json, which decides it exactly as before. What this returns is
+/// what the serde path would have recorded for the same message (a test holds the two equal on
+/// mutated and random messages), so both are judged by the same [`RawEvent::validate`].
+fn scan_plain(text: &str) -> Option<RawEvent<'_>> {
+    let b = text.as_bytes();
+    if b.first() != Some(&b'{') || b.last() != Some(&b'}') || b.len() < 2 {
+        return None;
+    }
+    let mut raw = RawEvent::default();
+    let mut unknown: [&str; 8] = [""; 8];
+    let mut unknowns = 0;
+    let mut i = 1;
+    if b[i] == b'}' {
+        return (i + 1 == b.len()).then_some(raw);
+    }
+    loop {
+        let key = plain_string(text, &mut i)?;
+        if b.get(i) != Some(&b':') {
+            return None;
+        }
+        i += 1;
+        let val = match *b.get(i)? {
+            b'"' => Val::Str(Cow::Borrowed(plain_string(text, &mut i)?)),
+            b'-' | b'0'..=b'9' => Val::Int(plain_integer(b, &mut i)?),
+            _ => return None,
+        };
+        match field_index(key) {
+            Some(f) if raw.fields[f].is_none() => raw.fields[f] = Some(val),
+            Some(_) => return None,
+            None => {
+                if unknowns == unknown.len() || unknown[..unknowns].contains(&key) {
+                    return None;
+                }
+                unknown[unknowns] = key;
+                unknowns += 1;
+            }
+        }
+        match b.get(i) {
+            Some(b',') => i += 1,
+            Some(b'}') if i + 1 == b.len() => return Some(raw),
+            _ => return None,
+        }
+    }
+}
+
+/// A string starting at `b[*i]` (its opening quote), without escapes or control characters;
+/// `*i` moves past the closing quote.
+fn plain_string<'a>(text: &'a str, i: &mut usize) -> Option<&'a str> {
+    let b = text.as_bytes();
+    if b.get(*i) != Some(&b'"') {
+        return None;
+    }
+    let start = *i + 1;
+    let len = b
+        .get(start..)?
+        .iter()
+        .position(|&c| c == b'"' || c == b'\\' || c < 0x20)?;
+    let end = start + len;
+    if b[end] != b'"' {
+        return None;
+    }
+    *i = end + 1;
+    // Quotes are ASCII, so both ends are character boundaries of the (UTF-8) text.
+    text.get(start..end)
+}
+
+/// A JSON integer starting at `b[*i]` that fits `i64` (negative) or `u64`, as serde_json reads
+/// it; `None` for a fraction, an exponent, a leading zero, `-0` or anything larger (serde_json
+/// reads those as floats or errors). `*i` moves past it.
+fn plain_integer(b: &[u8], i: &mut usize) -> Option<i128> {
+    let negative = b[*i] == b'-';
+    let start = *i + usize::from(negative);
+    let digits = b
+        .get(start..)?
+        .iter()
+        .take_while(|c| c.is_ascii_digit())
+        .count();
+    if digits == 0 || digits > 20 || (digits > 1 && b[start] == b'0') {
+        return None;
+    }
+    let end = start + digits;
+    if matches!(b.get(end), Some(b'.' | b'e' | b'E')) {
+        return None;
+    }
+    let mut n: i128 = 0;
+    for &c in &b[start..end] {
+        n = n * 10 + i128::from(c - b'0');
+    }
+    let n = if negative { -n } else { n };
+    let fits = if negative {
+        // serde_json reads `-0` as the float -0.0.
+        n < 0 && n >= i128::from(i64::MIN)
+    } else {
+        n <= i128::from(u64::MAX)
     };
-    raw.validate(pseudonyms)
+    *i = end;
+    fits.then_some(n)
 }
 
 /// The JSON kind of a known field's value, kept just long enough to judge it.
+#[derive(Debug, PartialEq)]
 enum Val<'a> {
     Null,
     Bool,
@@ -140,7 +249,7 @@ fn field_index(key: &str) -> Option<usize> {
     })
 }
 
-#[derive(Default)]
+#[derive(Default, Debug, PartialEq)]
 struct RawEvent<'a> {
     fields: [Option<Val<'a>>; 14],
     duplicate: Option<String>,
@@ -561,6 +670,115 @@ mod tests {
             format_args!(",\"pad\":\"{}\"}}", "x".repeat(70_000))
         );
         assert_eq!(code(&big), TooLarge);
+    }
+
+    /// The plain scanner is a shortcut, never a second judge: whatever it reads, serde_json
+    /// reads the same. Valid lines are mutated (bytes cut, inserted, swapped; keys repeated;
+    /// values replaced by edge cases of the JSON grammar), and every mutant the scanner accepts
+    /// must give serde's fields exactly; the valid lines themselves must take the shortcut.
+    #[test]
+    fn the_plain_scanner_reads_what_serde_reads() {
+        let lines = [
+            JOIN,
+            r#"{"v":1,"event_id":"town-hall-main-402714","type":"heartbeat","ts":"2024-08-12T23:50:00.567Z","stream_id":"town-hall-main","listener_id":"user-8345","session_id":"town-hall-main-s12430","audio_ms":10000}"#,
+            r#"{"v":1,"event_id":"e9","type":"display","ts":"2024-08-12T23:50:00.000Z","stream_id":"s","displayed":1100000,"extra":"x","more":-3}"#,
+            r#"{"v":1,"event_id":"é-ü","type":"drop","ts":"2024-08-12T23:50:01Z","stream_id":"s","listener_id":"a","session_id":"b","reason":"net","client":"web","region":"eu"}"#,
+            r#"{"v":1,"event_id":"s0","type":"stream_state","ts":"2024-08-12T23:30:00.000Z","stream_id":"s","state":"scheduled","scheduled_start":"2024-08-13T00:00:00.000Z"}"#,
+        ];
+        for line in lines {
+            assert!(scan_plain(line).is_some(), "{line}");
+            assert_eq!(scan_plain(line).unwrap(), read_json(line).unwrap());
+        }
+        let pieces: &[&str] = &[
+            "\"",
+            "\\",
+            ",",
+            ":",
+            "{",
+            "}",
+            "[",
+            "]",
+            "-",
+            "0",
+            "1",
+            "9",
+            ".",
+            "e",
+            "E",
+            "+",
+            " ",
+            "\t",
+            "\u{1}",
+            "\u{7f}",
+            "é",
+            "null",
+            "true",
+            "-0",
+            "00",
+            "1.0",
+            "1e3",
+            "18446744073709551615",
+            "18446744073709551616",
+            "-9223372036854775808",
+            "-9223372036854775809",
+            "99999999999999999999999",
+            "\"v\":1",
+            "\"x\":2",
+            "\"event_id\":\"e\"",
+            "\\u0041",
+            "\\\"",
+        ];
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let mut next = |n: usize| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x % n as u64) as usize
+        };
+        let (mut took, mut tried) = (0, 0);
+        for round in 0..60_000 {
+            let mut text = lines[round % lines.len()].to_string();
+            for _ in 0..1 + next(3) {
+                let mut at = next(text.len() + 1);
+                while !text.is_char_boundary(at) {
+                    at -= 1;
+                }
+                match next(4) {
+                    0 => text.insert_str(at, pieces[next(pieces.len())]),
+                    1 => {
+                        let mut end = (at + 1 + next(4)).min(text.len());
+                        while !text.is_char_boundary(end) {
+                            end += 1;
+                        }
+                        text.replace_range(at..end, "");
+                    }
+                    2 => text.replace_range(at..at, &format!("{},", pieces[next(pieces.len())])),
+                    _ => {
+                        // A known key again, or a value swapped for an edge case.
+                        let key = FIELDS[next(FIELDS.len())];
+                        let value = pieces[next(pieces.len())];
+                        let mut one = 1.min(text.len());
+                        while !text.is_char_boundary(one) {
+                            one += 1;
+                        }
+                        text.insert_str(one, &format!("\"{key}\":{value},"));
+                    }
+                }
+            }
+            tried += 1;
+            if let Some(fast) = scan_plain(&text) {
+                took += 1;
+                match read_json(&text) {
+                    Ok(slow) => assert_eq!(fast, slow, "{text}"),
+                    Err(r) => panic!("the scanner read {text} but serde rejects it: {r:?}"),
+                }
+            }
+        }
+        // Both sides of the shortcut are exercised.
+        assert!(
+            took > tried / 10 && took < tried,
+            "{took} of {tried} mutants scanned"
+        );
     }
 
     #[test]
