@@ -17,7 +17,7 @@ use earshot_core::{BucketRow, SessionRow, Snapshot};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::errors::ParquetError;
-use parquet::file::properties::WriterProperties;
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
 
 use crate::schema::sessions_part_schema;
@@ -161,6 +161,13 @@ impl<T: Send + 'static> TableFile<T> {
             .set_created_by(format!("earshot {}", env!("CARGO_PKG_VERSION")));
         for column in UNIQUE_COLUMNS {
             props = props.set_column_dictionary_enabled(ColumnPath::from(column), false);
+            if table == "events" {
+                // Nor min/max statistics: in arrival order these values span their whole range
+                // in every page, so they never prune one, and comparing every value cost 5 % of
+                // the encoder. (`sessions` is sorted by id: there they do prune.)
+                let path = ColumnPath::from(column);
+                props = props.set_column_statistics_enabled(path, EnabledStatistics::None);
+            }
         }
         if SKETCH_TABLES.contains(&table) {
             // Small pages, so that a query for a window reads (and decompresses) the sketches of
