@@ -7,6 +7,10 @@ use earshot_contract::{Event, EventType, ListenerKey, Millis, StreamState};
 use earshot_sketch::Sketch;
 
 use crate::buckets::estimate;
+
+/// Sessions from which a snapshot puts its `present` sketches on a second thread: below it the
+/// thread costs more than it saves.
+const PARALLEL_SNAPSHOT_SESSIONS: usize = 4096;
 use crate::codec::{Dec, Enc, StateError, corrupt};
 use crate::live::{Context, Figures, Footprint, Live};
 use crate::session::{End, Labels, Sessions, Stamp, union_length};
@@ -465,171 +469,191 @@ impl StreamAcc {
         let bucket_of =
             |t: Millis| -> usize { (t.div_euclid(w) - b0).clamp(0, n as i64 - 1) as usize };
 
-        let mut roster_changes: Vec<(Millis, i64)> = Vec::new();
-        let mut connected_changes: Vec<(Millis, i64)> = Vec::new();
-        let mut present = RangeSketches::new(n);
-        let mut connected_buckets = RangeSketches::new(n);
-        let mut joined = Sketch::new();
-        let mut connected_all = Sketch::new();
-        // Listeners and their connected intervals as flat lists, sorted and grouped below: no hash
-        // table and no allocation per listener (millions at a large event).
-        let mut listeners: Vec<ListenerKey> = Vec::with_capacity(self.sessions.len());
-        let mut connected_time: Vec<(ListenerKey, Millis, Millis)> = Vec::new();
-        let (mut failed, mut abandoned, mut ghosts) = (0i64, 0i64, 0i64);
-        let mut ttfa: Vec<i64> = Vec::new();
-        let mut earliest_connect: Option<Millis> = None;
-
-        let mut ordered: Vec<(&str, &crate::session::SessionAcc)> = self
-            .sessions
-            .iter()
-            .map(|s| (self.sessions.id(s), s))
-            .collect();
-        if rows {
-            // Session rows are sorted by id; the figures do not depend on the order.
-            ordered.sort_unstable_by_key(|(id, _)| *id);
-        }
-        for (id, s) in ordered {
-            let join = s.first.0;
-            let end = s.end_ts();
-            let hash = earshot_sketch::hash_bytes(&s.listener.0);
-            listeners.push(s.listener);
-            joined.insert_hash(hash);
-            if end.is_none_or(|e| e > join) {
-                roster_changes.push((join, 1));
-                let last = match end {
-                    Some(e) => {
-                        roster_changes.push((e, -1));
-                        bucket_of(e - 1)
-                    }
-                    None => n - 1,
-                };
-                if rows {
+        // Who was present in each bucket, and who joined at all: the heaviest sketch work, done on
+        // a thread of its own for a large stream while this one does the rest (sketches do not
+        // depend on the order of their inserts, so the bytes are the same either way).
+        let present_side = || {
+            let mut present = RangeSketches::new(if rows { n } else { 0 });
+            let mut joined = Sketch::new();
+            for s in self.sessions.iter() {
+                let (join, end) = (s.first.0, s.end_ts());
+                let hash = earshot_sketch::hash_bytes(&s.listener.0);
+                joined.insert_hash(hash);
+                if rows && end.is_none_or(|e| e > join) {
+                    let last = end.map_or(n - 1, |e| bucket_of(e - 1));
                     present.insert(bucket_of(join), last, hash);
                 }
             }
-            let mut listened = 0i64;
-            for (a, b) in s.connected() {
-                connected_changes.push((a, 1));
-                connected_changes.push((b, -1));
-                if rows {
-                    connected_buckets.insert(bucket_of(a), bucket_of(b - 1), hash);
-                }
-                connected_time.push((s.listener, a, b));
-                listened += b - a;
+            let leaves = if rows {
+                present.into_leaf_bytes()
+            } else {
+                Vec::new()
+            };
+            (leaves, joined)
+        };
+        std::thread::scope(|scope| {
+            let present_job = (self.sessions.len() >= PARALLEL_SNAPSHOT_SESSIONS)
+                .then(|| scope.spawn(present_side));
+            let mut roster_changes: Vec<(Millis, i64)> = Vec::new();
+            let mut connected_changes: Vec<(Millis, i64)> = Vec::new();
+            let mut connected_buckets = RangeSketches::new(n);
+            let mut connected_all = Sketch::new();
+            // Listeners and their connected intervals as flat lists, sorted and grouped below: no hash
+            // table and no allocation per listener (millions at a large event).
+            let mut listeners: Vec<ListenerKey> = Vec::with_capacity(self.sessions.len());
+            let mut connected_time: Vec<(ListenerKey, Millis, Millis)> = Vec::new();
+            let (mut failed, mut abandoned, mut ghosts) = (0i64, 0i64, 0i64);
+            let mut ttfa: Vec<i64> = Vec::new();
+            let mut earliest_connect: Option<Millis> = None;
+
+            let mut ordered: Vec<(&str, &crate::session::SessionAcc)> = self
+                .sessions
+                .iter()
+                .map(|s| (self.sessions.id(s), s))
+                .collect();
+            if rows {
+                // Session rows are sorted by id; the figures do not depend on the order.
+                ordered.sort_unstable_by_key(|(id, _)| *id);
             }
-            let connect_ts = s.connect_ts();
-            match connect_ts {
-                Some(c) => {
-                    connected_all.insert_hash(hash);
-                    ttfa.push(c - join);
-                    earliest_connect = Some(earliest_connect.map_or(c, |t| t.min(c)));
-                }
-                None => {
-                    failed += 1;
-                    if end.is_some() {
-                        abandoned += 1;
-                    } else {
-                        ghosts += 1;
+            for (id, s) in ordered {
+                let join = s.first.0;
+                let end = s.end_ts();
+                let hash = earshot_sketch::hash_bytes(&s.listener.0);
+                listeners.push(s.listener);
+                if end.is_none_or(|e| e > join) {
+                    roster_changes.push((join, 1));
+                    if let Some(e) = end {
+                        roster_changes.push((e, -1));
                     }
                 }
+                let mut listened = 0i64;
+                for (a, b) in s.connected() {
+                    connected_changes.push((a, 1));
+                    connected_changes.push((b, -1));
+                    if rows {
+                        connected_buckets.insert(bucket_of(a), bucket_of(b - 1), hash);
+                    }
+                    connected_time.push((s.listener, a, b));
+                    listened += b - a;
+                }
+                let connect_ts = s.connect_ts();
+                match connect_ts {
+                    Some(c) => {
+                        connected_all.insert_hash(hash);
+                        ttfa.push(c - join);
+                        earliest_connect = Some(earliest_connect.map_or(c, |t| t.min(c)));
+                    }
+                    None => {
+                        failed += 1;
+                        if end.is_some() {
+                            abandoned += 1;
+                        } else {
+                            ghosts += 1;
+                        }
+                    }
+                }
+                if !rows {
+                    continue;
+                }
+                out.sessions
+                    .push(self.session_row(stream_id, id, s, listened));
             }
-            if !rows {
-                continue;
-            }
-            out.sessions
-                .push(self.session_row(stream_id, id, s, listened));
-        }
 
-        roster_changes.sort_unstable();
-        connected_changes.sort_unstable();
-        let mut displays = self.displays.clone();
-        displays.sort_unstable();
-        let mut roster = Sweep::new(&roster_changes);
-        let mut connected = Sweep::new(&connected_changes);
-        let mut shown: Option<i64> = None;
-        let mut di = 0usize;
-        // The sketches only when the rows are wanted (the peaks need none).
-        let (mut present, mut connected_sketches) = if rows {
-            let leaves = |t: RangeSketches| t.into_leaf_bytes().into_iter();
-            (leaves(present), leaves(connected_buckets))
-        } else {
-            (Vec::new().into_iter(), Vec::new().into_iter())
-        };
-        let (mut peak_roster, mut peak_connected) = (0i64, 0i64);
-        for k in 0..n {
-            let start = (b0 + k as i64) * w;
-            let (roster_start, roster_peak) = roster.bucket(start, start + w);
-            let (connected_start, connected_peak) = connected.bucket(start, start + w);
-            while di < displays.len() && displays[di].0 <= start {
-                shown = Some(displays[di].1);
-                di += 1;
-            }
-            peak_roster = peak_roster.max(roster_peak);
-            peak_connected = peak_connected.max(connected_peak);
-            if !rows {
-                continue;
-            }
-            let counts = self
-                .event_counts
-                .get(&(b0 + k as i64))
-                .copied()
-                .unwrap_or_default();
-            let (Some(present_hll), Some(connected_hll)) =
-                (present.next(), connected_sketches.next())
-            else {
-                unreachable!("a leaf per bucket");
+            roster_changes.sort_unstable();
+            connected_changes.sort_unstable();
+            let mut displays = self.displays.clone();
+            displays.sort_unstable();
+            let mut roster = Sweep::new(&roster_changes);
+            let mut connected = Sweep::new(&connected_changes);
+            let mut shown: Option<i64> = None;
+            let mut di = 0usize;
+            // The sketches only when the rows are wanted (the peaks need none).
+            let mut connected_sketches = if rows {
+                connected_buckets.into_leaf_bytes().into_iter()
+            } else {
+                Vec::new().into_iter()
             };
-            out.buckets.push(BucketRow {
-                stream_id: stream_id.to_owned(),
-                bucket_start: start,
-                width_ms: w,
-                displayed_start: shown,
-                roster_start,
-                roster_peak,
-                connected_start,
-                connected_peak,
-                joins: counts[0],
-                connects: counts[1],
-                leaves: counts[2],
-                drops: counts[3],
-                present_listeners: estimate(&present_hll),
-                connected_listeners: estimate(&connected_hll),
-                present_hll: present_hll.into(),
-                connected_hll: connected_hll.into(),
-                is_final: final_through.is_none_or(|f| start + w <= f),
-            });
-        }
-
-        listeners.sort_unstable();
-        listeners.dedup();
-        connected_time.sort_unstable();
-        let (mut listeners_connected, mut connected_60s) = (0i64, 0i64);
-        for one in connected_time.chunk_by(|x, y| x.0 == y.0) {
-            listeners_connected += 1;
-            if union_length(one.iter().map(|&(_, a, b)| (a, b))) >= settings.min_listen_ms {
-                connected_60s += 1;
+            let (present, mut joined) = match present_job {
+                Some(job) => job.join().unwrap_or_else(|p| std::panic::resume_unwind(p)),
+                None => present_side(),
+            };
+            let mut present = present.into_iter();
+            let (mut peak_roster, mut peak_connected) = (0i64, 0i64);
+            for k in 0..n {
+                let start = (b0 + k as i64) * w;
+                let (roster_start, roster_peak) = roster.bucket(start, start + w);
+                let (connected_start, connected_peak) = connected.bucket(start, start + w);
+                while di < displays.len() && displays[di].0 <= start {
+                    shown = Some(displays[di].1);
+                    di += 1;
+                }
+                peak_roster = peak_roster.max(roster_peak);
+                peak_connected = peak_connected.max(connected_peak);
+                if !rows {
+                    continue;
+                }
+                let counts = self
+                    .event_counts
+                    .get(&(b0 + k as i64))
+                    .copied()
+                    .unwrap_or_default();
+                let (Some(present_hll), Some(connected_hll)) =
+                    (present.next(), connected_sketches.next())
+                else {
+                    unreachable!("a leaf per bucket");
+                };
+                out.buckets.push(BucketRow {
+                    stream_id: stream_id.to_owned(),
+                    bucket_start: start,
+                    width_ms: w,
+                    displayed_start: shown,
+                    roster_start,
+                    roster_peak,
+                    connected_start,
+                    connected_peak,
+                    joins: counts[0],
+                    connects: counts[1],
+                    leaves: counts[2],
+                    drops: counts[3],
+                    present_listeners: estimate(&present_hll),
+                    connected_listeners: estimate(&connected_hll),
+                    present_hll: present_hll.into(),
+                    connected_hll: connected_hll.into(),
+                    is_final: final_through.is_none_or(|f| start + w <= f),
+                });
             }
-        }
-        ttfa.sort_unstable();
-        let row = self.stream_row(
-            stream_id,
-            Figures {
-                peak_roster,
-                peak_connected,
-                listeners_joined: listeners.len() as i64,
-                listeners_connected,
-                listeners_connected_60s: connected_60s,
-                failed_joins: failed,
-                abandoned_before_audio: abandoned,
-                ghost_sessions: ghosts,
-                ttfa_ms_p50: nearest_rank(&ttfa, 50),
-                ttfa_ms_p90: nearest_rank(&ttfa, 90),
-                earliest_connect,
-                joined_hll: joined.to_bytes(),
-                connected_hll: connected_all.to_bytes(),
-            },
-        );
-        out.streams.push(row);
+
+            listeners.sort_unstable();
+            listeners.dedup();
+            connected_time.sort_unstable();
+            let (mut listeners_connected, mut connected_60s) = (0i64, 0i64);
+            for one in connected_time.chunk_by(|x, y| x.0 == y.0) {
+                listeners_connected += 1;
+                if union_length(one.iter().map(|&(_, a, b)| (a, b))) >= settings.min_listen_ms {
+                    connected_60s += 1;
+                }
+            }
+            ttfa.sort_unstable();
+            let row = self.stream_row(
+                stream_id,
+                Figures {
+                    peak_roster,
+                    peak_connected,
+                    listeners_joined: listeners.len() as i64,
+                    listeners_connected,
+                    listeners_connected_60s: connected_60s,
+                    failed_joins: failed,
+                    abandoned_before_audio: abandoned,
+                    ghost_sessions: ghosts,
+                    ttfa_ms_p50: nearest_rank(&ttfa, 50),
+                    ttfa_ms_p90: nearest_rank(&ttfa, 90),
+                    earliest_connect,
+                    joined_hll: joined.to_bytes(),
+                    connected_hll: connected_all.to_bytes(),
+                },
+            );
+            out.streams.push(row);
+        });
     }
 
     /// The `streams` row from the figures over the sessions (however they were computed) and the
