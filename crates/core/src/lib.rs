@@ -367,9 +367,10 @@ impl Engine {
     }
 
     /// Makes room in the de-duplication set for `more` events (a file ingest that knows its size
-    /// up front): one allocation instead of a rehash at every doubling.
+    /// up front): one allocation instead of a rehash at every doubling. A hint: when the room
+    /// cannot be had, the set grows as events come, as it would have without it.
     pub fn expect_events(&mut self, more: usize) {
-        self.seen.reserve(more);
+        let _ = self.seen.try_reserve(more);
     }
 
     /// Heap bytes held by the de-duplication set (its table's allocation).

@@ -17,6 +17,10 @@ struct Line {
 
 const LINES_PER_BATCH: usize = 4096;
 
+/// Fewer bytes than any valid event's line (the shortest, a `display` with one-byte ids, is about
+/// 95): bounds how many events a file can hold when sizing the de-duplication set.
+const MIN_EVENT_BYTES: u64 = 64;
+
 /// Reads, parses and counts one input (one partition) to its end; the last line number and the
 /// bytes read.
 ///
@@ -74,12 +78,15 @@ pub(crate) fn read_input(
                 pipe.take(partition, parsed, &payload, at)?;
             }
             if !sized && consumed.1 > 0 {
-                // Every line may be an event: as many more as the first batch's average line
-                // length says the rest of the input holds. The de-duplication set is sized once,
-                // instead of growing by doubling (each step rehashes it onto fresh pages).
+                // As many more events as the first batch's valid lines per byte say the rest of
+                // the input holds, and never more than a line of `MIN_EVENT_BYTES` each could be:
+                // the de-duplication set is sized once, instead of growing by doubling (each step
+                // rehashes it onto fresh pages). Only a hint: a wrong guess costs speed, not data.
                 sized = true;
                 let rest = len.unwrap_or(0).saturating_sub(consumed.1);
-                let more = u128::from(rest) * u128::from(consumed.0) / u128::from(consumed.1);
+                let valid = consumed.0.saturating_sub(pipe.summary.rejected);
+                let more = (u128::from(rest) * u128::from(valid) / u128::from(consumed.1))
+                    .min(u128::from(rest / MIN_EVENT_BYTES));
                 pipe.engine
                     .expect_events(usize::try_from(more).unwrap_or(usize::MAX));
             }
