@@ -606,6 +606,18 @@ mod tests {
     use super::*;
     use earshot_contract::EventType;
 
+    /// The size hint comes from a file's length: a hint no allocator can meet is ignored, not a
+    /// crash, and the engine still counts.
+    #[test]
+    fn an_impossible_size_hint_is_ignored() {
+        let mut engine = Engine::new(Settings::default());
+        engine.expect_events(usize::MAX);
+        engine.expect_events(usize::MAX / 64);
+        assert_eq!(engine.dedup_bytes(), 0);
+        engine.expect_events(1000);
+        assert!(engine.dedup_bytes() >= 1000 * std::mem::size_of::<u128>());
+    }
+
     #[test]
     fn nearest_rank_matches_the_contract_example() {
         assert_eq!(nearest_rank(&[1000, 2000], 50), Some(1000));
