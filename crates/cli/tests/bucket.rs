@@ -4,7 +4,7 @@
 //! one process's figures, and a worker fenced out in the bucket never overwrites its successor.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 mod kafka_util;
@@ -289,35 +289,18 @@ fn run_serves_a_bucket_it_writes_as_a_worker() {
     .nth(1)
     .unwrap()
     .to_owned();
-    let mut child = earshot()
-        .envs(s.env())
-        .args([
-            "run",
-            "--kafka",
-            &b.addr(),
-            "--topic",
-            TOPIC,
-            "--assign",
-            "group",
-        ])
-        .args([
-            "--group",
-            "r",
-            "--checkpoint-interval",
-            "300ms",
-            "--exit-when-idle",
-            "8s",
-        ])
-        .arg("--data")
-        .arg(url("run"))
-        .args(["--pg", "127.0.0.1:0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    // (Kept open to the end: the run prints its summary there.)
-    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
-    let port = pg_port(&mut out);
+    let extra = [
+        "--assign",
+        "group",
+        "--group",
+        "r",
+        "--checkpoint-interval",
+        "300ms",
+        "--exit-when-idle",
+        "8s",
+    ];
+    // (Its output is kept open to the end: the run prints its summary there.)
+    let (mut child, out, port) = spawn_run(&b, url("run"), &extra, &s.env());
     // The served copy follows the union in the bucket until it holds every message.
     let deadline = Instant::now() + Duration::from_secs(90);
     let mut got = String::new();

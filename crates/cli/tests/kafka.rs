@@ -538,31 +538,6 @@ fn kafka_problems_are_said_plainly() {
     assert!(err.contains("holds tables from a file ingest"), "{err}");
 }
 
-/// `earshot run` on `data` with a Postgres endpoint on a free port: the child, its standard output
-/// (after the line giving the port) and the port.
-fn spawn_run(
-    b: &Broker,
-    data: &Path,
-    extra: &[&str],
-) -> (
-    std::process::Child,
-    std::io::BufReader<std::process::ChildStdout>,
-    u16,
-) {
-    let mut child = earshot()
-        .args(["run", "--kafka", &b.addr(), "--topic", TOPIC, "--data"])
-        .arg(data)
-        .args(extra)
-        .args(["--pg", "127.0.0.1:0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
-    let port = pg_port(&mut out);
-    (child, out, port)
-}
-
 #[test]
 fn run_serves_the_tables_while_it_consumes_and_stops_with_a_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
@@ -579,7 +554,7 @@ fn run_serves_the_tables_while_it_consumes_and_stops_with_a_checkpoint() {
     };
     let (half1, half2) = (half("h1.ndjson", first), half("h2.ndjson", second));
     let data = dir.path().join("data");
-    let (mut child, mut out, port) = spawn_run(&b, &data, &["--checkpoint-interval", "200ms"]);
+    let (mut child, mut out, port) = spawn_run(&b, &data, &["--checkpoint-interval", "200ms"], &[]);
     // Served before any message: empty tables, not an error.
     assert_eq!(psql(port, "SELECT count(*) FROM events"), "0");
     let wait_for = |want: usize| {
@@ -642,7 +617,7 @@ fn figures_move_on_between_checkpoints_and_a_restart_resumes_from_the_checkpoint
     // Only the first (empty) checkpoint in the hour: everything after it is figures publishes.
     let data = dir.path().join("data");
     let args = ["--checkpoint-interval", "1h", "--freshness", "300ms"];
-    let (mut child, _out, port) = spawn_run(&b, &data, &args);
+    let (mut child, _out, port) = spawn_run(&b, &data, &args, &[]);
     let sessions = |t: &[String]| -> String { t.join("\n") };
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {

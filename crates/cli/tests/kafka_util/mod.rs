@@ -368,6 +368,30 @@ pub fn signal(child: &Child, sig: &str) {
     assert!(status.success());
 }
 
+/// `earshot run` reading `TOPIC` of `b` into `data` (a directory or a bucket's URL) with `extra`
+/// arguments, the environment `env` and a Postgres endpoint on a free port: the child, its
+/// standard output (after the line giving the port) and the port.
+pub fn spawn_run(
+    b: &Broker,
+    data: impl AsRef<std::ffi::OsStr>,
+    extra: &[&str],
+    env: &[(String, String)],
+) -> (Child, std::io::BufReader<std::process::ChildStdout>, u16) {
+    let mut child = earshot()
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .args(["run", "--kafka", &b.addr(), "--topic", TOPIC, "--data"])
+        .arg(data)
+        .args(extra)
+        .args(["--pg", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let port = pg_port(&mut out);
+    (child, out, port)
+}
+
 /// The port of the Postgres endpoint a `run` or `serve` announces on standard output.
 pub fn pg_port(out: &mut impl std::io::BufRead) -> u16 {
     let mut line = String::new();
