@@ -52,6 +52,10 @@ enum Command {
     Simulate(SimulateArgs),
     /// Simulate a late-starting, overloaded town hall, ingest it, and tell its story.
     Demo(DemoArgs),
+    /// A query worker: started by `serve`, `run` and `sql` to run users' SQL in a process of its
+    /// own. Not for use by hand.
+    #[command(hide = true)]
+    Worker,
 }
 
 /// The definitions of contract §2–§4 that can be tuned.
@@ -461,6 +465,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             );
         }
         Command::Demo(a) => demo::run(&a.data, a.listeners, a.seed)?,
+        Command::Worker => earshot_serve::worker::main()?,
     }
     Ok(())
 }

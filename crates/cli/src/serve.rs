@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Args;
-use earshot_serve::{Auth, HttpOptions, HttpServer, PgServer};
+use earshot_serve::worker::sql::SqlWorkers;
+use earshot_serve::{Auth, HttpOptions, HttpServer, PgServer, Spawner};
 
 use crate::sql::LimitArgs;
 
@@ -72,6 +73,10 @@ pub struct ServeArgs {
     /// How long a query waits for a turn before it is refused as busy (HTTP 503, Postgres 53300).
     #[arg(long, default_value = "5s", value_parser = crate::parse_duration_ms)]
     queue_timeout: i64,
+    /// Most Postgres connections open at once (each has a worker process of its own); one more is
+    /// refused with SQLSTATE 53300.
+    #[arg(long, default_value_t = 64, value_name = "N")]
+    pg_max_connections: usize,
 }
 
 /// A secret from a file's first line, or else from an environment variable.
@@ -132,15 +137,44 @@ pub fn serve(a: ServeArgs, until: impl std::future::Future<Output = ()>) -> anyh
     let stop_following = Arc::new(std::sync::atomic::AtomicBool::new(false));
     place.follow(Duration::from_secs(1), stop_following.clone());
     let data = place.local.clone();
+    if a.pg_max_connections == 0 {
+        anyhow::bail!("--pg-max-connections must be at least 1");
+    }
+    // Users' SQL runs in worker processes, each with an equal share of the query memory: the
+    // memory limit holds for all running queries together, as the turns do.
+    let spawner = Spawner::this_program(
+        data.clone(),
+        earshot_sql::Limits {
+            memory: limits.memory / limits.running.max(1),
+            running: 1,
+            ..limits
+        },
+    )
+    .context("cannot find this program to start query workers")?;
     let served = rt.block_on(async {
         let tables = Arc::new(earshot_sql::Tables::open(&data, limits).await?);
         let pg = match a.pg {
-            Some(addr) => Some(PgServer::bind(tables.clone(), addr, auth.clone(), tls.clone(), limits).await?),
+            Some(addr) => Some(
+                PgServer::bind(
+                    tables.clone(),
+                    addr,
+                    auth.clone(),
+                    tls.clone(),
+                    spawner.clone(),
+                    a.pg_max_connections,
+                )
+                .await?,
+            ),
             None => None,
         };
         let http = match a.http {
             Some(addr) => {
-                Some(HttpServer::bind(tables.clone(), addr, http_options.clone(), limits).await?)
+                let workers = SqlWorkers::new(spawner.clone(), 1);
+                workers.refill();
+                Some(
+                    HttpServer::bind(tables.clone(), addr, http_options.clone(), limits, workers)
+                        .await?,
+                )
             }
             None => None,
         };
@@ -175,7 +209,7 @@ pub fn serve(a: ServeArgs, until: impl std::future::Future<Output = ()>) -> anyh
                 &format!("http: listening on {addr} ({access}); live page at http://{addr}/\n");
         }
         banner += &format!(
-            "  limits: {} per query, {} of query memory, {} queries at once\n",
+            "  limits: {} per query, {} of query memory, {} queries at once, each in a worker process\n",
             earshot_sql::human_duration(limits.time),
             earshot_sql::human_bytes(limits.memory),
             limits.running

@@ -4,12 +4,41 @@ use std::io::{IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use std::sync::Arc;
+
 use anyhow::{Context, bail};
 use clap::Args;
+use earshot_serve::Spawner;
+use earshot_serve::worker::sql::{Request, SqlWorkers};
+use earshot_sql::output::Format;
 use earshot_sql::queries::NamedQuery;
-use earshot_sql::{Limits, Params, SessionContext};
+use earshot_sql::{Limits, Params};
 
-use earshot_sql::output::{self, Format};
+/// Where the statements run: a worker process (a crash or a runaway query ends it, not this
+/// command), and the named parameters they get.
+struct Runner {
+    workers: Arc<SqlWorkers>,
+    params: Vec<String>,
+    allow_unused: bool,
+}
+
+impl Runner {
+    /// Runs `sql`, passing the rendered result to `on_data`.
+    async fn run(
+        &self,
+        sql: &str,
+        format: Format,
+        on_data: impl FnMut(&[u8]),
+    ) -> Result<u64, earshot_serve::worker::Failure> {
+        let request = Request {
+            sql: sql.to_string(),
+            params: self.params.clone(),
+            allow_unused: self.allow_unused,
+            output: format.into(),
+        };
+        self.workers.run(&request, on_data).await
+    }
+}
 
 #[derive(Args)]
 pub struct SqlArgs {
@@ -74,28 +103,44 @@ pub fn run(a: SqlArgs) -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    let limits = a.limits.limits()?;
-    let params = Params::from_pairs(&a.params)?;
+    let limits: Limits = a.limits.limits()?;
+    // Checked here for a clear error before anything starts; the worker binds them.
+    Params::from_pairs(&a.params)?;
     let rt = crate::runtime()?;
     let place = crate::place::Place::for_reading(&a.data)?;
+    let spawner = Spawner::this_program(
+        place.local.clone(),
+        Limits {
+            running: 1,
+            ..limits
+        },
+    )
+    .context("cannot find this program to start a query worker")?;
     rt.block_on(async {
-        let tables = earshot_sql::Tables::open(&place.local, limits).await?;
-        let ctx = &tables.ctx;
+        let interactive = a.query.is_none()
+            && a.file.is_none()
+            && std::io::stdin().is_terminal()
+            && std::io::stdout().is_terminal();
+        let runner = Runner {
+            workers: SqlWorkers::new(spawner, 0),
+            params: a.params.clone(),
+            allow_unused: interactive,
+        };
         if let Some(query) = &a.query {
-            return one(ctx, query, &params, &limits, a.format).await;
+            return one(&runner, query, a.format).await;
         }
         if let Some(file) = &a.file {
             let sql = read_query_file(file)?;
-            return one(ctx, &sql, &params, &limits, a.format).await;
+            return one(&runner, &sql, a.format).await;
         }
-        if std::io::stdin().is_terminal() && std::io::stdout().is_terminal() {
-            return prompt(ctx, &params.allowing_unused(), &limits, &a.data).await;
+        if interactive {
+            return prompt(&runner, &a.data).await;
         }
         let mut script = String::new();
         std::io::stdin()
             .read_to_string(&mut script)
             .context("cannot read SQL from standard input")?;
-        script_from_stdin(ctx, &script, &params, &limits, a.format).await
+        script_from_stdin(&runner, &script, a.format).await
     })
 }
 
@@ -120,35 +165,31 @@ fn read_query_file(file: &str) -> anyhow::Result<String> {
     }
 }
 
-async fn one(
-    ctx: &SessionContext,
-    sql: &str,
-    params: &Params,
-    limits: &Limits,
-    format: Format,
-) -> anyhow::Result<()> {
-    let (schema, batches) = earshot_sql::run_with(ctx, sql, params, limits).await?;
+async fn one(runner: &Runner, sql: &str, format: Format) -> anyhow::Result<()> {
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
-    output::write(&mut out, &schema, &batches, format)?;
+    let mut written = Ok(());
+    let ran = runner
+        .run(sql, format, |data| {
+            if written.is_ok() {
+                written = out.write_all(data);
+            }
+        })
+        .await;
+    written?;
+    ran?;
     out.flush()?;
     Ok(())
 }
 
 /// Runs each statement of a script in turn; stops at the first error, naming the statement.
-async fn script_from_stdin(
-    ctx: &SessionContext,
-    script: &str,
-    params: &Params,
-    limits: &Limits,
-    format: Format,
-) -> anyhow::Result<()> {
+async fn script_from_stdin(runner: &Runner, script: &str, format: Format) -> anyhow::Result<()> {
     let statements = split_statements(script);
     if statements.is_empty() {
         bail!("no query given: pass one as an argument, with -f FILE, or on standard input");
     }
     for (i, sql) in statements.iter().enumerate() {
-        one(ctx, sql, params, limits, format)
+        one(runner, sql, format)
             .await
             .with_context(|| format!("statement {} of {}", i + 1, statements.len()))?;
     }
@@ -231,12 +272,7 @@ Ctrl-C clears the statement being typed.";
 
 /// The interactive prompt: history in the data directory's parent-independent history file,
 /// multi-line statements, errors that keep the prompt alive.
-async fn prompt(
-    ctx: &SessionContext,
-    params: &Params,
-    limits: &Limits,
-    data: &Path,
-) -> anyhow::Result<()> {
+async fn prompt(runner: &Runner, data: &Path) -> anyhow::Result<()> {
     use rustyline::error::ReadlineError;
     let mut editor =
         rustyline::DefaultEditor::new().context("cannot start the interactive prompt")?;
@@ -262,7 +298,7 @@ async fn prompt(
             Ok(line) => {
                 if buffer.is_empty() && line.trim_start().starts_with('\\') {
                     let _ = editor.add_history_entry(line.as_str());
-                    if !meta(ctx, line.trim(), params, limits).await {
+                    if !meta(runner, line.trim()).await {
                         break;
                     }
                     continue;
@@ -274,7 +310,7 @@ async fn prompt(
                 if complete(&buffer) {
                     let _ = editor.add_history_entry(buffer.as_str());
                     for sql in split_statements(&buffer) {
-                        timed(ctx, &sql, params, limits).await;
+                        timed(runner, &sql).await;
                     }
                     buffer.clear();
                 }
@@ -291,14 +327,16 @@ async fn prompt(
 }
 
 /// Runs a statement at the prompt and prints the table, the row count and the time, or the error.
-async fn timed(ctx: &SessionContext, sql: &str, params: &Params, limits: &Limits) {
+async fn timed(runner: &Runner, sql: &str) {
     let started = Instant::now();
-    match earshot_sql::run_with(ctx, sql, params, limits).await {
-        Ok((schema, batches)) => {
+    let mut table = Vec::new();
+    match runner
+        .run(sql, Format::Table, |data| table.extend_from_slice(data))
+        .await
+    {
+        Ok(_) => {
             let mut out = std::io::stdout().lock();
-            if let Err(e) = output::write(&mut out, &schema, &batches, Format::Table) {
-                eprintln!("error: {e:#}");
-            }
+            let _ = out.write_all(&table);
             let _ = writeln!(out, "time: {:.1} ms", started.elapsed().as_secs_f64() * 1e3);
         }
         Err(e) => eprintln!("error: {e}"),
@@ -306,7 +344,7 @@ async fn timed(ctx: &SessionContext, sql: &str, params: &Params, limits: &Limits
 }
 
 /// A backslash command. Returns false to quit.
-async fn meta(ctx: &SessionContext, line: &str, params: &Params, limits: &Limits) -> bool {
+async fn meta(runner: &Runner, line: &str) -> bool {
     let mut words = line.split_whitespace();
     let cmd = words.next().unwrap_or("");
     let arg = words.next();
@@ -316,7 +354,7 @@ async fn meta(ctx: &SessionContext, line: &str, params: &Params, limits: &Limits
         ("\\dt", _) => {
             let sql = "SELECT table_name FROM information_schema.tables \
                        WHERE table_schema = 'public' ORDER BY table_name";
-            timed(ctx, sql, &Params::default(), limits).await;
+            timed(runner, sql).await;
         }
         ("\\d", Some(table)) => {
             if !table.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
@@ -326,7 +364,7 @@ async fn meta(ctx: &SessionContext, line: &str, params: &Params, limits: &Limits
                     "SELECT column_name, data_type, is_nullable FROM information_schema.columns \
                      WHERE table_schema = 'public' AND table_name = '{table}' ORDER BY ordinal_position"
                 );
-                timed(ctx, &sql, &Params::default(), limits).await;
+                timed(runner, &sql).await;
             }
         }
         ("\\queries", _) => {
@@ -335,7 +373,7 @@ async fn meta(ctx: &SessionContext, line: &str, params: &Params, limits: &Limits
             }
         }
         ("\\i", Some(name)) => match read_query_file(name) {
-            Ok(sql) => timed(ctx, &sql, params, limits).await,
+            Ok(sql) => timed(runner, &sql).await,
             Err(e) => eprintln!("error: {e:#}"),
         },
         _ => eprintln!("error: unknown command {line:?}; \\? lists the commands"),

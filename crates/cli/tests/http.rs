@@ -10,184 +10,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-fn earshot() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_earshot"));
-    c.env("EARSHOT_PSEUDONYM_KEY", "http-test-secret")
-        .env_remove("EARSHOT_HTTP_TOKEN")
-        .env_remove("EARSHOT_PG_PASSWORD");
-    c
-}
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn data(dir: &Path, listeners: u32) -> PathBuf {
-    let input = dir.join("events.ndjson");
-    let data = dir.join("data");
-    assert!(
-        earshot()
-            .args([
-                "simulate",
-                "--listeners",
-                &listeners.to_string(),
-                "--stream-id",
-                "hall",
-                "--output"
-            ])
-            .arg(&input)
-            .output()
-            .unwrap()
-            .status
-            .success()
-    );
-    assert!(
-        earshot()
-            .args(["ingest", "--input"])
-            .arg(&input)
-            .arg("--data")
-            .arg(&data)
-            .output()
-            .unwrap()
-            .status
-            .success()
-    );
-    data
-}
-
-struct Server {
-    child: Child,
-    port: u16,
-    /// With `--pg 127.0.0.1:0` among the arguments.
-    pg_port: Option<u16>,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn serve(data: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
-    let mut cmd = earshot();
-    cmd.args(["serve", "--http", "127.0.0.1:0", "--data"])
-        .arg(data)
-        .args(extra)
-        .envs(env.iter().copied())
-        .stdout(Stdio::piped());
-    let mut child = cmd.spawn().unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let mut port = None;
-    let mut pg_port = None;
-    let mut line = String::new();
-    let number = |rest: &str| {
-        rest.split(|c: char| !c.is_ascii_digit())
-            .next()
-            .and_then(|p| p.parse().ok())
-    };
-    while port.is_none() {
-        line.clear();
-        assert!(out.read_line(&mut line).unwrap() > 0, "server exited");
-        if let Some(rest) = line.strip_prefix("http: listening on 127.0.0.1:") {
-            port = number(rest);
-        }
-        if let Some(rest) = line.strip_prefix("postgres: listening on 127.0.0.1:") {
-            pg_port = number(rest);
-        }
-    }
-    std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
-    Server {
-        child,
-        port: port.unwrap(),
-        pg_port,
-    }
-}
-
-struct Reply {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl Reply {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&self.body)))
-    }
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-}
-
-/// A plain HTTP/1.1 exchange over a fresh connection.
-fn http(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Reply {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    let mut req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    s.write_all(req.as_bytes()).unwrap();
-    s.write_all(body).unwrap();
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).unwrap();
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("no header end");
-    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .unwrap()
-        .split_whitespace()
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap();
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
-        .collect();
-    let mut body = raw[split + 4..].to_vec();
-    if headers
-        .iter()
-        .any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"))
-    {
-        let mut out = Vec::new();
-        let mut rest = &body[..];
-        loop {
-            let nl = rest.windows(2).position(|w| w == b"\r\n").unwrap();
-            let n = usize::from_str_radix(std::str::from_utf8(&rest[..nl]).unwrap().trim(), 16)
-                .unwrap();
-            if n == 0 {
-                break;
-            }
-            out.extend_from_slice(&rest[nl + 2..nl + 2 + n]);
-            rest = &rest[nl + 2 + n + 2..];
-        }
-        body = out;
-    }
-    Reply {
-        status,
-        headers,
-        body,
-    }
-}
-
-fn get(port: u16, path: &str) -> Reply {
-    http(port, "GET", path, &[], b"")
-}
+mod serving;
+use serving::*;
 
 /// An RFC 3339 instant aligned down to a multiple of `ms` since the epoch.
 fn aligned(t: &str, ms: i64) -> String {
@@ -661,21 +485,6 @@ fn chromium_plots_the_api_figures_on_the_live_page() {
     assert!(out.status.success() && shot.exists());
 }
 
-/// Runs `cmd` with `input` on its standard input; returns its output.
-fn with_stdin(cmd: &mut Command, input: &str) -> std::io::Result<std::process::Output> {
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    child
-        .stdin
-        .take()
-        .expect("stdin is piped")
-        .write_all(input.as_bytes())?;
-    child.wait_with_output()
-}
-
 /// Query texts that used to end the process (a thread's stack overflowed while parsing or planning
 /// them): each gets a clear error naming the limit, through HTTP, Postgres and the CLI alike, and the
 /// server keeps answering.
@@ -860,35 +669,6 @@ fn slow_and_idle_clients_are_cut_off_and_connections_are_capped() {
     assert_eq!(get(port, "/healthz").status, 200);
 }
 
-/// CPU seconds the process has used so far (Linux: utime + stime of /proc/PID/stat).
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    // Fields after the command name, which is in parentheses and may hold spaces.
-    let rest = &stat[stat.rfind(')').unwrap() + 2..];
-    let fields: Vec<&str> = rest.split(' ').collect();
-    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
-    ticks / 100.0
-}
-
-fn psql_fails(pg_port: u16, sql: &str) -> String {
-    let out = Command::new("psql")
-        .args(["-X", "-h", "127.0.0.1", "-p", &pg_port.to_string()])
-        .args([
-            "-U",
-            "earshot",
-            "-d",
-            "earshot",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-At",
-        ])
-        .args(["-v", "VERBOSITY=verbose", "-c", sql])
-        .output()
-        .expect("psql (scripts/setup installs postgresql-client)");
-    assert!(!out.status.success(), "{sql} succeeded");
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
 /// A cross join feeding a sort: CPU-bound, and never waiting on input once it starts.
 // Three copies of `events` (15,000 rows each): a pair of copies sorted in 1.5 s on a fast machine,
 // under the 2 s limit the tests set; three never finish.
@@ -946,11 +726,12 @@ fn heavy_queries_stop_at_their_limits_and_the_server_keeps_answering() {
         assert!(r.text().contains("--query-timeout"), "{}", r.text());
         assert!(took < Duration::from_secs(5), "answered after {took:?}");
     }
-    // The cancelled work has stopped: the server uses no CPU to speak of afterwards.
+    // The cancelled work has stopped: the server and its query workers use no CPU to speak of
+    // afterwards.
     std::thread::sleep(Duration::from_millis(300));
-    let before = cpu_seconds(server.child.id());
+    let before = tree_cpu_seconds(server.child.id());
     std::thread::sleep(Duration::from_millis(1500));
-    let used = cpu_seconds(server.child.id()) - before;
+    let used = tree_cpu_seconds(server.child.id()) - before;
     assert!(
         used < 0.5,
         "the server used {used} s of CPU after its queries were cancelled"

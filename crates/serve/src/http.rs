@@ -30,6 +30,8 @@ use tokio::net::TcpListener;
 use crate::ServeError;
 use crate::timeline::timeline_keys;
 pub use crate::timeline::{Window, timeline_source, timeline_window};
+use crate::worker::sql::{Output, Request as SqlRequest, SqlWorkers};
+use crate::worker::{Failure, FailureKind};
 
 const PAGE: &str = include_str!("page.html");
 
@@ -117,6 +119,8 @@ struct Metrics {
 
 struct App {
     tables: Arc<Tables>,
+    /// Where users' queries run: never in this process.
+    workers: Arc<SqlWorkers>,
     limits: Limits,
     options: HttpOptions,
     cache: Mutex<Cache>,
@@ -139,6 +143,21 @@ impl From<SqlError> for ApiError {
             SqlError::Busy { .. } | SqlError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
         };
         ApiError(status, e.to_string())
+    }
+}
+
+impl From<Failure> for ApiError {
+    fn from(f: Failure) -> Self {
+        let status = match f.kind {
+            FailureKind::Refused => StatusCode::FORBIDDEN,
+            FailureKind::Query | FailureKind::Param | FailureKind::TooComplex => {
+                StatusCode::BAD_REQUEST
+            }
+            FailureKind::TimeLimit | FailureKind::MemoryLimit => StatusCode::UNPROCESSABLE_ENTITY,
+            FailureKind::Busy | FailureKind::Store => StatusCode::SERVICE_UNAVAILABLE,
+            FailureKind::Crashed => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError(status, f.message)
     }
 }
 
@@ -173,11 +192,13 @@ pub struct HttpServer {
 }
 
 impl HttpServer {
+    /// `workers` run the users' queries (`POST /v1/query`); the dashboard API's own queries run here.
     pub async fn bind(
         tables: Arc<Tables>,
         addr: SocketAddr,
         options: HttpOptions,
         limits: Limits,
+        workers: Arc<SqlWorkers>,
     ) -> Result<HttpServer, ServeError> {
         if options.token.is_none() && !addr.ip().is_loopback() {
             return Err(ServeError::NoToken(addr));
@@ -187,6 +208,7 @@ impl HttpServer {
             .map_err(|source| ServeError::Bind { addr, source })?;
         let app = Arc::new(App {
             tables,
+            workers,
             limits,
             options: options.clone(),
             cache: Mutex::new(Cache::default()),
@@ -437,7 +459,12 @@ impl App {
             None
         };
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        if cache.generation == generation {
+        // Only streams that exist are kept (their number is the data's, not the clients'), and at
+        // most CACHE_ENTRIES of them: a flood of made-up ids costs queries, never memory.
+        if cache.generation == generation && span.is_some() {
+            if cache.spans.len() >= CACHE_ENTRIES {
+                cache.spans.clear();
+            }
             cache.spans.insert(id.to_owned(), span.clone());
         }
         Ok(span)
@@ -699,20 +726,29 @@ async fn query(
     let key = format!("query/{kind}/{sql}");
     let a = app.clone();
     cached(&app, &headers, key, || async move {
-        // A user's query: it waits for a turn and runs on the query threads; its result and the
-        // rendered body are held within the memory limit.
+        // A user's query: it waits for a turn here, then runs in a worker process, which renders
+        // the body within its memory limit; this process only copies the bytes.
+        let _turn = a.tables.admission.turn().await?;
+        let (output, content_type) = match kind {
+            "csv" => (Output::Csv, "text/csv; charset=utf-8"),
+            "arrow" => (Output::Arrow, "application/vnd.apache.arrow.stream"),
+            _ => (Output::Json, "application/json"),
+        };
+        let request = SqlRequest {
+            sql,
+            params: Vec::new(),
+            allow_unused: false,
+            output,
+        };
         let started = Instant::now();
-        let answer = a.tables.query(&sql, &Params::default()).await;
+        let mut body = Vec::new();
+        let rows = a
+            .workers
+            .run(&request, |data| body.extend_from_slice(data))
+            .await;
         a.observe(started);
-        let mut answer = answer?;
-        Ok(match kind {
-            "csv" => ("text/csv; charset=utf-8", answer.render(Format::Csv)?),
-            "arrow" => (
-                "application/vnd.apache.arrow.stream",
-                answer.render_arrow()?,
-            ),
-            _ => ("application/json", answer.render(Format::Json)?),
-        })
+        rows?;
+        Ok((content_type, body))
     })
     .await
 }

@@ -2,13 +2,17 @@
 //! and HTTP (the `/v1` JSON API, the live page, `/metrics`).
 //!
 //! Everything served goes through the one `SessionContext` of [`earshot_sql::Tables`], with the same
-//! read-only guard and the same limits as `earshot sql`. [`pg`] wraps `datafusion-postgres`'s session
-//! service: every statement is checked before it reaches DataFusion, every query runs under the time
-//! limit, and logins are checked by [`Auth`].
+//! read-only guard and the same limits as `earshot sql`. A user's SQL text runs only in [`worker`]
+//! processes, never in the serving process: [`pg_front`] hands each Postgres connection to a worker
+//! of its own, and `POST /v1/query` goes to a pool of them. [`pg`] is what runs in a connection's
+//! worker: `datafusion-postgres`'s session service, every statement checked before it reaches
+//! DataFusion, every query under the time limit, logins checked by [`Auth`].
 
 pub mod http;
 pub mod pg;
+pub mod pg_front;
 pub mod timeline;
+pub mod worker;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -17,7 +21,9 @@ use std::time::Duration;
 use earshot_sql::Tables;
 
 pub use http::{HttpOptions, HttpServer};
-pub use pg::{Auth, PgServer, PgTls};
+pub use pg::{Auth, PgTls};
+pub use pg_front::PgServer;
+pub use worker::Spawner;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -40,6 +46,8 @@ one. Set EARSHOT_HTTP_TOKEN or --http-token-file, or bind to 127.0.0.1"
     Tls(String),
     #[error("cannot set up the Postgres catalog: {0}")]
     Catalog(String),
+    #[error("query worker: {0}")]
+    Worker(String),
 }
 
 /// Keeps `tables` on the data directory's newest generation, checking every `every`.

@@ -8,7 +8,6 @@
 //! - [`Auth::Trust`] is only accepted on loopback; otherwise SCRAM-SHA-256 with one user.
 
 use std::fmt::Debug;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,7 +18,6 @@ use datafusion_postgres::datafusion_pg_catalog::pg_catalog::context::EmptyContex
 use datafusion_postgres::datafusion_pg_catalog::setup_pg_catalog;
 use datafusion_postgres::datafusion_pg_catalog::sql::PostgresCompatibilityParser;
 use datafusion_postgres::{DfSessionService, Parser};
-use earshot_sql::exec::Turn;
 use earshot_sql::{Limits, SqlError, Tables, guard};
 use futures::{Sink, Stream, StreamExt};
 use pgwire::api::auth::noop::NoopStartupHandler;
@@ -35,14 +33,18 @@ use pgwire::api::results::{FieldInfo, QueryResponse, Response, Tag};
 use pgwire::api::stmt::QueryParser;
 use pgwire::api::store::PortalStore;
 use pgwire::api::{
-    ClientInfo, ClientPortalStore, ConnectionManager, ErrorHandler, PgWireServerHandlers, Type,
+    ClientInfo, ClientPortalStore, ConnectionManager, ErrorHandler, PgWireServerHandlers,
+    PidSecretKeyGenerator, RandomPidSecretKeyGenerator, Type,
 };
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use pgwire::messages::data::DataRow;
+use pgwire::messages::startup::SecretKey;
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
-use tokio::net::TcpListener;
+use tokio::sync::watch;
 
 use crate::ServeError;
+use crate::worker::control::{Control, RemoteTurn};
+use crate::worker::{PgWorker, WorkerConfig};
 
 /// The database name clients connect to.
 pub const DATABASE: &str = "earshot";
@@ -68,7 +70,12 @@ impl Debug for Auth {
 /// TLS for the Postgres endpoint: a certificate chain and its private key, in PEM files. With it,
 /// every client must connect with TLS (`sslmode=require` or stricter); a plaintext login is refused.
 #[derive(Clone)]
-pub struct PgTls(pgwire::tokio::TlsAcceptor);
+pub struct PgTls {
+    acceptor: pgwire::tokio::TlsAcceptor,
+    /// The files, for the connections' workers, which load them again.
+    pub(crate) cert: std::path::PathBuf,
+    pub(crate) key: std::path::PathBuf,
+}
 
 impl Debug for PgTls {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -90,101 +97,100 @@ impl PgTls {
         if certs.is_empty() {
             return Err(named(cert, &"no certificate in the file"));
         }
-        let key = PrivateKeyDer::from_pem_file(key).map_err(|e| named(key, &e))?;
+        let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| named(key, &e))?;
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut config = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .map_err(|e| ServeError::Tls(e.to_string()))?
             .with_no_client_auth()
-            .with_single_cert(certs, key)
+            .with_single_cert(certs, key_der)
             .map_err(|e| ServeError::Tls(format!("the key does not fit the certificate: {e}")))?;
         // Direct TLS (Postgres 17's sslnegotiation=direct) asks for this protocol name.
         config.alpn_protocols = vec![b"postgresql".to_vec()];
-        Ok(PgTls(tokio_rustls::TlsAcceptor::from(Arc::new(config))))
-    }
-}
-
-/// A bound Postgres listener, ready to serve.
-pub struct PgServer {
-    listener: TcpListener,
-    tls: Option<PgTls>,
-    handlers: Arc<Handlers>,
-}
-
-impl PgServer {
-    /// Binds `addr` (port 0 picks a free port) after checking that `auth` is allowed there.
-    pub async fn bind(
-        tables: Arc<Tables>,
-        addr: SocketAddr,
-        auth: Auth,
-        tls: Option<PgTls>,
-        limits: Limits,
-    ) -> Result<PgServer, ServeError> {
-        if matches!(auth, Auth::Trust) && !addr.ip().is_loopback() {
-            return Err(ServeError::NoPassword(addr));
-        }
-        setup_pg_catalog(&tables.ctx, DATABASE, EmptyContextProvider)
-            .map_err(|e| ServeError::Catalog(e.to_string()))?;
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|source| ServeError::Bind { addr, source })?;
-        let ctx = Arc::new(tables.ctx.clone());
-        let service = Arc::new(DfSessionService::new(ctx));
-        let salt = {
-            let mut salt = [0u8; 16];
-            getrandom::fill(&mut salt).map_err(|e| ServeError::Catalog(e.to_string()))?;
-            salt.to_vec()
-        };
-        let connections = Arc::new(ConnectionManager::new());
-        let guarded = Arc::new(Guarded {
-            parser: Arc::new(GuardedParser {
-                inner: service.query_parser(),
-                tables: tables.clone(),
-            }),
-            inner: service,
-            tables,
-            limits,
-        });
-        Ok(PgServer {
-            listener,
-            handlers: Arc::new(Handlers {
-                tls_required: tls.is_some(),
-                guarded,
-                auth,
-                salt,
-                cancel: Arc::new(DefaultCancelHandler::new(connections.clone())),
-                connections,
-                failed_logins: Arc::default(),
-            }),
-            tls,
+        Ok(PgTls {
+            acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)),
+            cert: cert.to_path_buf(),
+            key: key.to_path_buf(),
         })
     }
+}
 
-    /// The address actually bound.
-    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        self.listener.local_addr()
+/// Serves the one Postgres connection whose socket is this worker's standard input, with the
+/// front at the other end of the control socket on its standard output.
+pub async fn serve_connection(config: WorkerConfig, pg: PgWorker) -> Result<(), ServeError> {
+    use std::os::fd::AsFd;
+    let io = |what: &str, e: std::io::Error| ServeError::Worker(format!("{what}: {e}"));
+    let socket = std::io::stdin()
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|e| io("no client socket", e))?;
+    let socket = std::net::TcpStream::from(socket);
+    socket
+        .set_nonblocking(true)
+        .map_err(|e| io("client socket", e))?;
+    let socket = tokio::net::TcpStream::from_std(socket).map_err(|e| io("client socket", e))?;
+    let control = std::io::stdout()
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|e| io("no control socket", e))?;
+    let control = std::os::unix::net::UnixStream::from(control);
+    control
+        .set_nonblocking(true)
+        .map_err(|e| io("control socket", e))?;
+    let control = Control::start(
+        tokio::net::UnixStream::from_std(control).map_err(|e| io("control socket", e))?,
+    );
+    let limits = config.limits();
+    let tables = Arc::new(
+        Tables::open(&config.data, limits)
+            .await
+            .map_err(|e| ServeError::Worker(e.to_string()))?,
+    );
+    setup_pg_catalog(&tables.ctx, DATABASE, EmptyContextProvider)
+        .map_err(|e| ServeError::Catalog(e.to_string()))?;
+    let _follow = crate::follow_generations(tables.clone(), Duration::from_millis(100));
+    let tls = match (&pg.tls_cert, &pg.tls_key) {
+        (Some(cert), Some(key)) => Some(PgTls::from_pem(cert, key)?),
+        _ => None,
+    };
+    let auth = match (&pg.user, &pg.password) {
+        (Some(user), Some(password)) => Auth::Password {
+            user: user.clone(),
+            password: password.clone(),
+        },
+        _ => Auth::Trust,
+    };
+    let ctx = Arc::new(tables.ctx.clone());
+    let service = Arc::new(DfSessionService::new(ctx));
+    let connections = Arc::new(ConnectionManager::new());
+    let guarded = Arc::new(Guarded {
+        parser: Arc::new(GuardedParser {
+            inner: service.query_parser(),
+            tables: tables.clone(),
+            control: control.clone(),
+        }),
+        inner: service,
+        tables,
+        limits,
+        control: control.clone(),
+    });
+    let handlers = Arc::new(Handlers {
+        tls_required: tls.is_some(),
+        guarded,
+        auth,
+        salt: pg.salt.clone(),
+        cancel: Arc::new(DefaultCancelHandler::new(connections.clone())),
+        keys: Arc::new(ReportedKeys(control.clone())),
+        connections,
+        refused_for: pg.refused_for_secs.map(Duration::from_secs),
+        control: control.clone(),
+    });
+    crate::worker::sql::warm_and_cap(&handlers.guarded.tables, config.memory).await;
+    control.send("ready");
+    if let Err(e) = pgwire::tokio::process_socket(socket, tls.map(|t| t.acceptor), handlers).await {
+        tracing::debug!("connection from {} ended: {e}", pg.peer);
     }
-
-    /// Accepts connections until the task is dropped.
-    pub async fn run(self) {
-        loop {
-            match self.listener.accept().await {
-                Ok((socket, peer)) => {
-                    let handlers = self.handlers.clone();
-                    let tls = self.tls.as_ref().map(|t| t.0.clone());
-                    tokio::spawn(async move {
-                        if let Err(e) = pgwire::tokio::process_socket(socket, tls, handlers).await {
-                            tracing::debug!("connection from {peer} ended: {e}");
-                        }
-                    });
-                }
-                Err(e) => {
-                    tracing::warn!("cannot accept a connection: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            }
-        }
-    }
+    Ok(())
 }
 
 struct Handlers {
@@ -194,7 +200,24 @@ struct Handlers {
     salt: Vec<u8>,
     cancel: Arc<DefaultCancelHandler>,
     connections: Arc<ConnectionManager>,
-    failed_logins: Arc<FailedLogins>,
+    keys: Arc<ReportedKeys>,
+    /// This client's address failed to log in too often: refused for this long.
+    refused_for: Option<Duration>,
+    control: Arc<Control>,
+}
+
+/// Cancel keys whose process id is this worker's, each reported to the front, which receives
+/// the clients' cancel requests.
+struct ReportedKeys(Arc<Control>);
+
+impl PidSecretKeyGenerator for ReportedKeys {
+    fn generate(&self, client: &dyn ClientInfo) -> (i32, SecretKey) {
+        let (_, key) = RandomPidSecretKeyGenerator::default().generate(client);
+        let pid = std::process::id() as i32;
+        let hex: String = key.to_bytes().iter().map(|b| format!("{b:02x}")).collect();
+        self.0.send(format!("key {pid} {hex}"));
+        (pid, key)
+    }
 }
 
 /// Failed password logins per client address: each is logged, and an address with
@@ -212,7 +235,7 @@ impl FailedLogins {
     const ADDRESSES: usize = 10_000;
 
     /// How long `ip` must still wait, if it is refused now.
-    fn refused_for(&self, ip: std::net::IpAddr) -> Option<Duration> {
+    pub(crate) fn refused_for(&self, ip: std::net::IpAddr) -> Option<Duration> {
         let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
         let failures = map.get(&ip)?;
         let recent = failures
@@ -223,7 +246,7 @@ impl FailedLogins {
         (recent >= Self::LIMIT).then(|| Self::WINDOW.saturating_sub(latest.elapsed()))
     }
 
-    fn failed(&self, ip: std::net::IpAddr) {
+    pub(crate) fn failed(&self, ip: std::net::IpAddr) {
         let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
         map.retain(|_, f| f.last().is_some_and(|t| t.elapsed() < Self::WINDOW));
         if map.len() >= Self::ADDRESSES
@@ -254,6 +277,7 @@ impl PgWireServerHandlers for Handlers {
         let inner = match &self.auth {
             Auth::Trust => Login::Trust(Trust {
                 connections: self.connections.clone(),
+                keys: self.keys.clone(),
             }),
             Auth::Password { user, password } => {
                 let source = Arc::new(OneUser {
@@ -270,13 +294,15 @@ impl PgWireServerHandlers for Handlers {
                         Arc::new(DefaultServerParameterProvider::default()),
                     )
                     .with_scram(ScramAuth::new(source))
+                    .with_pid_secret_key_generator(self.keys.clone())
                     .with_connection_manager(self.connections.clone()),
                 ))
             }
         };
         Arc::new(CheckDatabase {
             inner,
-            failed_logins: self.failed_logins.clone(),
+            refused_for: self.refused_for,
+            control: self.control.clone(),
             tls_required: self.tls_required,
         })
     }
@@ -303,12 +329,17 @@ impl ErrorHandler for LogErrors {
 
 struct Trust {
     connections: Arc<ConnectionManager>,
+    keys: Arc<ReportedKeys>,
 }
 
 #[async_trait]
 impl NoopStartupHandler for Trust {
     fn connection_manager(&self) -> Option<Arc<ConnectionManager>> {
         Some(self.connections.clone())
+    }
+
+    fn pid_secret_key_generator(&self) -> &dyn PidSecretKeyGenerator {
+        &*self.keys
     }
 }
 
@@ -320,7 +351,8 @@ enum Login {
 /// Refuses a database other than `earshot` before authenticating, like Postgres does.
 struct CheckDatabase {
     inner: Login,
-    failed_logins: Arc<FailedLogins>,
+    refused_for: Option<Duration>,
+    control: Arc<Control>,
     tls_required: bool,
 }
 
@@ -366,7 +398,7 @@ impl StartupHandler for CheckDatabase {
             Login::Trust(t) => t.on_startup(client, message).await,
             Login::Scram(s) => {
                 let peer = client.socket_addr();
-                if let Some(wait) = self.failed_logins.refused_for(peer.ip()) {
+                if let Some(wait) = self.refused_for {
                     tracing::warn!(%peer, "Postgres login refused: too many failed logins");
                     return Err(user_error(
                         "FATAL",
@@ -381,7 +413,7 @@ impl StartupHandler for CheckDatabase {
                 let result = s.on_startup(client, message).await;
                 if let Err(PgWireError::InvalidPassword(user)) = &result {
                     tracing::warn!(%peer, user, "Postgres login failed: wrong password");
-                    self.failed_logins.failed(peer.ip());
+                    self.control.send("login-failed");
                 }
                 result
             }
@@ -430,17 +462,17 @@ fn user_error(severity: &str, code: &str, message: String) -> PgWireError {
 
 /// SQLSTATE for each of earshot's SQL errors.
 fn sql_error(e: SqlError) -> PgWireError {
-    let code = match &e {
-        SqlError::Refused(_) => "25006",
-        SqlError::TimeLimit(_) => "57014",
-        SqlError::MemoryLimit { .. } => "53200",
-        SqlError::Busy { .. } => "53300",
-        SqlError::Param(_) => "22023",
-        SqlError::Query(_) => "42601",
-        SqlError::TooComplex(_) => "54001",
-        SqlError::Store(_) => "58030",
-    };
-    user_error("ERROR", code, e.to_string())
+    let f = crate::worker::Failure::from(&e);
+    user_error("ERROR", f.sqlstate(), f.message)
+}
+
+/// What Postgres answers to a query its client cancelled.
+fn cancelled() -> PgWireError {
+    user_error(
+        "ERROR",
+        "57014",
+        "canceling statement due to user request".into(),
+    )
 }
 
 /// The session service behind the guard and the limits.
@@ -449,6 +481,7 @@ struct Guarded {
     parser: Arc<GuardedParser>,
     tables: Arc<Tables>,
     limits: Limits,
+    control: Arc<Control>,
 }
 
 impl Guarded {
@@ -460,6 +493,7 @@ impl Guarded {
         response: Response,
         deadline: tokio::time::Instant,
         turn: Arc<TurnUntil>,
+        cancels: watch::Receiver<u64>,
     ) -> Response {
         match response {
             Response::Query(q) => {
@@ -470,7 +504,7 @@ impl Guarded {
                     ..
                 } = q;
                 let rows = self.tables.threads.forward(data_rows, 64);
-                let rows = bounded(rows, deadline, self.limits).map(move |row| {
+                let rows = bounded(rows, deadline, self.limits, cancels).map(move |row| {
                     let _held = &turn;
                     row
                 });
@@ -494,7 +528,7 @@ struct TurnUntil {
 }
 
 impl TurnUntil {
-    fn new(turn: Turn, deadline: tokio::time::Instant) -> Arc<TurnUntil> {
+    fn new(turn: RemoteTurn, deadline: tokio::time::Instant) -> Arc<TurnUntil> {
         let (done, dropped) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(async move {
             let _turn = turn;
@@ -507,22 +541,25 @@ impl TurnUntil {
     }
 }
 
-/// Ends `rows` with the time-limit error at `deadline`; rewrites a memory error into the limit's.
+/// Ends `rows` with the time-limit error at `deadline`, or the cancel error when the client
+/// cancels; rewrites a memory error into the limit's.
 fn bounded(
     rows: std::pin::Pin<Box<dyn Stream<Item = PgWireResult<DataRow>> + Send>>,
     deadline: tokio::time::Instant,
     limits: Limits,
+    cancels: watch::Receiver<u64>,
 ) -> impl Stream<Item = PgWireResult<DataRow>> + Send {
     let sleep = Box::pin(tokio::time::sleep_until(deadline));
-    futures::stream::unfold(Some((rows, sleep)), move |state| async move {
-        let (mut rows, mut sleep) = state?;
+    futures::stream::unfold(Some((rows, sleep, cancels)), move |state| async move {
+        let (mut rows, mut sleep, mut cancels) = state?;
         tokio::select! {
             biased;
             _ = &mut sleep => Some((Err(sql_error(SqlError::TimeLimit(limits.time))), None)),
+            Ok(()) = cancels.changed() => Some((Err(cancelled()), None)),
             item = rows.next() => match item {
                 None => None,
                 Some(Err(e)) => Some((Err(memory_or(e, &limits)), None)),
-                Some(Ok(row)) => Some((Ok(row), Some((rows, sleep)))),
+                Some(Ok(row)) => Some((Ok(row), Some((rows, sleep, cancels)))),
             },
         }
     })
@@ -551,6 +588,11 @@ impl SimpleQueryHandler for Guarded {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
+        // Everything from here on — parsing, planning, running — is inside a turn, which the front
+        // watches: a turn held past the deadline plus a grace gets this worker killed.
+        let turn = self.control.turn().await.map_err(sql_error)?;
+        let deadline = self.deadline();
+        let mut cancels = self.control.cancels();
         guard::check_parse(query).map_err(sql_error)?;
         let statements = PostgresCompatibilityParser::new()
             .parse(query)
@@ -570,21 +612,22 @@ impl SimpleQueryHandler for Guarded {
                 .map(|tag| Response::Execution(Tag::new(tag)))
                 .collect());
         }
-        let turn = self.tables.admission.turn().await.map_err(sql_error)?;
-        let deadline = self.deadline();
         let turn = TurnUntil::new(turn, deadline);
-        let responses = tokio::time::timeout_at(
+        let work = tokio::time::timeout_at(
             deadline,
             self.tables
                 .threads
                 .enter(SimpleQueryHandler::do_query(&*self.inner, client, query)),
-        )
-        .await
+        );
+        let responses = tokio::select! {
+            r = work => r,
+            Ok(()) = cancels.changed() => return Err(cancelled()),
+        }
         .map_err(|_| sql_error(SqlError::TimeLimit(self.limits.time)))?
         .map_err(|e| memory_or(e, &self.limits))?;
         Ok(responses
             .into_iter()
-            .map(|r| self.limit(r, deadline, turn.clone()))
+            .map(|r| self.limit(r, deadline, turn.clone(), cancels.clone()))
             .collect())
     }
 }
@@ -624,10 +667,11 @@ impl ExtendedQueryHandler for Guarded {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        let turn = self.tables.admission.turn().await.map_err(sql_error)?;
+        let turn = self.control.turn().await.map_err(sql_error)?;
         let deadline = self.deadline();
+        let mut cancels = self.control.cancels();
         let turn = TurnUntil::new(turn, deadline);
-        let response = tokio::time::timeout_at(
+        let work = tokio::time::timeout_at(
             deadline,
             self.tables.threads.enter(ExtendedQueryHandler::do_query(
                 &*self.inner,
@@ -635,11 +679,14 @@ impl ExtendedQueryHandler for Guarded {
                 portal,
                 max_rows,
             )),
-        )
-        .await
+        );
+        let response = tokio::select! {
+            r = work => r,
+            Ok(()) = cancels.changed() => return Err(cancelled()),
+        }
         .map_err(|_| sql_error(SqlError::TimeLimit(self.limits.time)))?
         .map_err(|e| memory_or(e, &self.limits))?;
-        Ok(self.limit(response, deadline, turn))
+        Ok(self.limit(response, deadline, turn, cancels))
     }
 }
 
@@ -647,6 +694,7 @@ impl ExtendedQueryHandler for Guarded {
 pub struct GuardedParser {
     inner: Arc<Parser>,
     tables: Arc<Tables>,
+    control: Arc<Control>,
 }
 
 #[async_trait]
@@ -662,15 +710,23 @@ impl QueryParser for GuardedParser {
     where
         C: ClientInfo + Unpin + Send + Sync,
     {
-        guard::check_parse(sql).map_err(sql_error)?;
-        let parsed = self.inner.parse_sql(client, sql, types).await?;
-        if let Some((_, Some((statement, _)))) = &parsed {
-            let state = self.tables.ctx.state();
-            guard::check_statement(&state, statement)
-                .await
-                .map_err(sql_error)?;
-        }
-        Ok(parsed)
+        // Parsing and planning happen here, inside a turn and under the deadline (see `do_query`).
+        let _turn = self.control.turn().await.map_err(sql_error)?;
+        let deadline = tokio::time::Instant::now() + self.tables.limits.time;
+        let work = async {
+            guard::check_parse(sql).map_err(sql_error)?;
+            let parsed = self.inner.parse_sql(client, sql, types).await?;
+            if let Some((_, Some((statement, _)))) = &parsed {
+                let state = self.tables.ctx.state();
+                guard::check_statement(&state, statement)
+                    .await
+                    .map_err(sql_error)?;
+            }
+            Ok(parsed)
+        };
+        tokio::time::timeout_at(deadline, work)
+            .await
+            .map_err(|_| sql_error(SqlError::TimeLimit(self.tables.limits.time)))?
     }
 
     fn get_parameter_types(&self, stmt: &Self::Statement) -> PgWireResult<Vec<Type>> {
