@@ -381,3 +381,76 @@ fn demo_tells_the_story_and_other_tools_read_the_files() {
     assert_eq!(exact[0]["stream_sketch"], exact[0]["merged_buckets"]);
     assert_eq!(other["duckdb_listeners_connected"], exact[0]["exact"]);
 }
+
+/// Every table of a data directory, as the CLI prints it (CSV, ordered), for comparing two ingests.
+fn all_tables(data: &Path) -> String {
+    let mut out = String::new();
+    for q in [
+        "SELECT * FROM streams ORDER BY stream_id",
+        "SELECT * FROM buckets ORDER BY stream_id, bucket_start",
+        "SELECT * FROM rollups ORDER BY stream_id, width_ms, bucket_start",
+        "SELECT * FROM sessions ORDER BY stream_id, session_id",
+        "SELECT * FROM events ORDER BY event_id",
+        "SELECT reason_code, payload FROM rejects ORDER BY reason_code, payload",
+    ] {
+        out += &ok(earshot()
+            .args(["sql", "--format", "csv", "--data"])
+            .arg(data)
+            .arg(q)
+            .output()
+            .unwrap());
+    }
+    out
+}
+
+/// Inputs are recognised by their bytes, not their names: gzip and zstd are read as the plain file
+/// they hold, and a UTF-8 byte-order mark does not make the first line a reject.
+#[test]
+fn compressed_inputs_and_a_byte_order_mark_give_the_plain_files_tables() {
+    let dir = tempfile::tempdir().unwrap();
+    let plain = dir.path().join("events.ndjson");
+    ok(earshot()
+        .args(["simulate", "--listeners", "300", "--output"])
+        .arg(&plain)
+        .output()
+        .unwrap());
+    ingest(&plain, &dir.path().join("plain"));
+    let expected = all_tables(&dir.path().join("plain"));
+    assert!(expected.lines().count() > 1000, "{}", expected.len());
+    // Names that say nothing of the content: earshot must look at the bytes.
+    let gz = dir.path().join("events-gz.data");
+    let zst = dir.path().join("events-zst.data");
+    let sh = |script: String| {
+        let status = Command::new("sh").arg("-c").arg(&script).status().unwrap();
+        assert!(status.success(), "{script}");
+    };
+    sh(format!("gzip -c {} > {}", plain.display(), gz.display()));
+    sh(format!(
+        "zstd -q -c {} > {}",
+        plain.display(),
+        zst.display()
+    ));
+    let bom = dir.path().join("events-bom.ndjson");
+    let mut with_bom = vec![0xef, 0xbb, 0xbf];
+    with_bom.extend(std::fs::read(&plain).unwrap());
+    std::fs::write(&bom, with_bom).unwrap();
+    for (input, name) in [(&gz, "gzip"), (&zst, "zstd"), (&bom, "bom")] {
+        let data = dir.path().join(name);
+        ingest(input, &data);
+        assert_eq!(all_tables(&data), expected, "{name}");
+        // The manifest's digest is of the bytes as they came, so an auditor can re-check them.
+        let manifest: Value = serde_json::from_str(
+            &std::fs::read_to_string(data.join("current").join("manifest.json")).unwrap(),
+        )
+        .unwrap();
+        let bytes = std::fs::read(input).unwrap();
+        let digest = Command::new("sha256sum").arg(input).output().unwrap();
+        let digest = String::from_utf8_lossy(&digest.stdout);
+        assert_eq!(
+            manifest["inputs"][0]["sha256"].as_str().unwrap(),
+            digest.split_whitespace().next().unwrap(),
+            "{name}: {} bytes",
+            bytes.len()
+        );
+    }
+}

@@ -2,10 +2,10 @@
 //! ETag/304, 404/400 cases, the three `POST /v1/query` formats, tokens and CORS, `/metrics`, and the
 //! live page loaded in headless Chromium with its plotted figures checked against the API.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;

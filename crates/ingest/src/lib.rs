@@ -55,21 +55,24 @@ impl<R: io::Read> io::Read for Hashing<R> {
 }
 
 impl Input {
-    /// Any reader, named `source` in the tables.
+    /// Any reader, named `source` in the tables. What it holds is recognised by its first bytes,
+    /// not by a name: gzip and zstd are decompressed as they are read (the manifest's SHA-256 is
+    /// of the bytes as they came), and a UTF-8 byte-order mark before the first line is skipped.
     pub fn from_reader<R: io::Read + Send + 'static>(
         source: impl Into<String>,
         reader: R,
     ) -> Input {
         let digest = Arc::new(Mutex::new(Sha256::new()));
+        let raw = io::BufReader::with_capacity(
+            1 << 20,
+            Hashing {
+                inner: reader,
+                digest: digest.clone(),
+            },
+        );
         Input {
             source: source.into(),
-            reader: Box::new(io::BufReader::with_capacity(
-                1 << 20,
-                Hashing {
-                    inner: reader,
-                    digest: digest.clone(),
-                },
-            )),
+            reader: without_bom(decompressed(raw)),
             digest,
             len: None,
         }
@@ -90,6 +93,51 @@ impl Input {
     pub fn stdin() -> Input {
         Input::from_reader("stdin", io::stdin())
     }
+}
+
+/// The first bytes of gzip and zstd streams.
+const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
+const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
+
+/// `raw` decompressed if it starts as a gzip (any number of members) or zstd stream.
+fn decompressed<R: BufRead + Send + 'static>(mut raw: R) -> Box<dyn BufRead + Send> {
+    let head = raw.fill_buf().map(|b| b.to_vec()).unwrap_or_default();
+    if head.starts_with(&GZIP_MAGIC) {
+        return Box::new(io::BufReader::with_capacity(
+            1 << 20,
+            flate2::bufread::MultiGzDecoder::new(raw),
+        ));
+    }
+    if head.starts_with(&ZSTD_MAGIC) {
+        return match zstd::stream::read::Decoder::with_buffer(raw) {
+            Ok(decoder) => Box::new(io::BufReader::with_capacity(1 << 20, decoder)),
+            Err(e) => Box::new(io::BufReader::new(Failing(Some(e)))),
+        };
+    }
+    Box::new(raw)
+}
+
+/// A reader whose first read fails with the error it holds.
+struct Failing(Option<io::Error>);
+
+impl io::Read for Failing {
+    fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
+        Err(self
+            .0
+            .take()
+            .unwrap_or_else(|| io::Error::other("cannot decompress")))
+    }
+}
+
+/// `reader` past a UTF-8 byte-order mark, if it starts with one.
+fn without_bom(mut reader: Box<dyn BufRead + Send>) -> Box<dyn BufRead + Send> {
+    if reader
+        .fill_buf()
+        .is_ok_and(|b| b.starts_with(&[0xef, 0xbb, 0xbf]))
+    {
+        reader.consume(3);
+    }
+    reader
 }
 
 #[derive(Debug, thiserror::Error)]

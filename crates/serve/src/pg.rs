@@ -26,7 +26,7 @@ use pgwire::api::auth::sasl::scram::{ScramAuth, gen_salted_password};
 use pgwire::api::auth::{
     AuthSource, DefaultServerParameterProvider, LoginInfo, Password, StartupHandler,
 };
-use pgwire::api::cancel::DefaultCancelHandler;
+use pgwire::api::cancel::CancelHandler;
 use pgwire::api::portal::{Format, Portal};
 use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
 use pgwire::api::results::{FieldInfo, QueryResponse, Response, Tag};
@@ -37,6 +37,7 @@ use pgwire::api::{
     PidSecretKeyGenerator, RandomPidSecretKeyGenerator, Type,
 };
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
+use pgwire::messages::cancel::CancelRequest;
 use pgwire::messages::data::DataRow;
 use pgwire::messages::startup::SecretKey;
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
@@ -179,7 +180,7 @@ pub async fn serve_connection(config: WorkerConfig, pg: PgWorker) -> Result<(), 
         guarded,
         auth,
         salt: pg.salt.clone(),
-        cancel: Arc::new(DefaultCancelHandler::new(connections.clone())),
+        cancel: Arc::new(ForwardedCancel(control.clone())),
         keys: Arc::new(ReportedKeys(control.clone())),
         connections,
         refused_for: pg.refused_for_secs.map(Duration::from_secs),
@@ -198,12 +199,30 @@ struct Handlers {
     guarded: Arc<Guarded>,
     auth: Auth,
     salt: Vec<u8>,
-    cancel: Arc<DefaultCancelHandler>,
+    cancel: Arc<ForwardedCancel>,
     connections: Arc<ConnectionManager>,
     keys: Arc<ReportedKeys>,
     /// This client's address failed to log in too often: refused for this long.
     refused_for: Option<Duration>,
     control: Arc<Control>,
+}
+
+/// A cancel request that reached this worker (a client that negotiated TLS or encryption first sends
+/// it on a connection of its own, which the front handed to a new worker): it goes to the front,
+/// which knows which worker gave out the key.
+struct ForwardedCancel(Arc<Control>);
+
+#[async_trait]
+impl CancelHandler for ForwardedCancel {
+    async fn on_cancel_request(&self, cancel: CancelRequest) {
+        let hex: String = cancel
+            .secret_key
+            .to_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        self.0.send(format!("cancel-request {} {hex}", cancel.pid));
+    }
 }
 
 /// Cancel keys whose process id is this worker's, each reported to the front, which receives

@@ -30,8 +30,10 @@ use crate::worker::limits::{self, GRACE, IDLE_CPU_PER_SECOND, Killed};
 use crate::worker::process::Process;
 use crate::worker::{PgWorker, Spawner};
 
-/// The protocol code of a `CancelRequest`.
+/// The protocol codes of a `CancelRequest`, an `SSLRequest` and a `GSSENCRequest`.
 const CANCEL_REQUEST: u32 = 80_877_102;
+const SSL_REQUEST: u32 = 80_877_103;
+const GSSENC_REQUEST: u32 = 80_877_104;
 
 /// A cancel key as a client sends it back: the process id and the secret's bytes.
 type CancelKey = (i32, Vec<u8>);
@@ -126,22 +128,22 @@ impl Front {
         if code == CANCEL_REQUEST && (16..=300).contains(&length) {
             let mut message = vec![0u8; length];
             if socket.read_exact(&mut message).await.is_ok() {
-                self.cancel(&message[8..]);
+                let key = &message[8..];
+                let pid = i32::from_be_bytes([key[0], key[1], key[2], key[3]]);
+                self.cancel(&(pid, key[4..].to_vec()));
             }
             return;
         }
         let Ok(permit) = self.open.clone().try_acquire_owned() else {
             tracing::warn!(%peer, "Postgres connection refused: {} are open", self.max_connections);
-            // Postgres's own refusal, sent before reading the startup message (libpq reads it in
-            // answer to an SSL request too).
             let message = format!(
                 "sorry, too many clients already: this server takes {} Postgres connections at \
                  once (raise --pg-max-connections)",
                 self.max_connections
             );
-            let _ = socket
-                .write_all(&error_response("FATAL", "53300", &message))
-                .await;
+            let _ =
+                tokio::time::timeout(Duration::from_secs(10), self.refuse(&mut socket, &message))
+                    .await;
             return;
         };
         if let Err(e) = self.backend(socket, peer).await {
@@ -150,12 +152,34 @@ impl Front {
         drop(permit);
     }
 
+    /// Refuses a connection as Postgres does: after the client's startup message, so that it shows
+    /// the message. Without TLS, an SSL or GSS encryption request is declined first (`N`), as a
+    /// server without TLS declines it; with TLS the refusal goes in answer to the request (libpq
+    /// then says only that the server sent an error).
+    async fn refuse(&self, socket: &mut TcpStream, message: &str) -> std::io::Result<()> {
+        let refusal = error_response("FATAL", "53300", message);
+        for _ in 0..3 {
+            let mut head = [0u8; 8];
+            socket.read_exact(&mut head).await?;
+            let length = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize;
+            let code = u32::from_be_bytes([head[4], head[5], head[6], head[7]]);
+            if (code == SSL_REQUEST || code == GSSENC_REQUEST) && self.tls.is_none() {
+                socket.write_all(b"N").await?;
+                continue;
+            }
+            if code != SSL_REQUEST && code != GSSENC_REQUEST && (8..=10_000).contains(&length) {
+                let mut rest = vec![0u8; length - 8];
+                socket.read_exact(&mut rest).await?;
+            }
+            break;
+        }
+        socket.write_all(&refusal).await
+    }
+
     /// Passes a client's cancel request to the worker that gave out its key.
-    fn cancel(&self, key: &[u8]) {
-        let pid = i32::from_be_bytes([key[0], key[1], key[2], key[3]]);
-        let secret = key[4..].to_vec();
+    fn cancel(&self, key: &CancelKey) {
         let keys = self.keys.lock().unwrap_or_else(|p| p.into_inner());
-        match keys.get(&(pid, secret)) {
+        match keys.get(key) {
             Some(to) => {
                 let _ = to.send(());
             }
@@ -353,6 +377,14 @@ impl Supervised {
                 }
             }
             Some("login-failed") => self.front.failed_logins.failed(self.peer.ip()),
+            // A cancel request that reached this worker: it may be for any connection.
+            Some("cancel-request") => {
+                let pid = words.next().and_then(|w| w.parse::<i32>().ok());
+                let secret = words.next().and_then(unhex);
+                if let (Some(pid), Some(secret)) = (pid, secret) {
+                    self.front.cancel(&(pid, secret));
+                }
+            }
             _ => tracing::warn!(worker = self.pid, "unknown control line: {line:?}"),
         }
     }

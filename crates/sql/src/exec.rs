@@ -15,6 +15,7 @@
 use std::fmt;
 use std::io::Write;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -60,8 +61,31 @@ pub fn is_deadline(e: &DataFusionError) -> bool {
 /// Words of the time-limit message, to recognise it once an error has become text.
 pub const DEADLINE_WORDS: &str = "ran longer than the time limit";
 
+/// Bumped by [`cancel_running`]: every operator of a plan made before the bump ends its stream at
+/// its next batch.
+static CANCELS: AtomicU64 = AtomicU64::new(0);
+
+/// Stops every query of this process that is running now, as its deadline would, at each
+/// operator's next batch. A query worker serves one Postgres connection, whose client's cancel
+/// request this is; queries planned afterwards are not affected.
+pub fn cancel_running() {
+    CANCELS.fetch_add(1, Ordering::SeqCst);
+}
+
+/// The error an operator ends with when its query was cancelled.
+#[derive(Debug)]
+pub struct Cancelled;
+
+impl fmt::Display for Cancelled {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("canceling statement due to user request")
+    }
+}
+
+impl std::error::Error for Cancelled {}
+
 /// Plans like DataFusion's default planner, then bounds every operator by the query's deadline
-/// (the moment of planning plus the time limit).
+/// (the moment of planning plus the time limit) and by [`cancel_running`].
 #[derive(Debug)]
 pub struct DeadlinePlanner {
     pub time: Duration,
@@ -75,10 +99,11 @@ impl QueryPlanner for DeadlinePlanner {
         session: &dyn Session,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
         let deadline = Instant::now() + self.time;
+        let epoch = CANCELS.load(Ordering::SeqCst);
         let plan = DefaultPhysicalPlanner::default()
             .create_physical_plan(logical_plan, session)
             .await?;
-        with_deadline(plan, deadline, self.time)
+        with_deadline_and_epoch(plan, deadline, self.time, epoch)
     }
 }
 
@@ -88,8 +113,18 @@ pub fn with_deadline(
     deadline: Instant,
     limit: Duration,
 ) -> DfResult<Arc<dyn ExecutionPlan>> {
+    with_deadline_and_epoch(plan, deadline, limit, CANCELS.load(Ordering::SeqCst))
+}
+
+fn with_deadline_and_epoch(
+    plan: Arc<dyn ExecutionPlan>,
+    deadline: Instant,
+    limit: Duration,
+    epoch: u64,
+) -> DfResult<Arc<dyn ExecutionPlan>> {
     plan.transform_up(|node| {
-        let wrapped: Arc<dyn ExecutionPlan> = Arc::new(DeadlineExec::new(node, deadline, limit));
+        let wrapped: Arc<dyn ExecutionPlan> =
+            Arc::new(DeadlineExec::new(node, deadline, limit, epoch));
         Ok(Transformed::yes(wrapped))
     })
     .map(|t| t.data)
@@ -101,16 +136,19 @@ pub struct DeadlineExec {
     input: Arc<dyn ExecutionPlan>,
     deadline: Instant,
     limit: Duration,
+    /// [`CANCELS`] when the plan was made.
+    epoch: u64,
     properties: Arc<PlanProperties>,
 }
 
 impl DeadlineExec {
-    fn new(input: Arc<dyn ExecutionPlan>, deadline: Instant, limit: Duration) -> Self {
+    fn new(input: Arc<dyn ExecutionPlan>, deadline: Instant, limit: Duration, epoch: u64) -> Self {
         let properties = input.properties().clone();
         DeadlineExec {
             input,
             deadline,
             limit,
+            epoch,
             properties,
         }
     }
@@ -160,6 +198,7 @@ impl ExecutionPlan for DeadlineExec {
             children.swap_remove(0),
             self.deadline,
             self.limit,
+            self.epoch,
         )))
     }
 
@@ -175,6 +214,7 @@ impl ExecutionPlan for DeadlineExec {
             inner: self.input.execute(partition, context)?,
             deadline: self.deadline,
             limit: self.limit,
+            epoch: self.epoch,
             done: false,
             held: Vec::new(),
         }))
@@ -189,6 +229,7 @@ struct DeadlineStream {
     inner: SendableRecordBatchStream,
     deadline: Instant,
     limit: Duration,
+    epoch: u64,
     done: bool,
     /// Memory that functions reserved for values of the batch last returned (see [`hold`]).
     held: Vec<MemoryReservation>,
@@ -222,6 +263,10 @@ impl Stream for DeadlineStream {
         if Instant::now() >= self.deadline {
             self.done = true;
             return Poll::Ready(Some(Err(passed(self.limit))));
+        }
+        if CANCELS.load(Ordering::Relaxed) != self.epoch {
+            self.done = true;
+            return Poll::Ready(Some(Err(DataFusionError::External(Box::new(Cancelled)))));
         }
         let outer = HELD.with(|held| held.replace(Some(Vec::new())));
         let polled = self.inner.poll_next_unpin(cx);

@@ -56,7 +56,12 @@ impl Control {
                         let waited = Duration::from_millis(n().unwrap_or(0));
                         let _ = grant.send(Grant::Busy { running, waited });
                     }
-                    Some("cancel") => cancel.send_modify(|n| *n += 1),
+                    Some("cancel") => {
+                        // The operators stop at their next batch; the waiting client is answered
+                        // at once.
+                        earshot_sql::exec::cancel_running();
+                        cancel.send_modify(|n| *n += 1);
+                    }
                     _ => tracing::warn!("unknown control line from the front: {line:?}"),
                 }
             }
