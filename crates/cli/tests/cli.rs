@@ -390,7 +390,9 @@ fn all_tables(data: &Path) -> String {
         "SELECT * FROM buckets ORDER BY stream_id, bucket_start",
         "SELECT * FROM rollups ORDER BY stream_id, width_ms, bucket_start",
         "SELECT * FROM sessions ORDER BY stream_id, session_id",
-        "SELECT * FROM events ORDER BY event_id",
+        // Everything but `source`, which names the input file.
+        "SELECT event_id, type, ts, stream_id, listener_key, session_id, reason, displayed, state, \
+         scheduled_start, client, region, audio_ms, late FROM events ORDER BY event_id",
         "SELECT reason_code, payload FROM rejects ORDER BY reason_code, payload",
     ] {
         out += &ok(earshot()

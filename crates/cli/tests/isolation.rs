@@ -190,7 +190,7 @@ fn corpus() -> Vec<(String, String)> {
     let mut out = Vec::new();
     for c in constructs() {
         let most = MAX_TEXT / c.unit;
-        let mut sizes = vec![25, 150, 2_000, most];
+        let mut sizes = vec![150, 2_000, most];
         sizes.retain(|&n| n <= most);
         sizes.dedup();
         for n in sizes {
@@ -364,13 +364,13 @@ fn a_worker_that_dies_mid_query_is_reported_and_replaced() {
     );
     let pg_port = server.pg_port.unwrap();
     assert!(eventually(Duration::from_secs(10), || !workers(&server).is_empty()));
-    let idle = workers(&server);
 
     // HTTP: the pool's worker dies under a running query.
     let port = server.port;
     let asked = std::thread::spawn(move || http(port, "POST", "/v1/query", &[], HEAVY.as_bytes()));
     std::thread::sleep(Duration::from_millis(500));
-    for w in &idle {
+    // Every worker it has now (the one running the query among them).
+    for w in &workers(&server) {
         Command::new("kill")
             .args(["-ABRT", &w.to_string()])
             .status()
