@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 mod serving;
 use serving::*;
 
-/// The time limit the servers here run with.
-const LIMIT: Duration = Duration::from_secs(2);
+/// The time limit the corpus runs with.
+const LIMIT: Duration = Duration::from_secs(1);
 /// Every query is answered or stopped within the limit, the front's one-second grace, and this
 /// for starting processes (psql, `earshot sql`, a worker) on a loaded 2-core machine.
 const SLACK: Duration = Duration::from_secs(4);
@@ -245,7 +245,7 @@ fn generated_deep_and_wide_queries_never_take_the_server_down() {
             "--pg",
             "127.0.0.1:0",
             "--query-timeout",
-            "2s",
+            "1s",
             "--memory-limit",
             "256MiB",
         ],
@@ -302,7 +302,7 @@ fn generated_deep_and_wide_queries_never_take_the_server_down() {
         cli.args([
             "sql",
             "--query-timeout",
-            "2s",
+            "1s",
             "--memory-limit",
             "256MiB",
             "--data",
@@ -473,13 +473,14 @@ fn a_query_that_does_not_stop_is_killed_a_second_after_its_deadline() {
                WHERE regexp_like(a.event_id || b.event_id, '^(a|aa)+$')";
     let t = Instant::now();
     let r = http(server.port, "POST", "/v1/query", &[], sql.as_bytes());
+    let two = Duration::from_secs(2);
     assert_eq!(r.status, 422, "{}", r.text());
-    assert!(t.elapsed() < LIMIT + SLACK, "{:?}", t.elapsed());
+    assert!(t.elapsed() < two + SLACK, "{:?}", t.elapsed());
     let t = Instant::now();
     let out = with_stdin(&mut psql(server.pg_port.unwrap()), sql).unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("57014") || err.contains("time limit"), "{err}");
-    assert!(t.elapsed() < LIMIT + SLACK, "{:?}", t.elapsed());
+    assert!(t.elapsed() < two + SLACK, "{:?}", t.elapsed());
     std::thread::sleep(Duration::from_millis(2000));
     let before = tree_cpu_seconds(server.child.id());
     std::thread::sleep(Duration::from_millis(1500));

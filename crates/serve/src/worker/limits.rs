@@ -90,12 +90,18 @@ pub fn death(
             "query cancelled at the client's request; it did not stop, so its worker process was killed"
                 .to_string(),
         ),
-        None if tail.contains("has overflowed its stack") => (
+        // The stack ran out, or growing it (DataFusion's planner grows its stack on the heap as it
+        // recurses) passed the address-space cap.
+        None if tail.contains("has overflowed its stack")
+            || tail.contains("failed to allocate stack") =>
+        {
+            (
             FailureKind::TooComplex,
             "query refused: it is nested too deeply to plan or run (its worker process ran out of \
              stack and was replaced); write it with fewer nested or chained terms"
                 .to_string(),
-        ),
+            )
+        }
         None if tail.contains("memory allocation of") => (
             FailureKind::MemoryLimit,
             format!(

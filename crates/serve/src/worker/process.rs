@@ -76,9 +76,10 @@ struct Lines {
 }
 
 /// What the Rust runtime prints when a process dies of it.
-const CAUSES: [&str; 3] = [
+const CAUSES: [&str; 4] = [
     "memory allocation of",
     "has overflowed its stack",
+    "failed to allocate stack",
     "panicked at",
 ];
 
