@@ -539,18 +539,8 @@ fn queries_too_deep_to_plan_are_refused_and_the_server_keeps_answering() {
             "{short}: {}",
             r.text()
         );
-        let mut psql = Command::new("psql");
-        psql.args([
-            "-X",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &pg_port.to_string(),
-            "-U",
-            "earshot",
-            "-d",
-        ])
-        .args(["earshot", "-v", "ON_ERROR_STOP=1", "-At", "-f", "-"]);
+        let mut psql = psql(pg_port);
+        psql.args(["-f", "-"]);
         let out =
             with_stdin(&mut psql, sql).expect("psql (scripts/setup installs postgresql-client)");
         let err = String::from_utf8_lossy(&out.stderr);
@@ -668,12 +658,6 @@ fn slow_and_idle_clients_are_cut_off_and_connections_are_capped() {
     }
     assert_eq!(get(port, "/healthz").status, 200);
 }
-
-/// A cross join feeding a sort: CPU-bound, and never waiting on input once it starts.
-// Three copies of `events` (15,000 rows each): a pair of copies sorted in 1.5 s on a fast machine,
-// under the 2 s limit the tests set; three never finish.
-const WORST: &str = "SELECT a.event_id, b.event_id FROM events a, events b, events c \
-                     ORDER BY a.session_id || b.session_id || c.session_id DESC LIMIT 5";
 
 #[test]
 fn heavy_queries_stop_at_their_limits_and_the_server_keeps_answering() {

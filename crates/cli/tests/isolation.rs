@@ -218,20 +218,10 @@ fn still_serving(server: &mut Server, what: &str) {
     assert_eq!(one.status, 200, "after {what}: {}", one.text());
 }
 
-fn psql(pg_port: u16) -> Command {
-    let mut c = Command::new("psql");
-    c.args(["-X", "-h", "127.0.0.1", "-p", &pg_port.to_string()])
-        .args([
-            "-U",
-            "earshot",
-            "-d",
-            "earshot",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-At",
-        ])
-        .args(["-f", "-"])
-        .env("PGCONNECT_TIMEOUT", "10");
+/// psql reading the query from its standard input (too long for an argument).
+fn psql_stdin(pg_port: u16) -> Command {
+    let mut c = psql(pg_port);
+    c.args(["-f", "-"]);
     c
 }
 
@@ -276,7 +266,8 @@ fn generated_deep_and_wide_queries_never_take_the_server_down() {
 
         // Postgres: a result, or an ERROR/FATAL with a message.
         let t = Instant::now();
-        let out = with_stdin(&mut psql(pg_port), &sql).expect("psql (scripts/setup installs it)");
+        let out =
+            with_stdin(&mut psql_stdin(pg_port), &sql).expect("psql (scripts/setup installs it)");
         assert!(
             t.elapsed() < LIMIT + SLACK,
             "{what} over Postgres took {:?}",
@@ -345,10 +336,6 @@ fn eventually(within: Duration, mut f: impl FnMut() -> bool) -> bool {
     false
 }
 
-/// A cross join feeding a sort, far longer than the limit the test sets.
-const HEAVY: &str = "SELECT a.event_id, b.event_id FROM events a, events b, events c \
-                     ORDER BY a.session_id || b.session_id || c.session_id DESC LIMIT 5";
-
 /// A worker that dies mid-query (here: ended from outside, with SIGABRT as a crash ends a process
 /// and with SIGKILL as the kernel's out-of-memory killer does) costs its client an error saying
 /// so, and only that: the server and its other connections carry on, and a new worker takes its
@@ -367,7 +354,7 @@ fn a_worker_that_dies_mid_query_is_reported_and_replaced() {
 
     // HTTP: the pool's worker dies under a running query.
     let port = server.port;
-    let asked = std::thread::spawn(move || http(port, "POST", "/v1/query", &[], HEAVY.as_bytes()));
+    let asked = std::thread::spawn(move || http(port, "POST", "/v1/query", &[], WORST.as_bytes()));
     std::thread::sleep(Duration::from_millis(500));
     // Every worker it has now (the one running the query among them).
     for w in &workers(&server) {
@@ -386,9 +373,9 @@ fn a_worker_that_dies_mid_query_is_reported_and_replaced() {
     still_serving(&mut server, "a killed HTTP worker");
 
     // Postgres: a connection's worker dies; its client is told why; others carry on.
-    let mut other = psql(pg_port);
+    let mut other = psql_stdin(pg_port);
     let before = workers(&server);
-    let running = std::thread::spawn(move || with_stdin(&mut psql(pg_port), HEAVY).unwrap());
+    let running = std::thread::spawn(move || with_stdin(&mut psql_stdin(pg_port), WORST).unwrap());
     let mut fresh = Vec::new();
     assert!(eventually(Duration::from_secs(10), || {
         fresh = workers(&server)
@@ -477,7 +464,7 @@ fn a_query_that_does_not_stop_is_killed_a_second_after_its_deadline() {
     assert_eq!(r.status, 422, "{}", r.text());
     assert!(t.elapsed() < two + SLACK, "{:?}", t.elapsed());
     let t = Instant::now();
-    let out = with_stdin(&mut psql(server.pg_port.unwrap()), sql).unwrap();
+    let out = with_stdin(&mut psql_stdin(server.pg_port.unwrap()), sql).unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("57014") || err.contains("time limit"), "{err}");
     assert!(t.elapsed() < two + SLACK, "{:?}", t.elapsed());

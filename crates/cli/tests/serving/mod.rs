@@ -218,24 +218,31 @@ fn try_cpu_seconds(pid: u32) -> Option<f64> {
     Some(ticks / 100.0)
 }
 
+/// psql on the server's Postgres port, as user `earshot` on database `earshot`, stopping at the
+/// first error, unaligned rows only.
+pub fn psql(pg_port: u16) -> Command {
+    let mut c = Command::new("psql");
+    c.args(["-X", "-h", "127.0.0.1", "-p", &pg_port.to_string()])
+        .args(["-U", "earshot", "-d", "earshot"])
+        .args(["-v", "ON_ERROR_STOP=1", "-At"])
+        .env("PGCONNECT_TIMEOUT", "10");
+    c
+}
+
 pub fn psql_fails(pg_port: u16, sql: &str) -> String {
-    let out = Command::new("psql")
-        .args(["-X", "-h", "127.0.0.1", "-p", &pg_port.to_string()])
-        .args([
-            "-U",
-            "earshot",
-            "-d",
-            "earshot",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-At",
-        ])
+    let out = psql(pg_port)
         .args(["-v", "VERBOSITY=verbose", "-c", sql])
         .output()
         .expect("psql (scripts/setup installs postgresql-client)");
     assert!(!out.status.success(), "{sql} succeeded");
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
+
+/// A cross join feeding a sort: CPU-bound, and never waiting on input once it starts.
+// Three copies of `events` (15,000 rows each): a pair of copies sorted in 1.5 s on a fast machine,
+// under the 2 s limit the tests set; three never finish.
+pub const WORST: &str = "SELECT a.event_id, b.event_id FROM events a, events b, events c \
+                         ORDER BY a.session_id || b.session_id || c.session_id DESC LIMIT 5";
 
 /// The processes whose parent is `pid` (a server's query workers), from `/proc`.
 pub fn children(pid: u32) -> Vec<u32> {
