@@ -32,72 +32,98 @@ pub enum Decision {
     Rejected,
 }
 
-/// The reference's reading of "no single event moves time" (the rule README and ARCHITECTURE.md
-/// state): per partition, lateness is measured from the second-largest `ts` of its stored events;
-/// an event more than J ahead of the largest (or a partition's first, or more than J either way
-/// from a partition's only stored event) waits until a later event of
-/// the partition with another id lands within J of it (then it counts) or a later event shows the
-/// partition's time elsewhere (then it is rejected); at the end of the input a waiting event is
-/// rejected if its partition has a time, and counts otherwise. Returns `(index, decision)` in the
-/// order decisions are made, which is the order the counting sees the events.
+/// A witness: a stream and who in it.
+type Witness = (String, String);
+/// Each partition's stored events: their `ts` and witness.
+type Stored = BTreeMap<u32, Vec<(Millis, Witness)>>;
+
+/// Who vouches for an event's clock (contract §4 v1.2): its listener, else its session, else its
+/// stream's host side — each as plain text, nothing hashed.
+fn witness(e: &Event) -> Witness {
+    let who = match (&e.listener_key, &e.session_id) {
+        (Some(k), _) => format!("listener {}", k.to_hex()),
+        (None, Some(s)) => format!("session {s}"),
+        (None, None) => "host".to_string(),
+    };
+    (e.stream_id.to_string(), who)
+}
+
+/// The reference's reading of "no single event and no single device moves time" (the rule README
+/// and ARCHITECTURE.md state): per partition, lateness is measured from the second-largest of its
+/// witnesses' latest stored `ts`; an event more than J ahead of the largest stored `ts` (or a
+/// partition's first, or more than J either way from the newest of a partition with one witness)
+/// waits until a later event of the partition, with another id and of another witness, lands
+/// within J of it (then it counts) or a later event shows the partition's time elsewhere (then it
+/// is rejected); at the end of the input, or when more than 16 wait, a waiting event is rejected if
+/// its partition has a stored event; if not, it counts when another waiting event (any witness)
+/// is within J of it, or when no two other waiting events are within J of each other. Returns `(index, decision)` in the order
+/// decisions are made, which is the order the counting sees the events.
 pub fn classify(events: &[(u32, Event)], settings: &Settings) -> Vec<(usize, Decision)> {
     let j = settings.max_jump_ms;
-    let mut stored: BTreeMap<u32, Vec<Millis>> = BTreeMap::new();
+    let mut stored: Stored = BTreeMap::new();
     let mut seen: HashSet<&str> = HashSet::new();
     let mut spans: BTreeMap<&str, (Millis, Millis)> = BTreeMap::new();
     let mut waiting: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
     let mut out: Vec<(usize, Decision)> = Vec::new();
 
     // The counting step of one event, as contract §1 and §4 say.
-    let mut count =
-        |i: usize, stored: &mut BTreeMap<u32, Vec<Millis>>, out: &mut Vec<(usize, Decision)>| {
-            let (p, e) = &events[i];
-            if seen.contains(e.event_id.as_str()) {
-                out.push((i, Decision::Duplicate));
+    // Each witness's latest stored `ts` in partition `p`, largest first.
+    let latest = |stored: &Stored, p: u32| {
+        let mut by: BTreeMap<Witness, Millis> = BTreeMap::new();
+        for (ts, w) in stored.get(&p).into_iter().flatten() {
+            let t = by.entry(w.clone()).or_insert(*ts);
+            *t = (*t).max(*ts);
+        }
+        let mut v: Vec<Millis> = by.into_values().collect();
+        v.sort_unstable_by(|a, b| b.cmp(a));
+        v
+    };
+    let mut count = |i: usize, stored: &mut Stored, out: &mut Vec<(usize, Decision)>| {
+        let (p, e) = &events[i];
+        if seen.contains(e.event_id.as_str()) {
+            out.push((i, Decision::Duplicate));
+            return;
+        }
+        let late = latest(stored, *p)
+            .get(1)
+            .is_some_and(|second| e.ts < second - settings.lateness_ms);
+        if !late && let Some(&(lo, hi)) = spans.get(e.stream_id.as_str()) {
+            let w = settings.bucket_ms;
+            let buckets = hi.max(e.ts).div_euclid(w) - lo.min(e.ts).div_euclid(w) + 1;
+            if buckets > earshot_core::MAX_BUCKETS_PER_STREAM {
+                out.push((i, Decision::Rejected));
                 return;
             }
-            let mut mine = stored.get(p).cloned().unwrap_or_default();
-            mine.sort_unstable_by(|a, b| b.cmp(a));
-            let late = mine
-                .get(1)
-                .is_some_and(|second| e.ts < second - settings.lateness_ms);
-            if !late && let Some(&(lo, hi)) = spans.get(e.stream_id.as_str()) {
-                let w = settings.bucket_ms;
-                let buckets = hi.max(e.ts).div_euclid(w) - lo.min(e.ts).div_euclid(w) + 1;
-                if buckets > earshot_core::MAX_BUCKETS_PER_STREAM {
-                    out.push((i, Decision::Rejected));
-                    return;
-                }
-            }
-            seen.insert(e.event_id.as_str());
-            stored.entry(*p).or_default().push(e.ts);
-            if late {
-                out.push((i, Decision::Late));
-            } else {
-                let span = spans.entry(e.stream_id.as_str()).or_insert((e.ts, e.ts));
-                *span = (span.0.min(e.ts), span.1.max(e.ts));
-                out.push((i, Decision::Counted));
-            }
-        };
-    let newest = |stored: &BTreeMap<u32, Vec<Millis>>, p: u32| {
-        stored.get(&p).and_then(|v| v.iter().copied().max())
+        }
+        seen.insert(e.event_id.as_str());
+        stored.entry(*p).or_default().push((e.ts, witness(e)));
+        if late {
+            out.push((i, Decision::Late));
+        } else {
+            let span = spans.entry(e.stream_id.as_str()).or_insert((e.ts, e.ts));
+            *span = (span.0.min(e.ts), span.1.max(e.ts));
+            out.push((i, Decision::Counted));
+        }
     };
-    let jump = |stored: &BTreeMap<u32, Vec<Millis>>, p: u32, ts: Millis| {
-        let count = stored.get(&p).map_or(0, Vec::len);
+    let newest = |stored: &Stored, p: u32| latest(stored, p).first().copied();
+    let jump = |stored: &Stored, p: u32, ts: Millis| {
+        let witnesses = latest(stored, p).len();
         match newest(stored, p) {
             None => true,
-            // One stored event: either direction needs a witness.
-            Some(n) if count < 2 => (ts - n).abs() > j,
+            // One witness so far: either direction needs another.
+            Some(n) if witnesses < 2 => (ts - n).abs() > j,
             Some(n) => ts > n + j,
         }
     };
     let agree = |a: usize, b: usize| {
-        events[a].1.event_id != events[b].1.event_id && (events[a].1.ts - events[b].1.ts).abs() <= j
+        events[a].1.event_id != events[b].1.event_id
+            && witness(&events[a].1) != witness(&events[b].1)
+            && (events[a].1.ts - events[b].1.ts).abs() <= j
     };
     // Decides what can be decided among a partition's waiting events.
     let mut settle = |p: u32,
                       at_end: bool,
-                      stored: &mut BTreeMap<u32, Vec<Millis>>,
+                      stored: &mut Stored,
                       waiting: &mut Vec<usize>,
                       out: &mut Vec<(usize, Decision)>| {
         while let Some(&head) = waiting.first() {
@@ -112,12 +138,24 @@ pub fn classify(events: &[(u32, Event)], settings: &Settings) -> Vec<(usize, Dec
                 !jump(stored, p, events[waiting[a]].1.ts)
                     || waiting[a + 1..].iter().any(|&b| agree(waiting[a], b))
             });
-            if shown_elsewhere || waiting.len() > 16 || (at_end && newest(stored, p).is_some()) {
+            if shown_elsewhere {
                 waiting.remove(0);
                 out.push((head, Decision::Rejected));
-            } else if at_end {
+            } else if at_end || waiting.len() > 16 {
                 waiting.remove(0);
-                count(head, stored, out);
+                // With no stored event, witnesses cannot decide: events do, as in v1.1.
+                let near = |a: usize, b: usize| {
+                    events[a].1.event_id != events[b].1.event_id
+                        && (events[a].1.ts - events[b].1.ts).abs() <= j
+                };
+                let confirmed = waiting.iter().any(|&k| near(head, k));
+                let elsewhere = (0..waiting.len())
+                    .any(|a| waiting[a + 1..].iter().any(|&b| near(waiting[a], b)));
+                if newest(stored, p).is_some() || (!confirmed && elsewhere) {
+                    out.push((head, Decision::Rejected));
+                } else {
+                    count(head, stored, out);
+                }
             } else {
                 return;
             }

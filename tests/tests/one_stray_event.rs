@@ -1,4 +1,4 @@
-//! Contract §4 (v1.1): no single event moves time. One event with a wrong clock — any `ts` far from
+//! Contract §4 (v1.1, v1.2): no single event, and no single device, moves time. One event with a wrong clock — any `ts` far from
 //! its partition's (more than the maximum jump plus the lateness), at any position, in any stream,
 //! of any type — changes no other event's outcome and no figure but its own.
 //!
@@ -267,5 +267,148 @@ proptest! {
             ..Settings::default()
         };
         let _ = check(seed, settings, Distance::Near);
+    }
+}
+
+/// Contract §4 (v1.2): no single device moves time. A whole session — any number of events, any
+/// types — whose device's clock is far off (more than J plus the lateness, ahead or behind),
+/// interleaved anywhere in a partition that has a time: every other event's outcome and every
+/// figure stay as they were. Returns how the device's events were decided, or `None` when the
+/// scenario had no partition with two witnesses.
+fn check_device(seed: u64, settings: Settings, events: usize) -> Option<Vec<Verdict>> {
+    let p = Pseudonymizer::new(b"stray");
+    let base_lines: Vec<(u32, String)> = scenario(seed, settings.lateness_ms)
+        .into_iter()
+        .map(|(q, l)| (q, shift_ts(&l, 1_704_067_200_000)))
+        .collect();
+    let base = parse_all(&base_lines, &p);
+    let (lo, hi) = (
+        base.iter().map(|(_, e)| e.ts).min()?,
+        base.iter().map(|(_, e)| e.ts).max()?,
+    );
+    let (_, base_verdicts) = run(&base, settings);
+    // A partition has a time once two witnesses (listeners, or a stream's host side) have stored
+    // events in it.
+    let partitions: Vec<u32> = (0..4)
+        .filter(|q| {
+            let witnesses: std::collections::BTreeSet<u64> = base
+                .iter()
+                .zip(&base_verdicts)
+                .filter(|((p, _), v)| {
+                    p == q && matches!(v, Verdict::Offered(Outcome::Counted | Outcome::Late))
+                })
+                .map(|((_, e), _)| earshot_core::witness(e))
+                .collect();
+            witnesses.len() >= 2
+        })
+        .collect();
+    if partitions.is_empty() {
+        return None;
+    }
+    let mut rng = Rng::new(seed ^ 0x00de_71ce);
+    let partition = partitions[rng.range(0, partitions.len() as i64) as usize];
+    let margin = settings.max_jump_ms + settings.lateness_ms + 1;
+    let (start, step) = if rng.next_u64().is_multiple_of(3) {
+        ((lo - margin - 86_400_000).max(0), 10_000) // a day behind
+    } else {
+        (hi + margin + rng.range(0, 86_400_000), 10_000) // up to a day ahead
+    };
+    let stream = *rng.pick(&["s0", "s1", "s2"]);
+    // After the partition has a time: its line where a second witness first shows up. (Before
+    // that, a device that sends more than the gate may hold waiting is indistinguishable from the
+    // partition's real time: see the gate's module documentation.)
+    let mut seen = std::collections::BTreeSet::new();
+    let timed = base_lines.iter().position(|(q, l)| {
+        *q == partition
+            && earshot_contract::parse_event(l.as_bytes(), &p)
+                .is_ok_and(|e| seen.insert(earshot_core::witness(&e)) && seen.len() == 2)
+    })?;
+    let mut lines = base_lines.clone();
+    for k in 0..events {
+        let kind = ["join", "connect", "heartbeat", "heartbeat", "leave", "drop"][k.min(5)];
+        let ts = format_rfc3339_ms(start + k as i64 * step);
+        let line = format!(
+            r#"{{"v":1,"event_id":"device-{k}","type":"{kind}","ts":"{ts}","stream_id":"{stream}","listener_id":"the-device","session_id":"device-session","reason":"timeout"}}"#
+        );
+        // Somewhere after the device's previous event, anywhere in the input.
+        let after = lines
+            .iter()
+            .position(|(_, l)| l.contains(&format!("\"device-{}\"", k.wrapping_sub(1))))
+            .map_or(timed + 1, |i| i + 1);
+        let at = rng.range(after as i64, lines.len() as i64 + 1) as usize;
+        lines.insert(at, (partition, line));
+    }
+    let with = parse_all(&lines, &p);
+    let (want, want_verdicts) = run(&base, settings);
+    let (got, got_verdicts) = run(&with, settings);
+    let mut device = Vec::new();
+    let mut others = Vec::new();
+    for ((_, e), v) in with.iter().zip(&got_verdicts) {
+        if e.event_id.starts_with("device-") {
+            device.push(*v);
+        } else {
+            others.push(*v);
+        }
+    }
+    let dump = || format!("seed {seed}, {events} device events in p{partition}, from {start}");
+    assert_eq!(
+        others,
+        want_verdicts,
+        "another event's outcome changed: {}",
+        dump()
+    );
+    for v in &device {
+        assert!(
+            matches!(
+                v,
+                Verdict::Uncorroborated | Verdict::Offered(Outcome::Late | Outcome::OutOfSpan)
+            ),
+            "a device event was {v:?}: {}",
+            dump()
+        );
+    }
+    assert_eq!(got, want, "a figure changed: {}", dump());
+    let (reference_with, _) = reference(&with, &settings);
+    assert_eq!(got, reference_with, "{}", dump());
+    Some(device)
+}
+
+#[test]
+fn a_device_with_a_wrong_clock_changes_nothing_else() {
+    let mut tried = 0;
+    let mut by_verdict = std::collections::BTreeMap::new();
+    for seed in 0..200 {
+        let events = 1 + (seed as usize % 8);
+        if let Some(vs) = check_device(seed, Settings::default(), events) {
+            tried += 1;
+            for v in vs {
+                *by_verdict.entry(format!("{v:?}")).or_insert(0) += 1;
+            }
+        }
+    }
+    println!("device events by verdict: {by_verdict:?}");
+    assert!(tried > 120, "{tried}");
+    assert!(
+        by_verdict.get("Uncorroborated").copied().unwrap_or(0) > 100,
+        "{by_verdict:?}"
+    );
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 100, .. ProptestConfig::default() })]
+
+    #[test]
+    fn a_whole_session_with_a_wrong_clock_changes_no_other_outcome(
+        seed in any::<u64>(),
+        events in 1usize..12,
+        lateness in prop_oneof![Just(60_000i64), 0i64..120_000],
+        jump in prop_oneof![Just(3_600_000i64), 600_000i64..7_200_000],
+    ) {
+        let settings = Settings {
+            lateness_ms: lateness,
+            max_jump_ms: jump,
+            ..Settings::default()
+        };
+        let _ = check_device(seed, settings, events);
     }
 }

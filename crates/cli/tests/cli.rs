@@ -456,3 +456,73 @@ fn compressed_inputs_and_a_byte_order_mark_give_the_plain_files_tables() {
         );
     }
 }
+
+/// Contract §4 v1.2, the case that moved time for everyone before: six events of one session, a day
+/// ahead, in the middle of a 2,000-listener event. They are refused as `ts_uncorroborated`, and
+/// every table but `rejects` is as without them.
+#[test]
+fn a_device_a_day_ahead_changes_no_other_figure() {
+    let dir = tempfile::tempdir().unwrap();
+    let plain = dir.path().join("events.ndjson");
+    ok(earshot()
+        .args(["simulate", "--listeners", "2000", "--output"])
+        .arg(&plain)
+        .output()
+        .unwrap());
+    let text = std::fs::read_to_string(&plain).unwrap();
+    let mut lines: Vec<&str> = text.lines().collect();
+    let middle = lines.len() / 2;
+    let ts_of = |line: &str| {
+        let v: Value = serde_json::from_str(line).ok()?;
+        earshot_contract::parse_rfc3339_ms(v["ts"].as_str()?)
+    };
+    let at = lines[middle..]
+        .iter()
+        .find_map(|l| ts_of(l))
+        .expect("a valid line after the middle");
+    let day = 86_400_000;
+    let device: Vec<String> = ["join", "connect", "heartbeat", "heartbeat", "heartbeat", "leave"]
+        .iter()
+        .enumerate()
+        .map(|(k, kind)| {
+            format!(
+                r#"{{"v":1,"event_id":"device-{k}","type":"{kind}","ts":"{}","stream_id":"town-hall-main","listener_id":"the-device","session_id":"device-session"}}"#,
+                earshot_contract::format_rfc3339_ms(at + day + k as i64 * 10_000)
+            )
+        })
+        .collect();
+    for (k, line) in device.iter().enumerate() {
+        lines.insert(middle + k * 50, line);
+    }
+    let with_device = dir.path().join("with-device.ndjson");
+    std::fs::write(&with_device, lines.join("\n") + "\n").unwrap();
+    ingest(&plain, &dir.path().join("plain"));
+    ingest(&with_device, &dir.path().join("device"));
+    for table in ["streams", "buckets", "rollups", "sessions"] {
+        let q = format!("SELECT * FROM {table} ORDER BY 1, 2, 3");
+        let csv = |data: &Path| {
+            ok(earshot()
+                .args(["sql", "--format", "csv", "--data"])
+                .arg(data)
+                .arg(&q)
+                .output()
+                .unwrap())
+        };
+        assert!(
+            csv(&dir.path().join("plain")) == csv(&dir.path().join("device")),
+            "{table} changed"
+        );
+    }
+    let refused = sql_json(
+        &dir.path().join("device"),
+        "SELECT count(*) AS n FROM rejects WHERE reason_code = 'ts_uncorroborated'",
+    );
+    let before = sql_json(
+        &dir.path().join("plain"),
+        "SELECT count(*) AS n FROM rejects WHERE reason_code = 'ts_uncorroborated'",
+    );
+    assert_eq!(
+        refused[0]["n"].as_i64().unwrap() - before[0]["n"].as_i64().unwrap(),
+        6
+    );
+}

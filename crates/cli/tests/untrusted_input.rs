@@ -177,10 +177,16 @@ fn a_day_ahead_event_in_another_stream_changes_no_other_figure() {
 
 #[test]
 fn a_stream_that_would_span_decades_refuses_only_the_event_that_stretches_it() {
-    // A jump of decades confirmed by a second event (two clocks wrong the same way) would stretch
-    // stream s over the span limit: the first is refused for the span, the second then confirms
-    // nothing and is refused as a stray; the rest is counted and the ingest succeeds.
+    // A jump of decades confirmed by a second witness (two devices whose clocks are wrong the
+    // same way) would stretch stream s over the span limit: the first is refused for the span, the
+    // second then confirms nothing and is refused as a stray; the rest is counted and the ingest
+    // succeeds.
     let display = |id: &str, ts: &str| {
+        if id == "c" || id == "d" || id == "x" {
+            return format!(
+                r#"{{"v":1,"event_id":"{id}","type":"join","ts":"{ts}","stream_id":"s","listener_id":"device-{id}","session_id":"session-{id}"}}"#
+            );
+        }
         format!(
             r#"{{"v":1,"event_id":"{id}","type":"display","ts":"{ts}","stream_id":"s","displayed":1}}"#
         )
@@ -192,6 +198,9 @@ fn a_stream_that_would_span_decades_refuses_only_the_event_that_stretches_it() {
         &[
             display("a", "2024-08-13T00:00:00Z"),
             display("b", "2024-08-13T00:00:10Z"),
+            // A listener's event: the host side's two samples alone are one witness, and a second
+            // gives the partition its time.
+            display("x", "2024-08-13T00:00:15Z"),
             display("c", "2061-01-01T00:00:00Z"),
             display("d", "2061-01-01T00:00:10Z"),
             display("e", "2024-08-13T00:00:20Z"),

@@ -9,8 +9,9 @@ use xxhash_rust::xxh3::Xxh3;
 
 /// The version of the bytes [`Engine::save_state`] writes. A change to the layout, or to what
 /// `offer` keeps, bumps it; a state of another version is refused, never misread.
-/// Format 2 adds the live figures.
-pub const STATE_FORMAT: u32 = 2;
+/// Format 2 adds the live figures; format 3 the witness of each partition's newest event
+/// (contract §4 v1.2: no single device moves time).
+pub const STATE_FORMAT: u32 = 3;
 
 const CHUNK: usize = 1 << 16;
 

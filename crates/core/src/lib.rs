@@ -28,7 +28,7 @@ use earshot_contract::{Event, Millis};
 
 pub use buckets::{ROLLUP_WIDTHS_MS, RangeSketches, RollupCache, rollups, rollups_cached};
 pub use codec::{STATE_FORMAT, StateError};
-pub use gate::{TimeGate, Verdict};
+pub use gate::{TimeGate, Verdict, witness};
 pub use shard::{Shard, shard_of};
 use stream::StreamAcc;
 
@@ -284,8 +284,10 @@ impl Engine {
         self.clocks.get(partition as usize).and_then(Option::as_ref)
     }
 
-    /// A partition's time: the second-largest `ts` among its stored events, so that no single
-    /// event can move it (contract §4, v1.1). `None` until the partition has two events.
+    /// A partition's time: the largest `ts` that two witnesses (two listeners, or a stream's host
+    /// side and a listener; see [`gate::witness`]) have each reached among its stored events, so
+    /// that no single event and no single device can move it (contract §4, v1.2). `None` until the
+    /// partition has events of two witnesses.
     pub fn partition_time(&self, partition: u32) -> Option<Millis> {
         self.clock(partition).and_then(|c| c.second)
     }
@@ -325,11 +327,13 @@ impl Engine {
         if self.clocks.len() <= slot {
             self.clocks.resize(slot + 1, None);
         }
+        let witness = gate::witness(event);
         match &mut self.clocks[slot] {
-            Some(c) => c.add(event.ts),
+            Some(c) => c.add(event.ts, witness),
             none => {
                 *none = Some(Clock {
                     first: event.ts,
+                    first_witness: witness,
                     second: None,
                 })
             }
@@ -512,18 +516,25 @@ impl Engine {
     }
 }
 
-/// The two largest `ts` of a partition's stored events.
+/// A partition's clock: the largest `ts` of its stored events and whose it is, and the largest
+/// `ts` of any other witness's events — the top two of the witnesses' latest times, which is all
+/// that the second-largest of them needs, since a witness's latest time only grows.
 #[derive(Clone, Copy, Debug)]
 struct Clock {
     first: Millis,
+    first_witness: u64,
     second: Option<Millis>,
 }
 
 impl Clock {
-    fn add(&mut self, ts: Millis) {
-        if ts > self.first {
+    fn add(&mut self, ts: Millis, witness: u64) {
+        if witness == self.first_witness {
+            // The leading witness moves on alone: the time two have reached does not change.
+            self.first = self.first.max(ts);
+        } else if ts > self.first {
             self.second = Some(self.first);
             self.first = ts;
+            self.first_witness = witness;
         } else if self.second.is_none_or(|s| ts > s) {
             self.second = Some(ts);
         }

@@ -53,6 +53,7 @@ impl Engine {
                 Some(c) => {
                     e.u8(1)?;
                     e.i64(c.first)?;
+                    e.u64(c.first_witness)?;
                     e.opt_i64(c.second)?;
                 }
             }
@@ -134,6 +135,7 @@ impl Engine {
                 0 => None,
                 1 => Some(Clock {
                     first: d.i64()?,
+                    first_witness: d.u64()?,
                     second: d.opt_i64()?,
                 }),
                 _ => return Err(corrupt("a clock tag other than 0 or 1")),
