@@ -233,10 +233,14 @@ impl Front {
         };
         let (status, killed) = watch.supervise(&mut child, control).await;
         watch.forget_keys();
+        // Its turns go back now, not after the client has been told.
+        let owed_turns = !watch.held.is_empty();
+        watch.held.clear();
         let _ = tokio::time::timeout(GRACE, tail_done).await;
         // A worker that exits cleanly ends its connection itself (the client said goodbye, or went).
         let clean = status.is_some_and(|s| s.success());
         if killed.is_some() || !clean {
+            tracing::debug!(worker = pid, owed_turns, "the worker ended owing an answer");
             let failure = limits::death(status, &tail, killed, &self.limits);
             tracing::warn!(%peer, worker = pid, "a Postgres connection's worker ended: {failure}");
             if let Some(mut kept) = kept {
@@ -279,6 +283,7 @@ impl Supervised {
         let (granted_to, mut grants) = mpsc::unbounded_channel::<Result<Turn, SqlError>>();
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         let mut cpu = (Instant::now(), Duration::ZERO);
+        let mut burning = 0;
         let limits = self.front.limits;
         let killed = loop {
             tokio::select! {
@@ -320,10 +325,17 @@ impl Supervised {
                         break Some(Killed::Cancelled);
                     }
                     if now >= cpu.0 + Duration::from_millis(500) {
+                        // Two half-seconds in a row over the idle allowance, with no turn held:
+                        // a query that was stopped but did not stop.
                         let spent = limits::cpu_time(self.pid).unwrap_or_default();
                         let idle = self.ready && self.held.is_empty();
                         if idle && spent.saturating_sub(cpu.1) > IDLE_CPU_PER_SECOND / 2 {
-                            break Some(Killed::Runaway);
+                            burning += 1;
+                            if burning >= 2 {
+                                break Some(Killed::Runaway);
+                            }
+                        } else {
+                            burning = 0;
                         }
                         cpu = (now, spent);
                     }

@@ -24,8 +24,8 @@ pub const OVERHEAD: usize = 256 << 20;
 /// How long after its deadline a busy worker is killed.
 pub const GRACE: Duration = Duration::from_secs(1);
 
-/// CPU a worker with no query running may use per second before it is taken for a query that did
-/// not stop, and killed.
+/// CPU a worker with no query running may use per second (measured over two half-seconds in a
+/// row) before it is taken for a query that did not stop, and killed.
 pub const IDLE_CPU_PER_SECOND: Duration = Duration::from_millis(500);
 
 /// Caps this process's address space at what it has mapped now plus `memory` plus [`OVERHEAD`].

@@ -38,6 +38,11 @@ use serde::{Deserialize, Serialize};
 /// line, which every user of the machine can read.
 pub const CONFIG_ENV: &str = "EARSHOT_WORKER";
 
+/// Where coreutils' `nice` may be; it starts the worker in its own place (same process id).
+const NICE: [&str; 2] = ["/usr/bin/nice", "/bin/nice"];
+/// How much less CPU priority a worker has than the front.
+const WORKER_NICENESS: &str = "5";
+
 /// How to start a worker: the program (the `earshot` binary, run as `earshot worker`), the data
 /// directory and each worker's limits.
 #[derive(Clone, Debug)]
@@ -70,7 +75,16 @@ impl Spawner {
     /// The command that starts a worker; the caller sets its standard input and output, and
     /// [`process::Process::spawn`] its standard error.
     pub(crate) fn command(&self, config: &WorkerConfig) -> std::process::Command {
-        let mut cmd = std::process::Command::new(&self.program);
+        // Workers run at a lower CPU priority than the front: on a busy machine the serving
+        // threads, the dashboard API and the Kafka consumer come first, a user's query after.
+        let mut cmd = match NICE.iter().find(|p| std::path::Path::new(p).exists()) {
+            Some(nice) => {
+                let mut c = std::process::Command::new(nice);
+                c.args(["-n", WORKER_NICENESS]).arg(&self.program);
+                c
+            }
+            None => std::process::Command::new(&self.program),
+        };
         cmd.arg("worker")
             .env(
                 CONFIG_ENV,
