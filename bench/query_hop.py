@@ -11,7 +11,11 @@ from the server's cache.
 
 import argparse
 import http.client
+import json
+import os
+import socket
 import statistics
+import struct
 import subprocess
 import time
 
@@ -81,6 +85,68 @@ def measure(binary, data, small, big_rows):
         p.wait()
 
 
+def worker_hop(binary, data, n):
+    """The hop alone: `earshot worker` driven over its socket as the server drives it; each
+    request's round trip minus the time the worker reports for it (parse, plan, run, render)."""
+    env = dict(os.environ)
+    env["EARSHOT_WORKER"] = json.dumps(
+        {"data": os.path.abspath(data), "time_ms": 30000, "memory": 1 << 30, "pg": None})
+    env["MIMALLOC_ARENA_RESERVE"] = "64MiB"
+    ours, theirs = socket.socketpair()
+    p = subprocess.Popen([binary, "worker"], stdin=theirs, stderr=subprocess.DEVNULL, env=env)
+    theirs.close()
+    f = ours.makefile("rb")
+
+    def ask(sql):
+        req = {"sql": sql, "params": [], "allow_unused": False, "output": "json"}
+        t = time.perf_counter()
+        ours.sendall(json.dumps(req).encode() + b"\n")
+        while True:
+            tag, n = struct.unpack("<BI", f.read(5))
+            payload = f.read(n)
+            if tag == ord("Z"):
+                return (time.perf_counter() - t) * 1e3, json.loads(payload)["ms"]
+            if tag == ord("E"):
+                raise SystemExit(payload)
+
+    for i in range(50):
+        ask(f"SELECT {i} AS warm")
+    hops, totals = [], []
+    for i in range(n):
+        total, inside = ask(f"SELECT count(*) + {i} AS n FROM streams")
+        totals.append(total)
+        hops.append(total - inside)
+    # A 1M-row result: what the worker spends making it, against what the front receives.
+    big = []
+    for output in ("json", "csv", "arrow"):
+        best = None
+        for k in range(3):
+            req = {"sql": f"SELECT value, value * 2 + {k} AS twice, 'row' AS label "
+                          f"FROM generate_series(1, 1000000)",
+                   "params": [], "allow_unused": False, "output": output}
+            t = time.perf_counter()
+            ours.sendall(json.dumps(req).encode() + b"\n")
+            size = 0
+            while True:
+                tag, m = struct.unpack("<BI", f.read(5))
+                payload = f.read(m)
+                if tag == ord("D"):
+                    size += m
+                else:
+                    break
+            total = time.perf_counter() - t
+            inside = json.loads(payload)["ms"] / 1e3
+            if best is None or total < best[1]:
+                best = (output, total, inside, size)
+        big.append(best)
+    f.close()  # the file object holds the socket open too
+    ours.close()
+    p.wait()
+    hops.sort()
+    totals.sort()
+    return statistics.median(hops), hops[int(n * 0.99) - 1], statistics.median(totals), big
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", required=True)
@@ -91,6 +157,13 @@ def main():
     print("| binary | small p50 | small p99 | 1M rows JSON | CSV | Arrow |")
     print("|---|---|---|---|---|---|")
     for b in a.earshot:
+        p50, p99, total, big = worker_hop(b, a.data, a.small)
+        print(f"| {b}: the worker hop alone (socket round trip − worker's own time) | {p50:.3f} ms "
+              f"| {p99:.3f} ms | (whole request in the worker: p50 {total:.2f} ms) | | |")
+        for output, total, inside, size in big:
+            print(f"|   1M rows as {output}: received through the hop in {total:.3f} s; the worker "
+                  f"made it in {inside:.3f} s ({size / 1e6:.1f} MB): {inside / total:.0%} of the "
+                  f"in-process rate | | | | | |")
         m = measure(b, a.data, a.small, a.rows)
         print(
             f"| {b} | {m['p50_ms']:.2f} ms | {m['p99_ms']:.2f} ms "

@@ -1,7 +1,8 @@
 //! Frames on a worker's standard output: a tag byte, a little-endian `u32` length, the payload.
 //!
 //! A request's answer is any number of [`DATA`] frames (the rendered result, in order), then one
-//! [`END`] (`{"rows": N}`), or one [`ERROR`] (a [`super::Failure`] as JSON) instead.
+//! [`END`] (`{"rows": N, "ms": M}`, M the worker's own time), or one [`ERROR`] (a
+//! [`super::Failure`] as JSON) instead.
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 

@@ -82,6 +82,7 @@ pub async fn serve_requests(config: WorkerConfig) -> Result<(), ServeError> {
                 warm_and_cap(t, config.memory).await;
             }
         }
+        let started = std::time::Instant::now();
         let reply = match (&tables, serde_json::from_str::<Request>(&line)) {
             (Err(e), _) => Err(Failure::from(e)),
             (_, Err(e)) => Err(Failure {
@@ -92,8 +93,11 @@ pub async fn serve_requests(config: WorkerConfig) -> Result<(), ServeError> {
         };
         match reply {
             Ok((body, rows)) => {
+                // How long the worker itself took, sending aside: what a request costs beyond it
+                // is the hop.
+                let ms = started.elapsed().as_secs_f64() * 1e3;
                 frames::write_data(&mut out, &body).await.map_err(io)?;
-                let end = serde_json::json!({ "rows": rows }).to_string();
+                let end = serde_json::json!({ "rows": rows, "ms": ms }).to_string();
                 frames::write(&mut out, frames::END, end.as_bytes())
                     .await
                     .map_err(io)?;
