@@ -465,7 +465,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             );
         }
         Command::Demo(a) => demo::run(&a.data, a.listeners, a.seed)?,
-        Command::Worker => earshot_serve::worker::main()?,
+        Command::Worker => earshot_serve::worker_main::run()?,
     }
     Ok(())
 }

@@ -13,6 +13,7 @@ pub mod pg;
 pub mod pg_front;
 pub mod timeline;
 pub mod worker;
+pub mod worker_main;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -328,6 +328,9 @@ impl fmt::Debug for QueryThreads {
 }
 
 /// Stack of a query thread: planning and evaluating a deep expression recurses.
+/// Most blocking threads (file reads) the query runtime starts.
+const BLOCKING_THREADS: usize = 8;
+
 const QUERY_STACK: usize = 32 << 20;
 
 impl QueryThreads {
@@ -344,6 +347,10 @@ impl QueryThreads {
             .get_or_init(|| {
                 tokio::runtime::Builder::new_multi_thread()
                     .worker_threads(self.threads)
+                    // File reads run on blocking threads, which get the same big stacks: a
+                    // query over many Parquet parts started dozens of them (a GiB of address
+                    // space in a worker whose address space is capped).
+                    .max_blocking_threads(BLOCKING_THREADS)
                     .thread_name("earshot-query")
                     .thread_stack_size(QUERY_STACK)
                     .enable_all()

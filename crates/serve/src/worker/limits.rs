@@ -18,8 +18,9 @@ use super::process::StderrTail;
 use super::{Failure, FailureKind};
 
 /// Address space a worker may map beyond its baseline and its query memory: the planner, the
-/// parser, the rendered result's copy and the allocator's own rounding.
-pub const OVERHEAD: usize = 256 << 20;
+/// parser, the rendered result's copy, the stacks of the query runtime's blocking threads (up to
+/// 8 × 32 MiB, reserved, mostly untouched) and the allocator's own rounding.
+pub const OVERHEAD: usize = 512 << 20;
 
 /// How long after its deadline a busy worker is killed.
 pub const GRACE: Duration = Duration::from_secs(1);

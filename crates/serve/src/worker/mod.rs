@@ -203,24 +203,3 @@ impl Failure {
         }
     }
 }
-
-/// `earshot worker`: reads its [`WorkerConfig`] from [`CONFIG_ENV`] and serves SQL requests on
-/// standard input, or, for a Postgres connection, the socket that is its standard input.
-pub fn main() -> Result<(), crate::ServeError> {
-    let text = std::env::var(CONFIG_ENV).map_err(|_| {
-        crate::ServeError::Worker(format!(
-            "`earshot worker` is started by `earshot serve`, `run` and `sql`, with {CONFIG_ENV} set; \
-             it is not a command to run by hand"
-        ))
-    })?;
-    let config: WorkerConfig = serde_json::from_str(&text)
-        .map_err(|e| crate::ServeError::Worker(format!("bad {CONFIG_ENV}: {e}")))?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| crate::ServeError::Worker(format!("cannot start the async runtime: {e}")))?;
-    match config.pg.clone() {
-        Some(pg) => rt.block_on(crate::pg::serve_connection(config, pg)),
-        None => rt.block_on(sql::serve_requests(config)),
-    }
-}
