@@ -3,6 +3,7 @@
 //! through `earshot-sql`; this binary never computes one itself.
 
 mod audit;
+mod check;
 mod demo;
 mod kafka;
 mod place;
@@ -48,6 +49,8 @@ enum Command {
     Serve(serve::ServeArgs),
     /// A reach audit of one stream: what the data supports about a claim, and how it was obtained.
     Audit(audit::AuditArgs),
+    /// Check every file of a data directory (or bucket) against its generations' file lists.
+    Check(check::CheckArgs),
     /// Write a realistic simulated event stream as NDJSON.
     Simulate(SimulateArgs),
     /// Simulate a late-starting, overloaded town hall, ingest it, and tell its story.
@@ -437,6 +440,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Sql(a) => sql::run(a)?,
         Command::Serve(a) => serve::run(a)?,
         Command::Audit(a) => audit::run(a)?,
+        Command::Check(a) => check::run(&a)?,
         Command::Simulate(a) => {
             let cfg = a.config()?;
             let stats = if a.cluster.brokers.is_some() {

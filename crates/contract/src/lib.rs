@@ -15,7 +15,7 @@ pub mod time;
 
 pub use parse::parse_event;
 pub use pseudonym::{ListenerKey, PSEUDONYM_KEY_ENV, Pseudonymizer};
-pub use redact::redact_listener_ids;
+pub use redact::{redact_continued, redact_listener_ids};
 pub use time::{Millis, format_rfc3339_ms, parse_rfc3339_ms};
 
 /// Largest message the contract accepts, in bytes.

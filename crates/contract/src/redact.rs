@@ -15,20 +15,46 @@
 
 use crate::Pseudonymizer;
 
-const FIELD: &str = "listener_id";
 const MASK: &[u8] = b"\"[masked]\"";
 
 /// Returns `payload` with every `listener_id` value pseudonymised or masked (see the module docs).
 pub fn redact_listener_ids(payload: &[u8], pseudonyms: &Pseudonymizer) -> Vec<u8> {
+    redact_continued(payload, pseudonyms, false).0
+}
+
+/// [`redact_listener_ids`] for one message of a sequence (the lines of a file, the messages of a
+/// partition): when the message before ended on a `listener_id` key with its value still to come
+/// (`after_key`), this one's first value is that value and is masked too. Returns the redacted
+/// bytes and whether this message ends the same way.
+pub fn redact_continued(
+    payload: &[u8],
+    pseudonyms: &Pseudonymizer,
+    after_key: bool,
+) -> (Vec<u8>, bool) {
     let mut out = Vec::with_capacity(payload.len() + 16);
     let mut i = 0;
     let mut copied = 0;
+    if after_key {
+        let start = skip_space(payload, 0);
+        let start = match payload.get(start) {
+            Some(b':' | b'=') => skip_space(payload, start + 1),
+            _ => start,
+        };
+        if start >= payload.len() {
+            return (payload.to_vec(), true);
+        }
+        let (end, replacement) = value_replacement(payload, start, pseudonyms);
+        out.extend_from_slice(&payload[..start]);
+        out.extend_from_slice(&replacement);
+        copied = end;
+        i = end.max(start + 1);
+    }
     while i < payload.len() {
         let b = payload[i];
         // A key is a JSON string (decoded, so escapes cannot hide it) or a bare word.
-        let key_end = if b == b'"' || b == b'\'' {
+        let (key_end, quoted) = if b == b'"' || b == b'\'' {
             let (end, decoded) = scan_string(payload, i);
-            if decoded.as_deref() != Some(FIELD) {
+            if !decoded.as_deref().is_some_and(is_field) {
                 // Not the key: a string that holds such a span itself (JSON inside JSON) is
                 // redacted as text and written back as a string.
                 if contains_field(&payload[i..end]) {
@@ -39,43 +65,72 @@ pub fn redact_listener_ids(payload: &[u8], pseudonyms: &Pseudonymizer) -> Vec<u8
                 i = end;
                 continue;
             }
-            end
+            (end, true)
         } else if is_word_start(payload, i) {
-            let end = i + payload[i..]
-                .iter()
-                .take_while(|&&c| c.is_ascii_alphanumeric() || c == b'_')
-                .count();
-            if !payload[i..end].eq_ignore_ascii_case(FIELD.as_bytes()) {
+            let end = i + payload[i..].iter().take_while(|&&c| is_word_byte(c)).count();
+            if !std::str::from_utf8(&payload[i..end]).is_ok_and(is_field) {
                 i = end;
                 continue;
             }
-            end
+            (end, false)
         } else {
             i += 1;
             continue;
         };
-        // A separator after the key, then the value.
+        // A separator after the key, then the value. A quoted key followed straight by a value
+        // (no separator: not JSON, but a reader would take it as one) counts too.
         let sep = skip_space(payload, key_end);
-        if sep >= payload.len() || !(payload[sep] == b':' || payload[sep] == b'=') {
-            i = key_end;
-            continue;
+        let start = match payload.get(sep) {
+            // The key ends the message: its value may come in the next one.
+            None => return (finish(out, payload, copied), true),
+            Some(b':' | b'=') => skip_space(payload, sep + 1),
+            Some(&c) if quoted && (c == b'"' || c == b'\'' || is_word_byte(c)) => sep,
+            Some(_) => {
+                i = key_end;
+                continue;
+            }
+        };
+        if start >= payload.len() {
+            return (finish(out, payload, copied), true);
         }
-        let start = skip_space(payload, sep + 1);
         let (end, replacement) = value_replacement(payload, start, pseudonyms);
         out.extend_from_slice(&payload[copied..start]);
         out.extend_from_slice(&replacement);
         copied = end;
         i = end.max(start + 1);
     }
+    (finish(out, payload, copied), false)
+}
+
+fn finish(mut out: Vec<u8>, payload: &[u8], copied: usize) -> Vec<u8> {
     out.extend_from_slice(&payload[copied.min(payload.len())..]);
     out
 }
 
-/// Whether `listener_id` appears in these bytes, in any case.
+/// Whether a key could name the field, read generously: its letters and digits alone, in any case
+/// (`listener_id`, `Listener_Id`, `listener-id`, `listenerId`, `" listener id "`). In doubt, mask.
+fn is_field(key: &str) -> bool {
+    let mut letters = key
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .map(|c| c.to_ascii_lowercase());
+    b"listenerid".iter().all(|&c| letters.next() == Some(char::from(c))) && letters.next().is_none()
+        // Only separators besides: a key with other letters in it is someone else's.
+        && key.chars().all(|c| c.is_ascii_alphanumeric() || c.is_whitespace() || "_- ".contains(c))
+}
+
+fn is_word_byte(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || c == b'_' || c == b'-'
+}
+
+/// Whether `listener_id` could appear in these bytes (any case, any separators: see [`is_field`]).
 fn contains_field(bytes: &[u8]) -> bool {
-    bytes
-        .windows(FIELD.len())
-        .any(|w| w.eq_ignore_ascii_case(FIELD.as_bytes()))
+    let letters: Vec<u8> = bytes
+        .iter()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .map(u8::to_ascii_lowercase)
+        .collect();
+    letters.windows(10).any(|w| w == b"listenerid")
 }
 
 /// A string token that mentions the field: its decoded text redacted and encoded again as a JSON
@@ -215,9 +270,32 @@ fn skip_nested(payload: &[u8], start: usize) -> usize {
     payload.len()
 }
 
+/// Skips whitespace as generously as a reader's eye: ASCII whitespace with the vertical tab, and
+/// any Unicode space or byte-order mark written in UTF-8 (a no-break space before a colon).
 fn skip_space(payload: &[u8], mut i: usize) -> usize {
-    while i < payload.len() && payload[i].is_ascii_whitespace() {
-        i += 1;
+    while i < payload.len() {
+        let c = payload[i];
+        if c.is_ascii_whitespace() || c == 0x0b {
+            i += 1;
+            continue;
+        }
+        if c < 0x80 {
+            break;
+        }
+        let len = match c {
+            0xc0..=0xdf => 2,
+            0xe0..=0xef => 3,
+            0xf0..=0xf7 => 4,
+            _ => break,
+        };
+        match payload
+            .get(i..i + len)
+            .and_then(|b| std::str::from_utf8(b).ok())
+            .and_then(|s| s.chars().next())
+        {
+            Some(ch) if ch.is_whitespace() || ch == '\u{feff}' || ch == '\u{200b}' => i += len,
+            _ => break,
+        }
     }
     i
 }
@@ -225,8 +303,7 @@ fn skip_space(payload: &[u8], mut i: usize) -> usize {
 /// A bare word starts here: a letter or `_` not preceded by a word character.
 fn is_word_start(payload: &[u8], i: usize) -> bool {
     let c = payload[i];
-    (c.is_ascii_alphabetic() || c == b'_')
-        && (i == 0 || !(payload[i - 1].is_ascii_alphanumeric() || payload[i - 1] == b'_'))
+    (c.is_ascii_alphabetic() || c == b'_') && (i == 0 || !is_word_byte(payload[i - 1]))
 }
 
 #[cfg(test)]
@@ -332,6 +409,55 @@ mod tests {
             redact(r#"{"note":"nothing here"}"#),
             r#"{"note":"nothing here"}"#
         );
+    }
+
+    #[test]
+    fn keys_a_reader_would_take_for_the_field() {
+        // A vertical tab or a no-break space before the colon, a key in other case or spelling, a
+        // key with no colon: a JSON parser reads none of these, a person reads all of them.
+        for line in [
+            "{\"listener_id\"\u{b}:\"alice\"}",
+            "{\"listener_id\"\u{a0}:\u{a0}\"alice\"}",
+            "{\"listener_id\"\u{3000}:\"alice\"}",
+            "{\"Listener_Id\":\"alice\"}",
+            "{\"LISTENER-ID\":\"alice\"}",
+            "{\"listenerId\":\"alice\"}",
+            "{\" listener_id \":\"alice\"}",
+            "{\"listener_id\" \"alice\"}",
+            "listener-id=alice",
+            "{\"listener_id\":\n\"alice\"}",
+        ] {
+            let got = redact(line);
+            assert!(!got.contains("alice"), "{line:?} -> {got:?}");
+        }
+        // Someone else's keys stay.
+        for line in [
+            r#"{"listener_ids_seen":"alice"}"#,
+            r#"{"listener_idx":"alice"}"#,
+            r#"{"field":"listener_id","x":"alice"}"#,
+        ] {
+            assert_eq!(redact(line), line);
+        }
+    }
+
+    #[test]
+    fn a_value_on_the_next_line_is_masked_there() {
+        let p = Pseudonymizer::new(b"test");
+        let (first, dangling) = redact_continued(br#"{"v":1,"listener_id":"#, &p, false);
+        assert!(dangling);
+        assert_eq!(first, br#"{"v":1,"listener_id":"#);
+        let (second, dangling) = redact_continued(br#"  "alice","x":2}"#, &p, true);
+        assert!(!dangling);
+        let second = String::from_utf8(second).unwrap();
+        assert!(!second.contains("alice") && second.contains(&hex("alice")), "{second}");
+        // A key alone at the end, its colon on the next line.
+        let (_, dangling) = redact_continued(br#"{"listener_id""#, &p, false);
+        assert!(dangling);
+        let (next, _) = redact_continued(br#": bob}"#, &p, true);
+        assert!(!String::from_utf8_lossy(&next).contains("bob"));
+        // Nothing dangling: the next line is left as it is.
+        let (plain, dangling) = redact_continued(br#""carol"}"#, &p, false);
+        assert_eq!((plain.as_slice(), dangling), (&br#""carol"}"#[..], false));
     }
 
     #[test]

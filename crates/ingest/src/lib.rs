@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use sha2::{Digest, Sha256};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use earshot_contract::{Pseudonymizer, RejectCode, redact_listener_ids};
+use earshot_contract::{Pseudonymizer, RejectCode, redact_continued};
 use earshot_core::{Engine, Outcome, Settings, TimeGate, Verdict};
 use earshot_store::{Generation, Manifest, ManifestInput, StoreError};
 
@@ -222,7 +222,7 @@ pub fn ingest(
 ) -> Result<Summary, IngestError> {
     let started = Instant::now();
     // A file ingest replaces the tables; a Kafka consumer's checkpoint is not for replacing.
-    if let Ok(current) = earshot_store::current_generation(data_dir)
+    if let Ok(current) = earshot_store::resolve_current(data_dir)
         && let Ok(m) = earshot_store::read_manifest(&current)
         && let Some(k) = m.kafka
     {
@@ -403,6 +403,9 @@ struct Pipeline {
     /// Indexed by partition, how its rows' `source` starts (`file:PATH:`, `kafka:TOPIC/P@`); the
     /// message's position follows.
     prefixes: Vec<String>,
+    /// Indexed by partition: whether its last message ended on a `listener_id` key whose value
+    /// may open the next one (see [`redact_continued`]).
+    after_key: Vec<bool>,
     /// With a dead-letter topic: the rejects not yet sent there.
     dead_letters: Option<Vec<DeadLetter>>,
     /// When counting runs in shards ([`Engine::count_in_shards`]): where counted events go.
@@ -457,6 +460,7 @@ impl Pipeline {
             summary: Summary::default(),
             pseudonyms,
             prefixes: Vec::new(),
+            after_key: Vec::new(),
             dead_letters: None,
             router: None,
         }
@@ -481,10 +485,16 @@ impl Pipeline {
     ) -> Result<(), StoreError> {
         self.summary.messages += 1;
         let position = at.position;
+        let slot = partition as usize;
+        if self.after_key.len() <= slot {
+            self.after_key.resize(slot + 1, false);
+        }
+        let after_key = std::mem::take(&mut self.after_key[slot]);
         match parsed {
             Ok(event) => self.through_gate(partition, Some((event, at))),
             Err(reject) => {
-                let payload = redact_listener_ids(payload, &self.pseudonyms);
+                let (payload, dangling) = redact_continued(payload, &self.pseudonyms, after_key);
+                self.after_key[slot] = dangling;
                 let prefix = self
                     .prefixes
                     .get(partition as usize)

@@ -72,6 +72,8 @@ pub enum RemoteError {
         url: String,
         detail: String,
     },
+    #[error("the generation {url} in the bucket is not whole: {detail}")]
+    NotWhole { url: String, detail: String },
     #[error(
         "cannot {action} {path}: {cause}\n  hint: check the local copy's directory is writable and has free space"
     )]
@@ -341,6 +343,17 @@ impl Remote {
                     .buffer_unordered(IN_FLIGHT)
                     .try_collect::<Vec<()>>(),
             )?;
+            // Every byte against the generation's own file list: a file lost, cut short or
+            // changed in the bucket (or on the way) is an error naming it, never fewer rows.
+            let verified = earshot_store::FileList::verify(&tmp, earshot_store::Depth::Full)
+                .and_then(|_| earshot_store::mark_verified(&tmp));
+            if let Err(e) = verified {
+                let _ = std::fs::remove_dir_all(&tmp);
+                return Err(RemoteError::NotWhole {
+                    url: join(&self.url, name),
+                    detail: e.to_string(),
+                });
+            }
             std::fs::rename(&tmp, &target).map_err(|e| local_err("rename", &target, e))?;
             for (rel, key) in &current.body.files {
                 self.remember(key, &target.join(rel));

@@ -21,6 +21,7 @@ fn generation(dir: &Path, name: &str, files: &[(&str, &str)]) -> std::path::Path
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
         std::fs::write(p, body).unwrap();
     }
+    earshot_store::write_file_list(&g).unwrap();
     g
 }
 
@@ -62,7 +63,7 @@ fn generations_go_up_once_and_come_back_whole() {
         ],
     );
     let c1 = w.push("", &g1, None).unwrap().unwrap();
-    assert_eq!(objects(&server), 3, "two files and the pointer");
+    assert_eq!(objects(&server), 4, "two files, their list and the pointer");
     // The next generation keeps part 1 (hard-linked, as the store does) and adds part 2.
     let g2 = tmp.path().join("gen-000002");
     std::fs::create_dir_all(g2.join("events")).unwrap();
@@ -73,11 +74,12 @@ fn generations_go_up_once_and_come_back_whole() {
     .unwrap();
     std::fs::write(g2.join("events/part-00000002.parquet"), "two").unwrap();
     std::fs::write(g2.join("manifest.json"), "{2}").unwrap();
+    earshot_store::write_file_list(&g2).unwrap();
     let c2 = w.push("", &g2, Some(&c1)).unwrap().unwrap();
     assert_eq!(
         objects(&server),
-        5,
-        "only part 2 and the new manifest went up"
+        7,
+        "only part 2, the new manifest and its file list went up"
     );
     assert!(c2.generation().unwrap().starts_with("gen-000002-"));
 
@@ -108,11 +110,12 @@ fn generations_go_up_once_and_come_back_whole() {
         std::fs::hard_link(g2.join("events").join(part), g3.join("events").join(part)).unwrap();
     }
     std::fs::write(g3.join("manifest.json"), "{3}").unwrap();
+    earshot_store::write_file_list(&g3).unwrap();
     w.push("", &g3, Some(&c2)).unwrap().unwrap();
     assert_eq!(
         objects(&server),
-        5,
-        "manifest 3 went up, manifest 1 went away"
+        7,
+        "manifest 3 and its list went up, manifest 1 and its list went away"
     );
     let old = r
         .pull(&cur, &tmp.path().join("late-reader"))
@@ -136,8 +139,9 @@ fn generations_go_up_once_and_come_back_whole() {
         .unwrap();
     }
     std::fs::write(g4.join("manifest.json"), "{4}").unwrap();
+    earshot_store::write_file_list(&g4).unwrap();
     r.push("", &g4, Some(&cur3)).unwrap().unwrap();
-    assert_eq!(objects(&server), 6, "only manifest 4 went up");
+    assert_eq!(objects(&server), 9, "only manifest 4 and its list went up");
     // A prefix elsewhere in the bucket is another data set.
     assert!(
         remote(&server, "s3://earshot-test/other")
@@ -190,4 +194,44 @@ fn a_writer_whose_directory_was_claimed_cannot_publish_over_the_new_owner() {
     );
     // A claim from a stale read is refused as well.
     assert_eq!(old.claim(dir, Some(&seen)).unwrap().unwrap_err(), Lost);
+}
+
+#[test]
+fn a_generation_changed_in_the_bucket_is_refused_by_name() {
+    let server = S3Server::start();
+    server.bucket("earshot-test");
+    let tmp = tempfile::tempdir().unwrap();
+    let w = remote(&server, "s3://earshot-test/ev");
+    let g1 = generation(
+        tmp.path(),
+        "gen-000001",
+        &[
+            ("events/part-00000001.parquet", "one"),
+            ("manifest.json", "{1}"),
+        ],
+    );
+    let c1 = w.push("", &g1, None).unwrap().unwrap();
+    // Someone rewrites the part in the bucket, same size, other bytes (through a second client).
+    let key = format!("ev/{}/events/part-00000001.parquet", c1.generation().unwrap());
+    let out = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import boto3,sys; c=boto3.client('s3',endpoint_url=sys.argv[1],region_name='us-east-1',aws_access_key_id='t',aws_secret_access_key='t'); c.put_object(Bucket='earshot-test',Key=sys.argv[2],Body=b'ONE')",
+            &server.endpoint(),
+            &key,
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let r = remote(&server, "s3://earshot-test/ev");
+    let local = tmp.path().join("reader");
+    let err = r
+        .pull(&r.current("").unwrap().unwrap(), &local)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("events/part-00000001.parquet") && err.contains("has changed"),
+        "{err}"
+    );
+    assert!(!local.join("current").exists(), "nothing was made current");
 }

@@ -753,9 +753,26 @@ async fn query(
     .await
 }
 
+/// Whether the served tables are whole (every listed file present, its size, not modified since):
+/// a few `stat` calls, made at each health check and scrape, so a file lost under a running
+/// server is reported within one check.
+fn tables_whole(app: &App) -> Result<(), String> {
+    app.tables.check_whole().map_err(|e| e.to_string())
+}
+
 async fn healthz(State(app): State<Arc<App>>) -> Response {
-    let body = json!({ "status": "ok", "generation": app.generation() }).to_string();
+    let (status, body) = match tables_whole(&app) {
+        Ok(()) => (
+            StatusCode::OK,
+            json!({ "status": "ok", "generation": app.generation() }),
+        ),
+        Err(error) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({ "status": "tables not whole", "generation": app.generation(), "error": error }),
+        ),
+    };
     (
+        status,
         [(header::CONTENT_TYPE, "application/json")],
         format!("{body}\n"),
     )
@@ -764,6 +781,10 @@ async fn healthz(State(app): State<Arc<App>>) -> Response {
 
 async fn metrics(State(app): State<Arc<App>>) -> Response {
     let mut o = String::new();
+    let whole = u8::from(tables_whole(&app).is_ok());
+    o.push_str(&format!(
+        "# HELP earshot_tables_whole 1 when every file of the served generation matches its file list (see /healthz).\n# TYPE earshot_tables_whole gauge\nearshot_tables_whole {whole}\n"
+    ));
     let m = manifest(&app);
     let counter = |o: &mut String, name: &str, help: &str, v: &Value| {
         o.push_str(&format!(

@@ -188,7 +188,23 @@ impl Tables {
             self.limits,
         );
         let work = async move { answer(&ctx, &sql, &params, &limits).await };
-        self.threads.run(work).await?
+        match self.threads.run(work).await? {
+            // A file that no longer reads: say which, from every byte against the file list.
+            Err(SqlError::Query(m)) if m.contains("Parquet") || m.contains("parquet") => {
+                let generation = self.generation();
+                Err(SqlError::Query(
+                    match earshot_store::FileList::verify(&generation, earshot_store::Depth::Full)
+                    {
+                        Err(e) => format!("{m}\n  cause: {e}"),
+                        Ok(_) => format!(
+                            "{m}\n  (every file of {} matches its file list)",
+                            generation.display()
+                        ),
+                    },
+                ))
+            }
+            other => other,
+        }
     }
 
     /// The generation being served (its directory), e.g. `DATA/gen-000003`.
@@ -197,6 +213,13 @@ impl Tables {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// Whether the generation being served is still whole: every listed file present, its size,
+    /// not modified since it was written ([`earshot_store::Depth::Sizes`]).
+    pub fn check_whole(&self) -> Result<(), SqlError> {
+        earshot_store::FileList::verify(&self.generation(), earshot_store::Depth::Sizes)?;
+        Ok(())
     }
 
     /// The data directory.
@@ -208,13 +231,14 @@ impl Tables {
     /// it did. Queries already planned keep reading the generation they started on (the store keeps
     /// the previous generation on disk).
     pub async fn refresh(&self) -> Result<bool, SqlError> {
-        let now = current_generation(&self.data_dir)?;
+        let now = earshot_store::resolve_current(&self.data_dir)?;
         {
             let seen = self.generation.lock().unwrap_or_else(|p| p.into_inner());
             if *seen == now {
                 return Ok(false);
             }
         }
+        let now = current_generation(&self.data_dir)?;
         register_tables(&self.ctx, &now).await?;
         *self.generation.lock().unwrap_or_else(|p| p.into_inner()) = now;
         Ok(true)
@@ -455,6 +479,13 @@ fn is_resources_exhausted(e: &DataFusionError) -> bool {
 
 fn tidy(e: DataFusionError) -> String {
     let s = e.to_string();
+    if s.contains("No space left on device") {
+        // Where the query spilled: DataFusion's disk manager writes under the temporary directory.
+        return format!(
+            "{s}\n  hint: the query spilled to {}, which is full: free space there, or set TMPDIR to a directory on a disk with room",
+            std::env::temp_dir().display()
+        );
+    }
     if s.contains("not supported")
         && (s.contains("DDL") || s.contains("DML") || s.contains("Statement"))
     {

@@ -8,6 +8,7 @@ use earshot_contract::{Event, Millis};
 use earshot_core::{Engine, Snapshot};
 
 use crate::figure_parts::{FIGURE_PART_TABLES, FinalParts};
+use crate::files::FileList;
 use crate::manifest::{EngineState, Manifest};
 use crate::session_parts::{SessionParts, SessionRows};
 use crate::writer::{
@@ -497,6 +498,9 @@ impl Generation {
                 self.state.clone()
             }
         };
+        // Last, the list of every file above: readers trust it, not the directory.
+        let previous_list = previous.and_then(|p| FileList::read(p).ok().map(|l| (p, l)));
+        FileList::write(&tmp_dir, previous_list.as_ref().map(|(p, l)| (*p, l)))?;
         sync_dir(&tmp_dir)?;
 
         let name = format!("gen-{number:06}");
@@ -607,7 +611,7 @@ fn joined<T>(h: std::thread::ScopedJoinHandle<'_, Result<T, StoreError>>) -> Res
 }
 
 /// The saved engine state's file in a generation.
-const STATE_FILE: &str = "engine.state";
+pub(crate) const STATE_FILE: &str = "engine.state";
 
 /// What a checkpoint does beyond writing the tables.
 #[derive(Clone, Copy, Debug)]

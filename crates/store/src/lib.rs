@@ -15,6 +15,7 @@
 //! runs no query (that is `earshot-sql`).
 
 mod figure_parts;
+mod files;
 mod generation;
 mod manifest;
 mod reader;
@@ -25,6 +26,7 @@ mod writer;
 use std::path::{Path, PathBuf};
 
 pub use figure_parts::FIGURE_PART_TABLES;
+pub use files::{Depth, FILE_LIST, FileEntry, FileList, mark_verified, write_file_list};
 pub use generation::{CheckpointWith, Generation, PART_TABLES, part_files};
 pub use manifest::{EngineState, KafkaPosition, Manifest, ManifestInput, ManifestSettings};
 pub use reader::{StoredEvent, read_manifest, stored_events, stored_events_from};
@@ -55,6 +57,15 @@ pub enum StoreError {
         path: String,
         /// Not a `source`: the message already says it, and error chains would say it twice.
         cause: std::io::Error,
+    },
+    /// A generation lacks a file its list names, has one it does not, or a file differs from it.
+    #[error(
+        "the tables in {generation} are not whole: {file} {problem}\n  hint: nothing was read from them; restore the file from a backup or ingest again (`earshot check --data DIR` checks every file)"
+    )]
+    NotWhole {
+        generation: String,
+        file: String,
+        problem: String,
     },
     /// Building Arrow batches or Parquet files failed: a bug in earshot.
     #[error(
@@ -93,8 +104,27 @@ impl StoreError {
     }
 }
 
-/// The directory of the current generation of a data directory.
+/// The directory of the current generation of a data directory, checked against its file list
+/// ([`Depth::Sizes`]): the one door every reader opens tables by, so that a missing, truncated or
+/// added file is an error naming it, never an empty or a bigger table.
 pub fn current_generation(data_dir: &Path) -> Result<PathBuf, StoreError> {
+    let generation = resolve_current(data_dir)?;
+    FileList::verify(&generation, Depth::Sizes)?;
+    Ok(generation)
+}
+
+/// [`current_generation`], or `None` when the directory holds no data yet; a generation that is
+/// not whole is still an error.
+pub fn current_generation_if_any(data_dir: &Path) -> Result<Option<PathBuf>, StoreError> {
+    match current_generation(data_dir) {
+        Ok(generation) => Ok(Some(generation)),
+        Err(StoreError::NoData { .. }) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Where `current` points, not yet checked (to see whether it moved; read nothing through it).
+pub fn resolve_current(data_dir: &Path) -> Result<PathBuf, StoreError> {
     let link = data_dir.join(CURRENT);
     match std::fs::canonicalize(&link) {
         Ok(p) if p.is_dir() => Ok(p),

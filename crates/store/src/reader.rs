@@ -85,12 +85,16 @@ pub fn stored_events_from(
         .skip(first_part)
     {
         let file = File::open(&path).map_err(|e| StoreError::io("open", &path, e))?;
+        let named = |e: &dyn std::fmt::Display| bad(format!("{}: {e}", path.display()));
         let reader = ParquetRecordBatchReaderBuilder::try_new(file)
             .and_then(|b| b.with_batch_size(64 * 1024).build())
-            .map_err(|e| bad(e.to_string()))?;
+            .map_err(|e| named(&e))?;
         for batch in reader {
-            let batch = batch.map_err(|e| bad(e.to_string()))?;
-            read_batch(&batch, &mut each)?;
+            let batch = batch.map_err(|e| named(&e))?;
+            read_batch(&batch, &mut each).map_err(|e| match e {
+                StoreError::Encode { message, .. } => named(&message),
+                e => e,
+            })?;
         }
     }
     Ok(())

@@ -71,7 +71,9 @@ fn partition_generations(data_dir: &Path) -> Result<Vec<(i32, std::path::PathBuf
         else {
             continue;
         };
-        if let Ok(current) = current_generation(&entry.path()) {
+        // A partition with no checkpoint yet is left out; one whose tables are not whole stops
+        // the union (read as empty, it would drop that partition's listeners).
+        if let Some(current) = earshot_store::current_generation_if_any(&entry.path())? {
             out.push((p, current));
         }
     }
@@ -221,7 +223,7 @@ pub(super) fn check_layout(
         return check_bucket_layout(remote, workers);
     }
     let partitioned = data_dir.join(PARTITIONS).is_dir();
-    let single = !partitioned && current_generation(data_dir).is_ok();
+    let single = !partitioned && earshot_store::resolve_current(data_dir).is_ok();
     let dir = data_dir.display().to_string();
     if workers && single {
         return Err(KafkaProblem::OtherSource {
