@@ -34,7 +34,7 @@ fn sensitivity_rows_equal_the_reference_under_each_definition() {
             std::io::Cursor::new(text.into_bytes()),
         );
         // Two counting threads: the audit must read the same from a sharded count.
-        ingest(vec![input], dir.path(), base, &p, 2, &mut |_| {}).unwrap();
+        ingest(vec![input], dir.path(), base, &p, 2, true, &mut |_| {}).unwrap();
         let events = parse_all(&one_partition, &p);
         let (at_ingest, _) = reference(&events, &base);
         for want in &at_ingest.streams {

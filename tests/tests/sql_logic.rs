@@ -112,7 +112,16 @@ fn ingest_text(dir: &Path, text: String) {
         "file:fixture.ndjson",
         std::io::Cursor::new(text.into_bytes()),
     );
-    ingest(vec![input], dir, Settings::default(), &p, 1, &mut |_| {}).expect("ingest");
+    ingest(
+        vec![input],
+        dir,
+        Settings::default(),
+        &p,
+        1,
+        true,
+        &mut |_| {},
+    )
+    .expect("ingest");
 }
 
 fn example_data(dir: &Path) {

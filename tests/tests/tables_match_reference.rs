@@ -121,7 +121,16 @@ fn ingested_tables_equal_the_reference() {
         );
         // One to three counting threads: the sharded count must give the reference's tables too.
         let threads = 1 + (seed % 3) as usize;
-        ingest(vec![input], dir.path(), settings, &p, threads, &mut |_| {}).unwrap();
+        ingest(
+            vec![input],
+            dir.path(),
+            settings,
+            &p,
+            threads,
+            true,
+            &mut |_| {},
+        )
+        .unwrap();
         let (want, _) = reference(&parse_all(&one_partition, &p), &settings);
         let ctx = rt.block_on(earshot_sql::context(dir.path())).unwrap();
 
@@ -498,7 +507,7 @@ fn tables_are_byte_identical_at_1_2_3_and_8_counting_threads() {
                     )
                 })
                 .collect();
-            ingest(inputs, dir.path(), settings, &p, threads, &mut |_| {}).unwrap();
+            ingest(inputs, dir.path(), settings, &p, threads, true, &mut |_| {}).unwrap();
             tables.push((threads, files(&dir.path().join("current"))));
         }
         let (_, one) = &tables[0];
@@ -559,6 +568,7 @@ fn an_input_that_fails_midway_ends_a_threaded_ingest_with_its_error() {
             Settings::default(),
             &p,
             threads,
+            true,
             &mut |_| {},
         )
         .expect_err("a failing input is an error");

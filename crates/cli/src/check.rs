@@ -67,7 +67,9 @@ fn verdict(name: String, current: bool, dir: &Path) -> Verdict {
             (list.files.len(), bytes)
         })
         .map_err(|e| match e {
-            earshot_store::StoreError::NotWhole { file, problem, .. } => format!("{file} {problem}"),
+            earshot_store::StoreError::NotWhole { file, problem, .. } => {
+                format!("{file} {problem}")
+            }
             e => e.to_string(),
         });
     Verdict {
@@ -121,7 +123,9 @@ fn local(data: &Path, out: &mut Vec<Verdict>) -> anyhow::Result<()> {
 /// scratch directory.
 fn bucket(data: &Path) -> anyhow::Result<Vec<Verdict>> {
     let remote = earshot_remote::Remote::open(&data.to_string_lossy())?;
-    let scratch = tempfile::Builder::new().prefix("earshot-check-").tempdir()?;
+    let scratch = tempfile::Builder::new()
+        .prefix("earshot-check-")
+        .tempdir()?;
     let mut dirs = vec![String::new()];
     for p in remote.children(earshot_ingest::kafka::PARTITIONS)? {
         dirs.push(format!("{}/{p}", earshot_ingest::kafka::PARTITIONS));

@@ -89,7 +89,14 @@ pub fn run(data: &Path, listeners: u64, seed: u64) -> anyhow::Result<()> {
     );
     let p = pseudonyms();
     let input_str = input.to_str().context("demo path is not UTF-8")?.to_owned();
-    let summary = run_ingest(&[input_str], data, earshot_core::Settings::default(), &p, 1)?;
+    let summary = run_ingest(
+        &[input_str],
+        data,
+        earshot_core::Settings::default(),
+        &p,
+        1,
+        false,
+    )?;
     print_summary(&summary, data);
 
     let rt = runtime()?;

@@ -119,6 +119,10 @@ struct IngestArgs {
     /// The tables are the same for any number.
     #[arg(long, default_value_t = 1, conflicts_with = "brokers")]
     threads: usize,
+    /// Files only: publish even an input with no lines, or whose lines were nearly all (90 % or
+    /// more) rejected. Without it such an input leaves the current tables as they were.
+    #[arg(long, conflicts_with = "brokers")]
+    allow_empty: bool,
     #[command(flatten)]
     cluster: kafka::ClusterArgs,
     #[command(flatten)]
@@ -282,6 +286,7 @@ fn run_ingest(
     settings: Settings,
     pseudonyms: &Pseudonymizer,
     threads: usize,
+    allow_empty: bool,
 ) -> anyhow::Result<Summary> {
     let mut opened = Vec::new();
     let mut total_bytes = 0u64;
@@ -322,8 +327,15 @@ fn run_ingest(
             b.set_position(done_before + bytes);
         }
     };
-    let summary =
-        earshot_ingest::ingest(opened, data, settings, pseudonyms, threads, &mut progress)?;
+    let summary = earshot_ingest::ingest(
+        opened,
+        data,
+        settings,
+        pseudonyms,
+        threads,
+        allow_empty,
+        &mut progress,
+    )?;
     if let Some(b) = bar {
         b.finish_and_clear();
     }
@@ -433,7 +445,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let p = pseudonyms();
             let place = place::Place::for_writing(&a.data)?;
             let seen = place.start_replacing()?;
-            let summary = run_ingest(&a.input, &place.local, settings, &p, a.threads)?;
+            let summary = run_ingest(
+                &a.input,
+                &place.local,
+                settings,
+                &p,
+                a.threads,
+                a.allow_empty,
+            )?;
             place.publish(seen)?;
             print_summary(&summary, &a.data);
         }

@@ -526,3 +526,80 @@ fn a_device_a_day_ahead_changes_no_other_figure() {
         6
     );
 }
+
+/// An input that is not NDJSON at all (a compressed format earshot does not read, a binary file,
+/// an empty file) publishes nothing: the current generation stays, and the error says why, with
+/// a hint from the reasons. `--allow-empty` publishes it when that is what is meant.
+#[test]
+fn an_input_of_rejects_leaves_the_current_tables_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let plain = dir.path().join("events.ndjson");
+    ok(earshot()
+        .args(["simulate", "--listeners", "100", "--output"])
+        .arg(&plain)
+        .output()
+        .unwrap());
+    let data = dir.path().join("data");
+    ingest(&plain, &data);
+    let before = all_tables(&data);
+    let current = std::fs::read_link(data.join("current")).unwrap();
+    // bzip2 (not read), random bytes, JSON that is no event, and nothing at all.
+    let bz = dir.path().join("events.bz2");
+    let status = Command::new("sh")
+        .arg("-c")
+        .arg(format!("bzip2 -c {} > {}", plain.display(), bz.display()))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let noise = dir.path().join("noise.bin");
+    std::fs::write(
+        &noise,
+        (0..20_000u32)
+            .map(|i| (i * 7919 % 251) as u8)
+            .collect::<Vec<_>>(),
+    )
+    .unwrap();
+    let json = dir.path().join("other.ndjson");
+    std::fs::write(&json, "[1,2]\n{\"hello\":1}\n\"text\"\n".repeat(50)).unwrap();
+    let empty = dir.path().join("empty.ndjson");
+    std::fs::write(&empty, "\n\n").unwrap();
+    for (input, hint) in [
+        (&bz, "not UTF-8"),
+        (&noise, "not UTF-8"),
+        (&json, "JSON"),
+        (&empty, "no lines"),
+    ] {
+        let out = earshot()
+            .args(["ingest", "--input"])
+            .arg(input)
+            .arg("--data")
+            .arg(&data)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{}: {err}", input.display());
+        assert!(
+            err.contains("nothing published")
+                && err.contains(hint)
+                && err.contains("--allow-empty"),
+            "{}: {err}",
+            input.display()
+        );
+        assert_eq!(std::fs::read_link(data.join("current")).unwrap(), current);
+        assert_eq!(all_tables(&data), before, "{}", input.display());
+    }
+    // Asked for, it is published: every line a reject, no events.
+    ok(earshot()
+        .args(["ingest", "--allow-empty", "--input"])
+        .arg(&json)
+        .arg("--data")
+        .arg(&data)
+        .output()
+        .unwrap());
+    let rows = sql_json(
+        &data,
+        "SELECT (SELECT count(*) FROM events) AS e, (SELECT count(*) FROM rejects) AS r",
+    );
+    assert_eq!(rows[0]["e"], 0);
+    assert_eq!(rows[0]["r"], 150);
+}

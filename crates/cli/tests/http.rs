@@ -30,32 +30,6 @@ fn cli_json(data: &Path, sql: &str) -> Value {
 }
 
 #[test]
-fn a_generation_written_before_rollups_gives_the_same_timelines() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = data(dir.path(), 300);
-    let steps = ["10s", "30s", "60s", "5m", "1h"];
-    let timelines = |data: &Path| -> Vec<Value> {
-        let s = serve(data, &[], &[]);
-        steps
-            .iter()
-            .map(|step| {
-                let r = get(s.port, &format!("/v1/streams/hall/timeline?step={step}"));
-                assert_eq!(r.status, 200, "{step}");
-                r.json()
-            })
-            .collect()
-    };
-    let with_rollups = timelines(&data);
-    assert!(
-        with_rollups
-            .iter()
-            .all(|t| !t["points"].as_array().unwrap().is_empty())
-    );
-    std::fs::remove_dir_all(data.join("current/rollups")).unwrap();
-    assert_eq!(timelines(&data), with_rollups);
-}
-
-#[test]
 fn the_api_answers_with_the_tables_figures_and_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
     let data = data(dir.path(), 800);

@@ -23,12 +23,7 @@ fn copy(data: &Path, to: &Path) -> PathBuf {
 fn listed(generation: &Path) -> Vec<String> {
     let list: serde_json::Value =
         serde_json::from_slice(&std::fs::read(generation.join("files.json")).unwrap()).unwrap();
-    let mut files: Vec<String> = list["files"]
-        .as_object()
-        .unwrap()
-        .keys()
-        .cloned()
-        .collect();
+    let mut files: Vec<String> = list["files"].as_object().unwrap().keys().cloned().collect();
     files.push("files.json".into());
     files
 }
@@ -44,7 +39,9 @@ fn fails_naming(what: &str, cmd: &mut std::process::Command, file: &str) {
     let pid = child.id();
     let watchdog = std::thread::spawn(move || {
         std::thread::sleep(std::time::Duration::from_secs(60));
-        let _ = std::process::Command::new("kill").arg(pid.to_string()).status();
+        let _ = std::process::Command::new("kill")
+            .arg(pid.to_string())
+            .status();
     });
     let out = child.wait_with_output().unwrap();
     drop(watchdog);
@@ -178,7 +175,11 @@ fn a_server_reports_a_file_lost_under_it() {
     let server = serve(&data, &[], &[]);
     let ok = get(server.port, "/healthz");
     assert_eq!(ok.status, 200, "{}", ok.text());
-    assert!(get(server.port, "/metrics").text().contains("earshot_tables_whole 1"));
+    assert!(
+        get(server.port, "/metrics")
+            .text()
+            .contains("earshot_tables_whole 1")
+    );
     let generation = std::fs::canonicalize(data.join("current")).unwrap();
     let part = listed(&generation)
         .into_iter()
@@ -187,10 +188,10 @@ fn a_server_reports_a_file_lost_under_it() {
     std::fs::remove_file(generation.join(&part)).unwrap();
     let sick = get(server.port, "/healthz");
     assert_eq!(sick.status, 503, "{}", sick.text());
+    assert!(sick.text().contains(&part), "{}", sick.text());
     assert!(
-        sick.text().contains(&part),
-        "{}",
-        sick.text()
+        get(server.port, "/metrics")
+            .text()
+            .contains("earshot_tables_whole 0")
     );
-    assert!(get(server.port, "/metrics").text().contains("earshot_tables_whole 0"));
 }

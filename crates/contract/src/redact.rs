@@ -67,7 +67,10 @@ pub fn redact_continued(
             }
             (end, true)
         } else if is_word_start(payload, i) {
-            let end = i + payload[i..].iter().take_while(|&&c| is_word_byte(c)).count();
+            let end = i + payload[i..]
+                .iter()
+                .take_while(|&&c| is_word_byte(c))
+                .count();
             if !std::str::from_utf8(&payload[i..end]).is_ok_and(is_field) {
                 i = end;
                 continue;
@@ -449,7 +452,10 @@ mod tests {
         let (second, dangling) = redact_continued(br#"  "alice","x":2}"#, &p, true);
         assert!(!dangling);
         let second = String::from_utf8(second).unwrap();
-        assert!(!second.contains("alice") && second.contains(&hex("alice")), "{second}");
+        assert!(
+            !second.contains("alice") && second.contains(&hex("alice")),
+            "{second}"
+        );
         // A key alone at the end, its colon on the next line.
         let (_, dangling) = redact_continued(br#"{"listener_id""#, &p, false);
         assert!(dangling);

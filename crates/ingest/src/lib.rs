@@ -157,6 +157,17 @@ pub enum IngestError {
     /// Object storage (`--data s3://…`) refused.
     #[error(transparent)]
     Remote(#[from] earshot_remote::RemoteError),
+    /// Nearly every line of the input was rejected (or it had none): publishing it would replace
+    /// the current tables with empty ones.
+    #[error(
+        "nothing published: {rejected} of {lines} lines of the input were rejected ({reasons}); the current tables are left as they were\n  hint: {hint}; if an input of rejects is what you mean to publish, pass --allow-empty"
+    )]
+    MostlyRejected {
+        lines: u64,
+        rejected: u64,
+        reasons: String,
+        hint: &'static str,
+    },
     /// The counting threads could not start or did not finish (an earshot bug).
     #[error("counting threads: {0}")]
     Threads(String),
@@ -208,16 +219,71 @@ impl Summary {
     }
 }
 
+/// The share of rejected lines (blank lines aside) from which an input is refused: at least 90 %.
+const REFUSED_REJECT_SHARE: (u64, u64) = (9, 10);
+
+/// Refuses an input with no lines, or whose lines were nearly all rejected (see
+/// [`IngestError::MostlyRejected`]), with a hint from its most common reason.
+fn mostly_rejected(summary: &Summary) -> Result<(), IngestError> {
+    let blank = summary
+        .rejected_by_reason
+        .get(&RejectCode::Empty)
+        .copied()
+        .unwrap_or(0);
+    let lines = summary.messages.saturating_sub(blank);
+    let rejected = summary.rejected.saturating_sub(blank);
+    let (num, den) = REFUSED_REJECT_SHARE;
+    if lines > 0 && rejected * den < lines * num {
+        return Ok(());
+    }
+    let mut reasons: Vec<(RejectCode, u64)> = summary
+        .rejected_by_reason
+        .iter()
+        .filter(|(code, _)| **code != RejectCode::Empty)
+        .map(|(code, n)| (*code, *n))
+        .collect();
+    reasons.sort_by_key(|r| std::cmp::Reverse(r.1));
+    let hint = match reasons.first().map(|r| r.0) {
+        None => "the input has no lines with anything on them",
+        Some(RejectCode::NotUtf8) => {
+            "the input is not UTF-8 text: is it compressed other than with gzip or zstd (which earshot reads by their content), an archive, or text in another encoding such as UTF-16?"
+        }
+        Some(RejectCode::NotJson | RejectCode::NotObject | RejectCode::TruncatedJson) => {
+            "the lines are not JSON objects: earshot reads NDJSON, one event as a JSON object per line (schemas/event.v1.schema.json)"
+        }
+        Some(_) => {
+            "the lines are JSON but not events of the contract: see schemas/event.v1.schema.json, and the reasons above"
+        }
+    };
+    Err(IngestError::MostlyRejected {
+        lines,
+        rejected,
+        reasons: if reasons.is_empty() {
+            "the input is empty".into()
+        } else {
+            reasons
+                .iter()
+                .take(3)
+                .map(|(code, n)| format!("{}: {n}", code.as_str()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        },
+        hint,
+    })
+}
+
 /// Reads every input to its end, counts, and commits one generation to `data_dir`.
 /// `counting_threads` above 1 counts sessions on that many threads (see `earshot_core::Shard`);
 /// the tables are the same for any number. `progress` is called now and then with the bytes read
-/// so far from the current input.
+/// so far from the current input. Unless `allow_empty`, an input with no lines, or whose lines
+/// were nearly all rejected, publishes nothing ([`IngestError::MostlyRejected`]).
 pub fn ingest(
     inputs: Vec<Input>,
     data_dir: &Path,
     settings: Settings,
     pseudonyms: &Pseudonymizer,
     counting_threads: usize,
+    allow_empty: bool,
     progress: &mut dyn FnMut(u64),
 ) -> Result<Summary, IngestError> {
     let started = Instant::now();
@@ -335,6 +401,9 @@ pub fn ingest(
         }
         Ok(())
     })?;
+    if !allow_empty {
+        mostly_rejected(&pipe.summary)?;
+    }
     // The last rows go to their encoders now: they are encoded while the snapshot is computed.
     pipe.generation.flush_rows()?;
     let snapshot = pipe.engine.snapshot(None);

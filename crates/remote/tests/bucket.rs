@@ -212,7 +212,10 @@ fn a_generation_changed_in_the_bucket_is_refused_by_name() {
     );
     let c1 = w.push("", &g1, None).unwrap().unwrap();
     // Someone rewrites the part in the bucket, same size, other bytes (through a second client).
-    let key = format!("ev/{}/events/part-00000001.parquet", c1.generation().unwrap());
+    let key = format!(
+        "ev/{}/events/part-00000001.parquet",
+        c1.generation().unwrap()
+    );
     let out = std::process::Command::new("python3")
         .args([
             "-c",
@@ -222,7 +225,11 @@ fn a_generation_changed_in_the_bucket_is_refused_by_name() {
         ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let r = remote(&server, "s3://earshot-test/ev");
     let local = tmp.path().join("reader");
     let err = r

@@ -30,6 +30,10 @@ pub(crate) fn timeline_keys(q: &HashMap<String, String>) -> Result<(), String> {
     }
 }
 
+/// 0000-01-01T00:00:00Z and 9999-12-31T23:59:59.999Z, the first and last times RFC 3339 writes.
+const FIRST_MS: i64 = -62_167_219_200_000;
+const LAST_MS: i64 = 253_402_300_799_999;
+
 /// The points a timeline request asks for: from `from` to `to` (both multiples of `step`), in ms.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Window {
@@ -73,11 +77,22 @@ pub fn timeline_window(
     }
     // Whole points only: `from` aligned down to the step, `to` up, so the last point covers its
     // whole step whichever rows it is read from (a minute rollup, or the buckets merged).
-    let from = from.div_euclid(step).saturating_mul(step);
+    // Within the times RFC 3339 can write (years 0000 to 9999): at its edges a step is aligned
+    // inwards instead, so that no point names a year 10000 (there is no data out there anyway).
+    let from = match from.div_euclid(step).saturating_mul(step) {
+        f if f < FIRST_MS => f.saturating_add(step),
+        f => f,
+    };
     let to = match to.checked_rem_euclid(step) {
         Some(0) | None => to,
+        Some(r) if to.saturating_add(step - r) > LAST_MS => to - r,
         Some(r) => to.saturating_add(step - r),
     };
+    if from >= to {
+        return Err(format!(
+            "from and to leave no whole step of {step} ms between them within the years 0000 to 9999"
+        ));
+    }
     let span = (to.min(hi) as i128 - from.max(lo) as i128) / step as i128;
     if span > 100_000 {
         return Err("more than 100,000 points: narrow from/to or raise step".into());
@@ -94,4 +109,34 @@ pub fn timeline_source(bucket_width: i64, rollups: &[i64], step: i64) -> i64 {
         .filter(|&w| w > bucket_width && w > 0 && step % w == 0)
         .max()
         .unwrap_or(bucket_width)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn window(pairs: &[(&str, &str)]) -> Result<Window, String> {
+        let q = pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        timeline_window(&q, 10_000, 1_723_500_000_000, 1_723_510_000_000)
+    }
+
+    #[test]
+    fn the_edges_of_writable_time_are_aligned_inwards() {
+        // The last second of year 9999 with a step that ends after it: the window stops before.
+        let w = window(&[("to", "9999-12-31T23:59:59Z"), ("step", "1h")]).unwrap();
+        assert!(w.to <= LAST_MS && w.to % 3_600_000 == 0, "{w:?}");
+        let w = window(&[("from", "0000-01-01T00:00:00Z"), ("step", "1h")]).unwrap();
+        assert!(w.from >= FIRST_MS && w.from % 3_600_000 == 0, "{w:?}");
+        // A window of less than a step at the edge says so.
+        let err = window(&[
+            ("from", "9999-12-31T23:30:00Z"),
+            ("to", "9999-12-31T23:59:59Z"),
+            ("step", "1h"),
+        ])
+        .unwrap_err();
+        assert!(err.contains("no whole step"), "{err}");
+    }
 }

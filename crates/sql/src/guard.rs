@@ -144,16 +144,62 @@ fn parse_bounded(sql: &str) -> Result<std::collections::VecDeque<DfStatement>, S
         .and_then(|mut parser| parser.parse_statements());
     parsed.map_err(|e| {
         let text = e.to_string();
-        if text.contains("RecursionLimitExceeded") {
-            SqlError::TooComplex(format!(
+        let too_deep = || {
+            format!(
                 "the query nests expressions, function calls or subqueries more than {MAX_PARSE_DEPTH} \
                  deep, the limit for parsing it safely\n  hint: flatten it, e.g. name the inner \
                  parts in a WITH clause"
-            ))
+            )
+        };
+        if text.contains("RecursionLimitExceeded") {
+            SqlError::TooComplex(too_deep())
+        } else if nesting(sql) >= DEEP_NESTING {
+            // The parser tries alternatives and backtracks; when the limit stops one of them, the
+            // error it reports can be another alternative's ("Expected: ), found: ELSE"). A text
+            // nested this deep gets the limit's message, with the parser's beside it.
+            SqlError::TooComplex(format!("{}\n  the parser stopped at: {text}", too_deep()))
         } else {
             SqlError::Query(text)
         }
     })
+}
+
+/// From this nesting ([`nesting`]) on, a parse that fails is reported as too deep: below it no
+/// construct reaches [`MAX_PARSE_DEPTH`] (each level of nesting costs the parser at least two).
+const DEEP_NESTING: usize = MAX_PARSE_DEPTH / 2;
+
+/// How deeply the text nests, read from its tokens without recursion: open parentheses, brackets
+/// and `CASE`s at once, plus the longest run of prefix operators (`NOT NOT …`, `- - …`).
+fn nesting(sql: &str) -> usize {
+    use datafusion::sql::sqlparser::keywords::Keyword;
+    use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
+    let Ok(tokens) = Tokenizer::new(&PostgreSqlDialect {}, sql).tokenize() else {
+        return 0;
+    };
+    let (mut open, mut deepest, mut run, mut longest_run) = (0usize, 0usize, 0usize, 0usize);
+    let mut after_operand = false;
+    for t in tokens.iter().filter(|t| !matches!(t, Token::Whitespace(_))) {
+        let prefix = match t {
+            Token::Word(w) if w.keyword == Keyword::NOT => true,
+            Token::Minus | Token::Plus | Token::Tilde => !after_operand,
+            _ => false,
+        };
+        run = if prefix { run + 1 } else { 0 };
+        longest_run = longest_run.max(run);
+        match t {
+            Token::LParen | Token::LBracket => open += 1,
+            Token::Word(w) if w.keyword == Keyword::CASE => open += 1,
+            Token::RParen | Token::RBracket => open = open.saturating_sub(1),
+            Token::Word(w) if w.keyword == Keyword::END => open = open.saturating_sub(1),
+            _ => {}
+        }
+        deepest = deepest.max(open);
+        after_operand = matches!(
+            t,
+            Token::Number(..) | Token::SingleQuotedString(_) | Token::RParen | Token::RBracket
+        ) || matches!(t, Token::Word(w) if w.keyword == Keyword::NoKeyword || w.keyword == Keyword::END);
+    }
+    deepest.max(longest_run)
 }
 
 /// The check made before another parser (the Postgres endpoint's) reads `sql`: its shape
@@ -305,6 +351,85 @@ pub fn first_words(s: &str, n: usize) -> String {
 
 #[cfg(test)]
 mod tests {
+
+    /// Every way of nesting, at every depth: the parse succeeds or is refused with the depth
+    /// limit's message, never with a syntax error the text does not have.
+    #[test]
+    fn every_nesting_construct_gets_the_depth_message() {
+        let nested = |open: &str, inner: &str, close: &str, n: usize| {
+            format!("{}{inner}{}", open.repeat(n), close.repeat(n))
+        };
+        type Build = Box<dyn Fn(usize) -> String>;
+        let builds: Vec<(&str, Build)> = vec![
+            (
+                "case",
+                Box::new(move |n| {
+                    format!(
+                        "SELECT {}",
+                        nested("CASE WHEN true THEN ", "1", " ELSE 0 END", n)
+                    )
+                }),
+            ),
+            (
+                "case no else",
+                Box::new(move |n| {
+                    format!("SELECT {}", nested("CASE WHEN true THEN ", "1", " END", n))
+                }),
+            ),
+            (
+                "parentheses",
+                Box::new(move |n| format!("SELECT {}", nested("(", "1", ")", n))),
+            ),
+            (
+                "function calls",
+                Box::new(move |n| format!("SELECT {}", nested("abs(", "1", ")", n))),
+            ),
+            (
+                "scalar subqueries",
+                Box::new(move |n| format!("SELECT {}", nested("(SELECT ", "1", ")", n))),
+            ),
+            (
+                "derived tables",
+                Box::new(move |n| {
+                    format!(
+                        "SELECT * FROM {}",
+                        nested("(SELECT * FROM ", "streams", ") t", n)
+                    )
+                }),
+            ),
+            (
+                "in subqueries",
+                Box::new(move |n| {
+                    format!(
+                        "SELECT 1 WHERE {}",
+                        nested("1 IN (SELECT 1 WHERE ", "true", ")", n)
+                    )
+                }),
+            ),
+            (
+                "array literals",
+                Box::new(move |n| format!("SELECT {}", nested("[", "1", "]", n))),
+            ),
+            (
+                "not",
+                Box::new(|n| format!("SELECT {}true", "NOT ".repeat(n))),
+            ),
+            ("minus", Box::new(|n| format!("SELECT {}1", "- ".repeat(n)))),
+            (
+                "cast",
+                Box::new(move |n| format!("SELECT {}", nested("CAST(", "1", " AS BIGINT)", n))),
+            ),
+        ];
+        for (name, build) in &builds {
+            for n in 1..=40 {
+                match parse_bounded(&build(n)) {
+                    Ok(_) | Err(SqlError::TooComplex(_)) => {}
+                    Err(e) => panic!("{name} × {n}: {e}"),
+                }
+            }
+        }
+    }
+
     use super::*;
 
     /// Found by fuzzing (the first is `fuzz/regressions/sql_guard-exponential-parse`):

@@ -193,8 +193,7 @@ impl Tables {
             Err(SqlError::Query(m)) if m.contains("Parquet") || m.contains("parquet") => {
                 let generation = self.generation();
                 Err(SqlError::Query(
-                    match earshot_store::FileList::verify(&generation, earshot_store::Depth::Full)
-                    {
+                    match earshot_store::FileList::verify(&generation, earshot_store::Depth::Full) {
                         Err(e) => format!("{m}\n  cause: {e}"),
                         Ok(_) => format!(
                             "{m}\n  (every file of {} matches its file list)",
@@ -245,12 +244,6 @@ impl Tables {
     }
 }
 
-const ROLLUPS_OF_AN_OLD_GENERATION: &str = "SELECT stream_id, bucket_start, width_ms, \
-    displayed_start, roster_start, roster_peak, connected_start, connected_peak, joins, connects, \
-    leaves, drops, present_hll, connected_hll, \"final\", \
-    coalesce(present_listeners, hll_count(present_hll)) AS present_listeners, \
-    coalesce(connected_listeners, hll_count(connected_hll)) AS connected_listeners FROM buckets";
-
 async fn register_tables(ctx: &SessionContext, generation: &Path) -> Result<(), SqlError> {
     for table in TABLES {
         let location = earshot_store::table_location(generation, table);
@@ -270,33 +263,11 @@ async fn register_tables(ctx: &SessionContext, generation: &Path) -> Result<(), 
         let schema = earshot_store::table_schema(table)
             .ok_or_else(|| SqlError::Query(format!("no schema for table {table}")))?;
         let _ = ctx.deregister_table(table);
-        if !location.exists() && table == "rollups" {
-            // A generation written before rollups existed: the buckets themselves (the rollups
-            // hold them too), with their estimates computed where they were not stored. Timelines
-            // then merge buckets at every step, as they used to.
-            let plan = ctx
-                .state()
-                .create_logical_plan(ROLLUPS_OF_AN_OLD_GENERATION)
-                .await
-                .map_err(|e| SqlError::Query(format!("cannot open table {table}: {e}")))?;
-            let view = datafusion::datasource::ViewTable::new(plan, None);
-            ctx.register_table(table, Arc::new(view))
-                .map_err(|e| SqlError::Query(format!("cannot open table {table}: {e}")))?;
-            continue;
-        }
         if table == "sessions" && location.is_dir() {
             let view = sessions_view(ctx, &path, &schema)
                 .await
                 .map_err(|e| SqlError::Query(format!("cannot open table {table}: {e}")))?;
             ctx.register_table(table, view)
-                .map_err(|e| SqlError::Query(format!("cannot open table {table}: {e}")))?;
-            continue;
-        }
-        if !location.exists() {
-            // A generation written before this table existed: empty, not an error.
-            let empty = datafusion::datasource::MemTable::try_new(schema, vec![vec![]])
-                .map_err(|e| SqlError::Query(format!("cannot open table {table}: {e}")))?;
-            ctx.register_table(table, Arc::new(empty))
                 .map_err(|e| SqlError::Query(format!("cannot open table {table}: {e}")))?;
             continue;
         }
