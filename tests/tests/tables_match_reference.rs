@@ -461,7 +461,7 @@ fn files(dir: &std::path::Path) -> std::collections::BTreeMap<String, Vec<u8>> {
         for entry in std::fs::read_dir(&d).unwrap() {
             let path = entry.unwrap().path();
             let name = path.strip_prefix(dir).unwrap().display().to_string();
-            if name.starts_with("rejects") || name == "manifest.json" {
+            if name.starts_with("rejects") || name == "manifest.json" || name == "files.json" {
                 continue;
             }
             if path.is_dir() {
