@@ -1,7 +1,7 @@
 //! Redaction (contract §5): no input lets a listener id that a JSON parser would read survive
 //! into a reject. The input is one or two messages (split at the first byte 0x1f), redacted in
 //! sequence as the ingest does, so a key at the end of one and its value at the start of the next
-//! are covered too.
+//! are covered too (split between tokens; see the check below).
 #![no_main]
 
 use std::sync::LazyLock;
@@ -50,7 +50,23 @@ fn is_safe(v: &Value) -> bool {
     }
 }
 
-fn check(input: &[u8], redacted: &[u8]) {
+/// Whether the bytes end inside a JSON string (an odd number of unescaped quotes).
+fn ends_in_string(bytes: &[u8]) -> bool {
+    let (mut inside, mut escaped) = (false, false);
+    for &b in bytes {
+        match b {
+            _ if escaped => escaped = false,
+            b'\\' if inside => escaped = true,
+            b'"' => inside = !inside,
+            _ => {}
+        }
+    }
+    inside
+}
+
+/// `continued`: the message before ended on a key, so this one's first value (whatever it is, an
+/// object too) is masked as that key's: it may then hold fewer keys than it had.
+fn check(input: &[u8], redacted: &[u8], continued: bool) {
     assert!(redacted.len() <= input.len() + 64 * (input.len() / 8 + 1));
     let Ok(parsed) = serde_json::from_slice::<Value>(input) else {
         return;
@@ -65,7 +81,9 @@ fn check(input: &[u8], redacted: &[u8]) {
     });
     let mut after = Vec::new();
     ids(&again, &mut after);
-    assert_eq!(before.len(), after.len(), "the redaction changed the keys");
+    if !continued {
+        assert_eq!(before.len(), after.len(), "the redaction changed the keys");
+    }
     for v in &after {
         assert!(is_safe(v), "a raw listener id survived: {v}");
     }
@@ -77,11 +95,19 @@ fuzz_target!(|data: &[u8]| {
         None => (data, None),
     };
     let (out, dangling) = redact_continued(first, &KEY, false);
-    check(first, &out);
+    check(first, &out, false);
     if let Some(second) = second {
         let (out2, _) = redact_continued(second, &KEY, dangling);
-        check(second, &out2);
-        // Joined again, the two messages are one: what a parser reads there must be safe too.
+        check(second, &out2, dangling);
+        // Joined again where the first ended between tokens (a key with its value on the next
+        // line), the two messages are one: what a parser reads there must be safe too. A split
+        // inside a key or a string is not read as one key across messages (see the README).
+        let between = dangling
+            || (!ends_in_string(first)
+                && matches!(first.trim_ascii_end().last(), None | Some(b'{' | b'[' | b',' | b':')));
+        if !between {
+            return;
+        }
         let mut joined = out.clone();
         joined.extend_from_slice(&out2);
         if let Ok(v) = serde_json::from_slice::<Value>(&joined) {

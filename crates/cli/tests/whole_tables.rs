@@ -37,14 +37,20 @@ fn fails_naming(what: &str, cmd: &mut std::process::Command, file: &str) {
         .spawn()
         .unwrap();
     let pid = child.id();
+    let (done, finished) = std::sync::mpsc::channel::<()>();
     let watchdog = std::thread::spawn(move || {
-        std::thread::sleep(std::time::Duration::from_secs(60));
-        let _ = std::process::Command::new("kill")
-            .arg(pid.to_string())
-            .status();
+        if finished
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .is_err()
+        {
+            let _ = std::process::Command::new("kill")
+                .arg(pid.to_string())
+                .status();
+        }
     });
     let out = child.wait_with_output().unwrap();
-    drop(watchdog);
+    let _ = done.send(());
+    watchdog.join().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -121,7 +127,6 @@ fn every_file_deleted_truncated_or_changed_is_refused_by_name() {
                     let mut bytes = std::fs::read(&path).unwrap();
                     let mid = bytes.len() / 2;
                     bytes[mid] ^= 0x5a;
-                    std::thread::sleep(std::time::Duration::from_millis(20));
                     std::fs::write(&path, bytes).unwrap();
                 }
             }

@@ -110,16 +110,18 @@ fn finish(mut out: Vec<u8>, payload: &[u8], copied: usize) -> Vec<u8> {
     out
 }
 
-/// Whether a key could name the field, read generously: its letters and digits alone, in any case
-/// (`listener_id`, `Listener_Id`, `listener-id`, `listenerId`, `" listener id "`). In doubt, mask.
+/// Whether a key could name the field, read generously: its ASCII letters and digits alone, in any
+/// case (`listener_id`, `Listener_Id`, `listener-id`, `listenerId`, `" listener id "`,
+/// `listener.id`). A key with other letters in it is someone else's; in doubt, mask.
 fn is_field(key: &str) -> bool {
     let mut letters = key
         .chars()
         .filter(char::is_ascii_alphanumeric)
         .map(|c| c.to_ascii_lowercase());
-    b"listenerid".iter().all(|&c| letters.next() == Some(char::from(c))) && letters.next().is_none()
-        // Only separators besides: a key with other letters in it is someone else's.
-        && key.chars().all(|c| c.is_ascii_alphanumeric() || c.is_whitespace() || "_- ".contains(c))
+    b"listenerid"
+        .iter()
+        .all(|&c| letters.next() == Some(char::from(c)))
+        && letters.next().is_none()
 }
 
 fn is_word_byte(c: u8) -> bool {
@@ -428,6 +430,8 @@ mod tests {
             "{\" listener_id \":\"alice\"}",
             "{\"listener_id\" \"alice\"}",
             "listener-id=alice",
+            // Found by the fuzz target (fuzz/regressions/redact-key-with-comma).
+            "{\"liste,ner_id\":\n\"alice\"}",
             "{\"listener_id\":\n\"alice\"}",
         ] {
             let got = redact(line);
