@@ -29,9 +29,11 @@ fn ids(v: &Value, found: &mut Vec<Value>) {
         Value::Object(map) => {
             for (k, v) in map {
                 if names_field(k) {
+                    // Masked whole, whatever it holds.
                     found.push(v.clone());
+                } else {
+                    ids(v, found);
                 }
-                ids(v, found);
             }
         }
         Value::Array(items) => items.iter().for_each(|v| ids(v, found)),

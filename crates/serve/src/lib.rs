@@ -10,6 +10,7 @@
 
 pub mod http;
 pub mod pg;
+pub mod pg_compat;
 pub mod pg_front;
 pub mod timeline;
 pub mod worker;

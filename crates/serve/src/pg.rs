@@ -149,6 +149,8 @@ pub async fn serve_connection(config: WorkerConfig, pg: PgWorker) -> Result<(), 
     );
     setup_pg_catalog(&tables.ctx, DATABASE, EmptyContextProvider)
         .map_err(|e| ServeError::Catalog(e.to_string()))?;
+    crate::pg_compat::install(&tables.ctx, DATABASE)
+        .map_err(|e| ServeError::Catalog(e.to_string()))?;
     let _follow = crate::follow_generations(tables.clone(), Duration::from_millis(100));
     let tls = match (&pg.tls_cert, &pg.tls_key) {
         (Some(cert), Some(key)) => Some(PgTls::from_pem(cert, key)?),
@@ -594,7 +596,17 @@ fn memory_or(e: PgWireError, limits: &Limits) -> PgWireError {
             detail: text,
         })
     } else {
-        e
+        match e {
+            // DataFusion's errors reach the client as internal errors (XX000): Postgres's code
+            // where one fits, so that drivers raise the exception class tools catch.
+            PgWireError::UserError(mut info) if info.code == "XX000" => {
+                if let Some(code) = crate::pg_compat::sqlstate_of(&info.message) {
+                    info.code = code.into();
+                }
+                PgWireError::UserError(info)
+            }
+            e => e,
+        }
     }
 }
 
@@ -613,6 +625,7 @@ impl SimpleQueryHandler for Guarded {
         let deadline = self.deadline();
         let mut cancels = self.control.cancels();
         guard::check_parse(query).map_err(sql_error)?;
+        let query = &*crate::pg_compat::rewrite(query);
         let statements = PostgresCompatibilityParser::new()
             .parse(query)
             .map_err(|e| sql_error(SqlError::Query(e.to_string())))?;
@@ -734,6 +747,7 @@ impl QueryParser for GuardedParser {
         let deadline = tokio::time::Instant::now() + self.tables.limits.time;
         let work = async {
             guard::check_parse(sql).map_err(sql_error)?;
+            let sql = &*crate::pg_compat::rewrite(sql);
             let parsed = self.inner.parse_sql(client, sql, types).await?;
             if let Some((_, Some((statement, _)))) = &parsed {
                 let state = self.tables.ctx.state();
@@ -746,6 +760,7 @@ impl QueryParser for GuardedParser {
         tokio::time::timeout_at(deadline, work)
             .await
             .map_err(|_| sql_error(SqlError::TimeLimit(self.tables.limits.time)))?
+            .map_err(|e| memory_or(e, &self.tables.limits))
     }
 
     fn get_parameter_types(&self, stmt: &Self::Statement) -> PgWireResult<Vec<Type>> {

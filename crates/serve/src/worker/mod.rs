@@ -196,7 +196,7 @@ impl Failure {
             FailureKind::MemoryLimit => "53200",
             FailureKind::Busy => "53300",
             FailureKind::Param => "22023",
-            FailureKind::Query => "42601",
+            FailureKind::Query => crate::pg_compat::sqlstate_of(&self.message).unwrap_or("42601"),
             FailureKind::TooComplex => "54001",
             FailureKind::Store => "58030",
             FailureKind::Crashed => "XX000",
