@@ -388,3 +388,64 @@ pub fn sqlstate_of(message: &str) -> Option<&'static str> {
         },
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn like_escape_becomes_the_backslash() {
+        let got = rewrite("SELECT 1 WHERE x NOT LIKE $1 || '%' ESCAPE '/'");
+        assert!(got.contains("ESCAPE '\\'"), "{got}");
+        assert!(got.contains("replace(replace($1 || '%'"), "{got}");
+        // The backslash itself, or no ESCAPE: left as written.
+        for same in [
+            "SELECT 1 WHERE x LIKE 'a\\_%' ESCAPE '\\'",
+            "SELECT 1 WHERE x LIKE 'a%'",
+        ] {
+            assert!(matches!(rewrite(same), Cow::Borrowed(_)), "{same}");
+        }
+    }
+
+    #[test]
+    fn generate_subscripts_and_array_subqueries() {
+        let got = rewrite("SELECT unnest(k), generate_subscripts(k, 1) FROM t");
+        assert!(
+            got.contains("unnest(range(1, CAST(cardinality(k) AS BIGINT) + 1))"),
+            "{got}"
+        );
+        let got = rewrite("SELECT ARRAY(SELECT r.rolname FROM pg_roles r) AS m");
+        assert!(
+            got.contains("(SELECT array_agg(r.rolname) FROM pg_roles"),
+            "{got}"
+        );
+    }
+
+    #[test]
+    fn text_that_does_not_parse_or_goes_too_deep_is_left_alone() {
+        assert!(matches!(rewrite("SELEC 1"), Cow::Borrowed(_)));
+        let deep = format!("SELECT {}1{}", "abs(".repeat(40), ")".repeat(40));
+        assert!(matches!(rewrite(&deep), Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn sqlstates() {
+        assert_eq!(
+            sqlstate_of("Error during planning: Invalid function 'x'"),
+            Some("42883")
+        );
+        assert_eq!(
+            sqlstate_of("Error during planning: table 'earshot.public.x' not found"),
+            Some("42P01")
+        );
+        assert_eq!(
+            sqlstate_of("Schema error: No field named y."),
+            Some("42703")
+        );
+        assert_eq!(
+            sqlstate_of("Arrow error: Divide by zero error"),
+            Some("22012")
+        );
+        assert_eq!(sqlstate_of("something else"), None);
+    }
+}
