@@ -216,7 +216,13 @@ impl Sessions {
         let i = self.index.len() as u32;
         self.index.insert(digest, i);
         if self.chunks.last().is_none_or(|c| c.len() == CHUNK) {
-            self.chunks.push(Vec::with_capacity(CHUNK));
+            // The first chunk grows with its sessions (most streams of a platform's day are
+            // small: a whole chunk is 352 KiB); later ones are allocated whole.
+            self.chunks.push(if self.chunks.is_empty() {
+                Vec::new()
+            } else {
+                Vec::with_capacity(CHUNK)
+            });
         }
         if let Some(chunk) = self.chunks.last_mut() {
             chunk.push(s);
@@ -253,7 +259,12 @@ impl Sessions {
             .last()
             .is_none_or(|a| a.len() + id.len() > ARENA_CHUNK)
         {
-            self.arena.push(String::with_capacity(ARENA_CHUNK));
+            // Likewise the first piece of the id arena grows with the ids (up to 1 MiB).
+            self.arena.push(if self.arena.is_empty() {
+                String::new()
+            } else {
+                String::with_capacity(ARENA_CHUNK)
+            });
         }
         let chunk = self.arena.len() - 1;
         let a = &mut self.arena[chunk];
@@ -275,7 +286,11 @@ impl Sessions {
     pub fn heap_bytes(&self) -> usize {
         let entry = std::mem::size_of::<((u64, u64), u32)>() + 1;
         let index = table_buckets(self.index.capacity()) * entry;
-        let chunks = self.chunks.len() * CHUNK * std::mem::size_of::<SessionAcc>();
+        let chunks: usize = self
+            .chunks
+            .iter()
+            .map(|c| c.capacity() * std::mem::size_of::<SessionAcc>())
+            .sum();
         let arena: usize = self.arena.iter().map(String::capacity).sum();
         let boxed: usize = self
             .iter()

@@ -1,6 +1,6 @@
 //! What Postgres clients' metadata code needs beyond `datafusion-postgres`'s catalog: the catalog's
 //! array columns as arrays, the `*_is_visible` and `pg_get_*def` functions, the SQL forms their
-//! queries use that DataFusion lacks (`LIKE … ESCAPE '/'`, `generate_subscripts`, `ARRAY(subquery)`),
+//! queries use that DataFusion lacks (`LIKE … ESCAPE '/'`, `generate_subscripts`),
 //! and Postgres's SQLSTATE codes for DataFusion's errors.
 //!
 //! earshot's tables are read-only: they have no keys, indexes, sequences or defaults, and the
@@ -338,26 +338,6 @@ impl VisitorMut for Rewriter {
                     self.changed = true;
                 }
             }
-            // `ARRAY(SELECT x …)`: the subquery's values as one array.
-            Expr::Function(f) if function_name(f) == "array" => {
-                if let FunctionArguments::Subquery(query) = &f.args
-                    && let ast::SetExpr::Select(select) = query.body.as_ref()
-                    && select.projection.len() == 1
-                {
-                    let mut query = query.clone();
-                    if let ast::SetExpr::Select(select) = query.body.as_mut()
-                        && let Some(
-                            ast::SelectItem::UnnamedExpr(e)
-                            | ast::SelectItem::ExprWithAlias { expr: e, .. },
-                        ) = select.projection.first().cloned()
-                    {
-                        select.projection =
-                            vec![ast::SelectItem::UnnamedExpr(call("array_agg", vec![e]))];
-                        *expr = Expr::Subquery(query);
-                        self.changed = true;
-                    }
-                }
-            }
             _ => {}
         }
         ControlFlow::Continue(())
@@ -408,7 +388,7 @@ mod tests {
     }
 
     #[test]
-    fn generate_subscripts_and_array_subqueries() {
+    fn generate_subscripts_and_array_subqueries_left_alone() {
         let got = rewrite("SELECT unnest(k), generate_subscripts(k, 1) FROM t");
         assert!(
             got.contains("unnest(range(1, CAST(cardinality(k) AS BIGINT) + 1))"),
