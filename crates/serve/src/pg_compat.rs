@@ -394,11 +394,10 @@ mod tests {
             got.contains("unnest(range(1, CAST(cardinality(k) AS BIGINT) + 1))"),
             "{got}"
         );
-        let got = rewrite("SELECT ARRAY(SELECT r.rolname FROM pg_roles r) AS m");
-        assert!(
-            got.contains("(SELECT array_agg(r.rolname) FROM pg_roles"),
-            "{got}"
-        );
+        // `ARRAY(SELECT …)` is left to datafusion-postgres, whose own rewrites of psql's
+        // catalog queries must still see their text as psql wrote it.
+        let same = "SELECT ARRAY(SELECT r.rolname FROM pg_roles r) AS m";
+        assert!(matches!(rewrite(same), Cow::Borrowed(_)));
     }
 
     #[test]
