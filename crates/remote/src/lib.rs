@@ -622,27 +622,21 @@ fn mkdir(dir: &Path) -> Result<(), RemoteError> {
 
 /// Every file under `root`, as (path relative to it with `/`, path).
 fn walk(root: &Path) -> Result<Vec<(String, PathBuf)>, RemoteError> {
-    let mut out = Vec::new();
-    let mut dirs = vec![(String::new(), root.to_owned())];
-    while let Some((rel, dir)) = dirs.pop() {
-        for entry in std::fs::read_dir(&dir).map_err(|e| local_err("read", &dir, e))? {
-            let entry = entry.map_err(|e| local_err("read", &dir, e))?;
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let sub = if rel.is_empty() {
-                name
-            } else {
-                format!("{rel}/{name}")
-            };
-            let kind = entry.file_type().map_err(|e| local_err("read", &dir, e))?;
-            if kind.is_dir() {
-                dirs.push((sub, entry.path()));
-            } else {
-                out.push((sub, entry.path()));
-            }
-        }
-    }
-    out.sort();
-    Ok(out)
+    earshot_store::files_under(root).map_err(|e| match e {
+        earshot_store::StoreError::Io {
+            action,
+            path,
+            cause,
+        } => RemoteError::Local {
+            action,
+            path,
+            cause,
+        },
+        other => RemoteError::NotWhole {
+            url: root.display().to_string(),
+            detail: other.to_string(),
+        },
+    })
 }
 
 /// Points `local`'s `current` symlink at generation `name` atomically.

@@ -25,6 +25,18 @@ fn generation(dir: &Path, name: &str, files: &[(&str, &str)]) -> std::path::Path
     g
 }
 
+/// A generation of one part and a manifest.
+fn first_generation(dir: &Path) -> std::path::PathBuf {
+    generation(
+        dir,
+        "gen-000001",
+        &[
+            ("events/part-00000001.parquet", "one"),
+            ("manifest.json", "{1}"),
+        ],
+    )
+}
+
 fn objects(server: &S3Server) -> usize {
     // Counted through a second client, so the count does not rely on the code under test.
     let out = std::process::Command::new("python3")
@@ -54,14 +66,7 @@ fn generations_go_up_once_and_come_back_whole() {
     let tmp = tempfile::tempdir().unwrap();
     let w = remote(&server, "s3://earshot-test/ev");
     assert!(w.current("").unwrap().is_none());
-    let g1 = generation(
-        tmp.path(),
-        "gen-000001",
-        &[
-            ("events/part-00000001.parquet", "one"),
-            ("manifest.json", "{1}"),
-        ],
-    );
+    let g1 = first_generation(tmp.path());
     let c1 = w.push("", &g1, None).unwrap().unwrap();
     assert_eq!(objects(&server), 4, "two files, their list and the pointer");
     // The next generation keeps part 1 (hard-linked, as the store does) and adds part 2.
@@ -202,14 +207,7 @@ fn a_generation_changed_in_the_bucket_is_refused_by_name() {
     server.bucket("earshot-test");
     let tmp = tempfile::tempdir().unwrap();
     let w = remote(&server, "s3://earshot-test/ev");
-    let g1 = generation(
-        tmp.path(),
-        "gen-000001",
-        &[
-            ("events/part-00000001.parquet", "one"),
-            ("manifest.json", "{1}"),
-        ],
-    );
+    let g1 = first_generation(tmp.path());
     let c1 = w.push("", &g1, None).unwrap().unwrap();
     // Someone rewrites the part in the bucket, same size, other bytes (through a second client).
     let key = format!(

@@ -88,7 +88,7 @@ impl FileList {
     ) -> Result<FileList, StoreError> {
         let mut list = FileList::default();
         let mut to_hash = Vec::new();
-        for (rel, path) in walk(dir)? {
+        for (rel, path) in files_under(dir)? {
             if UNLISTED.contains(&rel.as_str()) {
                 continue;
             }
@@ -165,7 +165,7 @@ impl FileList {
         }
         // Tables are read from directories too (parts): a file there that the list does not name
         // would be read as rows of the table.
-        for (rel, _) in walk(generation)? {
+        for (rel, _) in files_under(generation)? {
             if !UNLISTED.contains(&rel.as_str()) && !list.files.contains_key(&rel) {
                 return Err(not_whole(
                     generation,
@@ -258,8 +258,9 @@ fn hash_file(path: &Path) -> Result<FileEntry, StoreError> {
     })
 }
 
-/// Every regular file under `root`, as (path relative to it with `/`, path), sorted.
-fn walk(root: &Path) -> Result<Vec<(String, PathBuf)>, StoreError> {
+/// Every file under `root`, as (path relative to it with `/`, path), sorted: what a generation
+/// holds (the file list's view, and what a push to a bucket uploads).
+pub fn files_under(root: &Path) -> Result<Vec<(String, PathBuf)>, StoreError> {
     let mut out = Vec::new();
     let mut dirs = vec![(String::new(), root.to_owned())];
     while let Some((rel, dir)) = dirs.pop() {

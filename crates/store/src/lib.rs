@@ -26,7 +26,9 @@ mod writer;
 use std::path::{Path, PathBuf};
 
 pub use figure_parts::FIGURE_PART_TABLES;
-pub use files::{Depth, FILE_LIST, FileEntry, FileList, mark_verified, write_file_list};
+pub use files::{
+    Depth, FILE_LIST, FileEntry, FileList, files_under, mark_verified, write_file_list,
+};
 pub use generation::{CheckpointWith, Generation, PART_TABLES, part_files};
 pub use manifest::{EngineState, KafkaPosition, Manifest, ManifestInput, ManifestSettings};
 pub use reader::{StoredEvent, read_manifest, stored_events, stored_events_from};
