@@ -177,7 +177,7 @@ fn a_file_nobody_wrote_and_a_changed_file_with_its_old_time_are_found() {
 fn a_server_reports_a_file_lost_under_it() {
     let tmp = tempfile::tempdir().unwrap();
     let data = data(tmp.path(), 200);
-    let server = serve(&data, &[], &[]);
+    let server = serve(&data, &["--pg", "127.0.0.1:0"], &[]);
     let ok = get(server.port, "/healthz");
     assert_eq!(ok.status, 200, "{}", ok.text());
     assert!(
@@ -199,4 +199,12 @@ fn a_server_reports_a_file_lost_under_it() {
             .text()
             .contains("earshot_tables_whole 0")
     );
+    // A query that needs the file fails naming it: over HTTP (a worker that had the tables open
+    // before the file went), and over Postgres (a new connection's worker opens them).
+    let sql = "SELECT count(*) FROM sessions";
+    let r = http(server.port, "POST", "/v1/query", &[], sql.as_bytes());
+    assert!(r.status >= 400, "{}", r.text());
+    assert!(r.text().contains(&part), "{}", r.text());
+    let err = psql_fails(server.pg_port.unwrap(), sql);
+    assert!(err.contains(&part), "{err}");
 }

@@ -126,6 +126,16 @@ pub async fn serve_connection(config: WorkerConfig, pg: PgWorker) -> Result<(), 
         .try_clone_to_owned()
         .map_err(|e| io("no client socket", e))?;
     let socket = std::net::TcpStream::from(socket);
+    let limits = config.limits();
+    let tables = match Tables::open(&config.data, limits).await {
+        Ok(tables) => Arc::new(tables),
+        Err(e) => {
+            // Said to the client as Postgres says it (a FATAL error at login), not as a dropped
+            // connection: the tables not being whole names the file.
+            refuse_login(socket, &e.to_string());
+            return Err(ServeError::Worker(e.to_string()));
+        }
+    };
     socket
         .set_nonblocking(true)
         .map_err(|e| io("client socket", e))?;
@@ -140,12 +150,6 @@ pub async fn serve_connection(config: WorkerConfig, pg: PgWorker) -> Result<(), 
         .map_err(|e| io("control socket", e))?;
     let control = Control::start(
         tokio::net::UnixStream::from_std(control).map_err(|e| io("control socket", e))?,
-    );
-    let limits = config.limits();
-    let tables = Arc::new(
-        Tables::open(&config.data, limits)
-            .await
-            .map_err(|e| ServeError::Worker(e.to_string()))?,
     );
     setup_pg_catalog(&tables.ctx, DATABASE, EmptyContextProvider)
         .map_err(|e| ServeError::Catalog(e.to_string()))?;
@@ -194,6 +198,48 @@ pub async fn serve_connection(config: WorkerConfig, pg: PgWorker) -> Result<(), 
         tracing::debug!("connection from {} ended: {e}", pg.peer);
     }
     Ok(())
+}
+
+/// Answers a new connection's first messages with a FATAL error carrying `message` (SQLSTATE
+/// 58030): an SSL or GSS encryption request is declined first, then the startup message is read
+/// and refused. Best effort, within a few seconds; the connection is closed after.
+fn refuse_login(mut socket: std::net::TcpStream, message: &str) {
+    use std::io::{Read, Write};
+    let _ = socket.set_read_timeout(Some(Duration::from_secs(5)));
+    for _ in 0..3 {
+        let mut head = [0u8; 8];
+        if socket.read_exact(&mut head).is_err() {
+            return;
+        }
+        let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize;
+        let code = u32::from_be_bytes([head[4], head[5], head[6], head[7]]);
+        // SSLRequest, GSSENCRequest: no encryption here; the client goes on in plaintext.
+        if len == 8 && (code == 80_877_103 || code == 80_877_104) {
+            if socket.write_all(b"N").is_err() {
+                return;
+            }
+            continue;
+        }
+        let mut rest = vec![0u8; len.saturating_sub(8).min(10_000)];
+        let _ = socket.read_exact(&mut rest);
+        break;
+    }
+    let mut fields = Vec::new();
+    for (tag, value) in [
+        (b'S', "FATAL"),
+        (b'V', "FATAL"),
+        (b'C', "58030"),
+        (b'M', message),
+    ] {
+        fields.push(tag);
+        fields.extend_from_slice(value.replace('\0', " ").as_bytes());
+        fields.push(0);
+    }
+    fields.push(0);
+    let mut reply = vec![b'E'];
+    reply.extend_from_slice(&((fields.len() + 4) as u32).to_be_bytes());
+    reply.extend_from_slice(&fields);
+    let _ = socket.write_all(&reply);
 }
 
 struct Handlers {
@@ -525,7 +571,7 @@ impl Guarded {
                     ..
                 } = q;
                 let rows = self.tables.threads.forward(data_rows, 64);
-                let rows = bounded(rows, deadline, self.limits, cancels).map(move |row| {
+                let rows = bounded(rows, deadline, self.tables.clone(), cancels).map(move |row| {
                     let _held = &turn;
                     row
                 });
@@ -567,26 +613,33 @@ impl TurnUntil {
 fn bounded(
     rows: std::pin::Pin<Box<dyn Stream<Item = PgWireResult<DataRow>> + Send>>,
     deadline: tokio::time::Instant,
-    limits: Limits,
+    tables: Arc<Tables>,
     cancels: watch::Receiver<u64>,
 ) -> impl Stream<Item = PgWireResult<DataRow>> + Send {
+    let limits = tables.limits;
     let sleep = Box::pin(tokio::time::sleep_until(deadline));
-    futures::stream::unfold(Some((rows, sleep, cancels)), move |state| async move {
-        let (mut rows, mut sleep, mut cancels) = state?;
-        tokio::select! {
-            biased;
-            _ = &mut sleep => Some((Err(sql_error(SqlError::TimeLimit(limits.time))), None)),
-            Ok(()) = cancels.changed() => Some((Err(cancelled()), None)),
-            item = rows.next() => match item {
-                None => None,
-                Some(Err(e)) => Some((Err(memory_or(e, &limits)), None)),
-                Some(Ok(row)) => Some((Ok(row), Some((rows, sleep, cancels)))),
-            },
+    futures::stream::unfold(Some((rows, sleep, cancels)), move |state| {
+        let tables = tables.clone();
+        async move {
+            let (mut rows, mut sleep, mut cancels) = state?;
+            tokio::select! {
+                biased;
+                _ = &mut sleep => Some((Err(sql_error(SqlError::TimeLimit(limits.time))), None)),
+                Ok(()) = cancels.changed() => Some((Err(cancelled()), None)),
+                item = rows.next() => match item {
+                    None => None,
+                    Some(Err(e)) => Some((Err(memory_or(e, &tables)), None)),
+                    Some(Ok(row)) => Some((Ok(row), Some((rows, sleep, cancels)))),
+                },
+            }
         }
     })
 }
 
-fn memory_or(e: PgWireError, limits: &Limits) -> PgWireError {
+/// A query's error as the client should get it: the limit it hit, the file it could not read, or
+/// Postgres's SQLSTATE for DataFusion's message.
+fn memory_or(e: PgWireError, tables: &Tables) -> PgWireError {
+    let limits = &tables.limits;
     let text = e.to_string();
     if text.contains(earshot_sql::exec::DEADLINE_WORDS) {
         sql_error(SqlError::TimeLimit(limits.time))
@@ -602,6 +655,10 @@ fn memory_or(e: PgWireError, limits: &Limits) -> PgWireError {
             PgWireError::UserError(mut info) if info.code == "XX000" => {
                 if let Some(code) = crate::pg_compat::sqlstate_of(&info.message) {
                     info.code = code.into();
+                }
+                if let Some(cause) = tables.storage_cause(&info.message) {
+                    info.code = "58030".into(); // io_error
+                    info.message = format!("{}\n  {cause}", info.message);
                 }
                 PgWireError::UserError(info)
             }
@@ -656,7 +713,7 @@ impl SimpleQueryHandler for Guarded {
             Ok(()) = cancels.changed() => return Err(cancelled()),
         }
         .map_err(|_| sql_error(SqlError::TimeLimit(self.limits.time)))?
-        .map_err(|e| memory_or(e, &self.limits))?;
+        .map_err(|e| memory_or(e, &self.tables))?;
         Ok(responses
             .into_iter()
             .map(|r| self.limit(r, deadline, turn.clone(), cancels.clone()))
@@ -717,7 +774,7 @@ impl ExtendedQueryHandler for Guarded {
             Ok(()) = cancels.changed() => return Err(cancelled()),
         }
         .map_err(|_| sql_error(SqlError::TimeLimit(self.limits.time)))?
-        .map_err(|e| memory_or(e, &self.limits))?;
+        .map_err(|e| memory_or(e, &self.tables))?;
         Ok(self.limit(response, deadline, turn, cancels))
     }
 }
@@ -760,7 +817,7 @@ impl QueryParser for GuardedParser {
         tokio::time::timeout_at(deadline, work)
             .await
             .map_err(|_| sql_error(SqlError::TimeLimit(self.tables.limits.time)))?
-            .map_err(|e| memory_or(e, &self.tables.limits))
+            .map_err(|e| memory_or(e, &self.tables))
     }
 
     fn get_parameter_types(&self, stmt: &Self::Statement) -> PgWireResult<Vec<Type>> {

@@ -189,21 +189,31 @@ impl Tables {
         );
         let work = async move { answer(&ctx, &sql, &params, &limits).await };
         match self.threads.run(work).await? {
-            // A file that no longer reads: say which, from every byte against the file list.
-            Err(SqlError::Query(m)) if m.contains("Parquet") || m.contains("parquet") => {
-                let generation = self.generation();
-                Err(SqlError::Query(
-                    match earshot_store::FileList::verify(&generation, earshot_store::Depth::Full) {
-                        Err(e) => format!("{m}\n  cause: {e}"),
-                        Ok(_) => format!(
-                            "{m}\n  (every file of {} matches its file list)",
-                            generation.display()
-                        ),
-                    },
-                ))
-            }
+            Err(SqlError::Query(m)) => Err(SqlError::Query(match self.storage_cause(&m) {
+                Some(cause) => format!("{m}\n  {cause}"),
+                None => m,
+            })),
             other => other,
         }
+    }
+
+    /// For an error that reading a file can cause (a Parquet error, a file gone): which file, from
+    /// every byte of the served generation against its file list. `None` for other errors.
+    pub fn storage_cause(&self, message: &str) -> Option<String> {
+        let about_files = ["Parquet", "parquet", "Object at location", "No such file"];
+        if !about_files.iter().any(|w| message.contains(w)) {
+            return None;
+        }
+        let generation = self.generation();
+        Some(
+            match earshot_store::FileList::verify(&generation, earshot_store::Depth::Full) {
+                Err(e) => format!("cause: {e}"),
+                Ok(_) => format!(
+                    "(every file of {} matches its file list)",
+                    generation.display()
+                ),
+            },
+        )
     }
 
     /// The generation being served (its directory), e.g. `DATA/gen-000003`.
