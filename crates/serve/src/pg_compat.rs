@@ -338,10 +338,105 @@ impl VisitorMut for Rewriter {
                     self.changed = true;
                 }
             }
+            // A scalar subquery over the catalog (`(SELECT pg_get_expr(d.adbin, …) FROM
+            // pg_attrdef d WHERE … = a.attrelid)`): DataFusion plans a correlated one inside
+            // CASE only when it is aggregated, and one catalog row at most answers it, so its
+            // value is taken with `max`. Only over catalog tables: a user's subquery that
+            // returns two rows must stay an error.
+            Expr::Subquery(query) => {
+                if let ast::SetExpr::Select(select) = query.body.as_mut()
+                    && select.projection.len() == 1
+                    && matches!(&select.group_by, ast::GroupByExpr::Expressions(e, _) if e.is_empty())
+                    && !select.from.is_empty()
+                    && select.from.iter().all(catalog_only)
+                {
+                    let item = &mut select.projection[0];
+                    let (ast::SelectItem::UnnamedExpr(e)
+                    | ast::SelectItem::ExprWithAlias { expr: e, .. }) = item
+                    else {
+                        return ControlFlow::Continue(());
+                    };
+                    if !matches!(e, Expr::Function(f) if AGGREGATES.contains(&function_name(f).as_str()))
+                    {
+                        *e = call("max", vec![e.clone()]);
+                        self.changed = true;
+                    }
+                }
+            }
+            // `CASE WHEN c THEN (catalog subquery) [ELSE NULL] END`: DataFusion cannot run a
+            // correlated subquery inside CASE, and this is the subquery with `c` among its
+            // conditions (no row when `c` is false: NULL, as the CASE gives).
+            Expr::Case {
+                operand: None,
+                conditions,
+                else_result,
+                ..
+            } if conditions.len() == 1
+                && else_result
+                    .as_deref()
+                    .is_none_or(|e| matches!(e, Expr::Value(v) if v.value == Value::Null)) =>
+            {
+                let when = &conditions[0];
+                if let Expr::Subquery(query) = &when.result
+                    && let ast::SetExpr::Select(select) = query.body.as_ref()
+                    && select.from.iter().all(catalog_only)
+                    && !select.from.is_empty()
+                {
+                    let mut query = query.clone();
+                    if let ast::SetExpr::Select(select) = query.body.as_mut() {
+                        let condition = Expr::Nested(Box::new(when.condition.clone()));
+                        select.selection = Some(match select.selection.take() {
+                            Some(w) => Expr::BinaryOp {
+                                left: Box::new(Expr::Nested(Box::new(w))),
+                                op: ast::BinaryOperator::And,
+                                right: Box::new(condition),
+                            },
+                            None => condition,
+                        });
+                    }
+                    *expr = Expr::Subquery(query);
+                    self.changed = true;
+                }
+            }
             _ => {}
         }
         ControlFlow::Continue(())
     }
+}
+
+/// Aggregates a catalog subquery may already use (then it is left as it is).
+const AGGREGATES: &[&str] = &[
+    "max",
+    "min",
+    "count",
+    "sum",
+    "avg",
+    "array_agg",
+    "string_agg",
+    "bool_and",
+    "bool_or",
+];
+
+/// Whether a FROM item reads only catalog relations (`pg_catalog.*`, `information_schema.*`, or a
+/// bare `pg_*` name), joins included.
+fn catalog_only(t: &ast::TableWithJoins) -> bool {
+    fn relation(f: &ast::TableFactor) -> bool {
+        let ast::TableFactor::Table { name, .. } = f else {
+            return false;
+        };
+        let parts: Vec<String> = name
+            .0
+            .iter()
+            .filter_map(ObjectNamePart::as_ident)
+            .map(|i| i.value.to_ascii_lowercase())
+            .collect();
+        match parts.as_slice() {
+            [schema, _] => schema == "pg_catalog" || schema == "information_schema",
+            [table] => table.starts_with("pg_"),
+            _ => false,
+        }
+    }
+    relation(&t.relation) && t.joins.iter().all(|j| relation(&j.relation))
 }
 
 /// Postgres's SQLSTATE for a DataFusion error message, when one fits (drivers map codes to
@@ -398,6 +493,34 @@ mod tests {
         // catalog queries must still see their text as psql wrote it.
         let same = "SELECT ARRAY(SELECT r.rolname FROM pg_roles r) AS m";
         assert!(matches!(rewrite(same), Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn catalog_subqueries_in_case_become_conditions_of_the_subquery() {
+        let got = rewrite(
+            "SELECT CASE WHEN a.atthasdef THEN (SELECT pg_get_expr(d.adbin, d.adrelid) \
+             FROM pg_catalog.pg_attrdef d WHERE d.adrelid = a.attrelid) ELSE NULL END \
+             FROM pg_catalog.pg_attribute a",
+        );
+        assert!(
+            got.contains("SELECT max(pg_get_expr(d.adbin, d.adrelid)) FROM pg_catalog.pg_attrdef")
+                && got.contains("WHERE (d.adrelid = a.attrelid) AND (a.atthasdef)")
+                && !got.contains("CASE"),
+            "{got}"
+        );
+        // A user's subquery keeps its meaning (two rows stay an error), and so does a CASE
+        // with another branch.
+        for same in [
+            "SELECT (SELECT stream_id FROM streams) AS s",
+            "SELECT CASE WHEN x THEN (SELECT 1 FROM pg_class) ELSE 2 END FROM t",
+        ] {
+            let got = rewrite(same);
+            assert!(
+                !got.contains("CASE WHEN x THEN (SELECT max") || got.contains("ELSE 2"),
+                "{got}"
+            );
+            assert!(!got.contains("max(stream_id)"), "{got}");
+        }
     }
 
     #[test]
