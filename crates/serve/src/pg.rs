@@ -682,7 +682,7 @@ impl SimpleQueryHandler for Guarded {
         let deadline = self.deadline();
         let mut cancels = self.control.cancels();
         guard::check_parse(query).map_err(sql_error)?;
-        let query = &*crate::pg_compat::rewrite(query);
+        let query = &*crate::pg_compat::rewrite_upfront(query);
         let statements = PostgresCompatibilityParser::new()
             .parse(query)
             .map_err(|e| sql_error(SqlError::Query(e.to_string())))?;
@@ -702,11 +702,27 @@ impl SimpleQueryHandler for Guarded {
                 .collect());
         }
         let turn = TurnUntil::new(turn, deadline);
+        // The text as the client wrote it first (datafusion-postgres recognises psql's catalog
+        // queries by their text); only if DataFusion cannot plan it, the compatible form.
         let work = tokio::time::timeout_at(
             deadline,
-            self.tables
-                .threads
-                .enter(SimpleQueryHandler::do_query(&*self.inner, client, query)),
+            self.tables.threads.enter(async {
+                let error = match SimpleQueryHandler::do_query(&*self.inner, client, query).await {
+                    Ok(responses) => return Ok(responses),
+                    Err(e) => e,
+                };
+                let rewritten = match crate::pg_compat::rewrite(query) {
+                    std::borrow::Cow::Owned(r)
+                        if crate::pg_compat::unplannable(&error.to_string()) =>
+                    {
+                        r
+                    }
+                    _ => return Err(error),
+                };
+                SimpleQueryHandler::do_query(&*self.inner, client, &rewritten)
+                    .await
+                    .map_err(|_| error)
+            }),
         );
         let responses = tokio::select! {
             r = work => r,
@@ -804,8 +820,21 @@ impl QueryParser for GuardedParser {
         let deadline = tokio::time::Instant::now() + self.tables.limits.time;
         let work = async {
             guard::check_parse(sql).map_err(sql_error)?;
-            let sql = &*crate::pg_compat::rewrite(sql);
-            let parsed = self.inner.parse_sql(client, sql, types).await?;
+            let sql = &*crate::pg_compat::rewrite_upfront(sql);
+            // As in the simple protocol: the compatible form only when the text does not plan.
+            let parsed = match self.inner.parse_sql(client, sql, types).await {
+                Err(e) if crate::pg_compat::unplannable(&e.to_string()) => {
+                    match crate::pg_compat::rewrite(sql) {
+                        std::borrow::Cow::Owned(rewritten) => self
+                            .inner
+                            .parse_sql(client, &rewritten, types)
+                            .await
+                            .map_err(|_| e)?,
+                        std::borrow::Cow::Borrowed(_) => return Err(e),
+                    }
+                }
+                other => other?,
+            };
             if let Some((_, Some((statement, _)))) = &parsed {
                 let state = self.tables.ctx.state();
                 guard::check_statement(&state, statement)

@@ -212,7 +212,20 @@ impl SchemaProvider for Overlay {
 
 /// Rewrites the forms DataFusion does not take into ones it does, meaning the same; the text is
 /// returned unchanged when nothing applies (or it does not parse: the real parser will say why).
+/// Every rule: for a text that DataFusion could not plan as written.
 pub fn rewrite(sql: &str) -> Cow<'_, str> {
+    rewrite_with(sql, true)
+}
+
+/// Only the rules for forms that fail when they run, not when they are planned (`LIKE … ESCAPE`,
+/// `generate_subscripts`): applied to every text before it is planned. The other rules change
+/// the text of queries that datafusion-postgres recognises by their text (psql's), so they wait
+/// for a text that does not plan ([`rewrite`]).
+pub fn rewrite_upfront(sql: &str) -> Cow<'_, str> {
+    rewrite_with(sql, false)
+}
+
+fn rewrite_with(sql: &str, all: bool) -> Cow<'_, str> {
     // Within the guard's depth (the parser's time grows with depth: see `guard::MAX_PARSE_DEPTH`).
     let parsed = Parser::new(&PostgreSqlDialect {})
         .with_recursion_limit(earshot_sql::guard::MAX_PARSE_DEPTH)
@@ -221,7 +234,10 @@ pub fn rewrite(sql: &str) -> Cow<'_, str> {
     let Ok(mut statements) = parsed else {
         return Cow::Borrowed(sql);
     };
-    let mut rewriter = Rewriter { changed: false };
+    let mut rewriter = Rewriter {
+        changed: false,
+        all,
+    };
     let _ = statements.visit(&mut rewriter);
     if !rewriter.changed {
         return Cow::Borrowed(sql);
@@ -237,6 +253,8 @@ pub fn rewrite(sql: &str) -> Cow<'_, str> {
 
 struct Rewriter {
     changed: bool,
+    /// Whether the rules that wait for a text that does not plan apply too.
+    all: bool,
 }
 
 fn call(name: &str, args: Vec<Expr>) -> Expr {
@@ -343,7 +361,7 @@ impl VisitorMut for Rewriter {
             // CASE only when it is aggregated, and one catalog row at most answers it, so its
             // value is taken with `max`. Only over catalog tables: a user's subquery that
             // returns two rows must stay an error.
-            Expr::Subquery(query) => {
+            Expr::Subquery(query) if self.all => {
                 if let ast::SetExpr::Select(select) = query.body.as_mut()
                     && select.projection.len() == 1
                     && matches!(&select.group_by, ast::GroupByExpr::Expressions(e, _) if e.is_empty())
@@ -371,7 +389,8 @@ impl VisitorMut for Rewriter {
                 conditions,
                 else_result,
                 ..
-            } if conditions.len() == 1
+            } if self.all
+                && conditions.len() == 1
                 && else_result
                     .as_deref()
                     .is_none_or(|e| matches!(e, Expr::Value(v) if v.value == Value::Null)) =>
@@ -402,6 +421,21 @@ impl VisitorMut for Rewriter {
         }
         ControlFlow::Continue(())
     }
+}
+
+/// Whether an error says DataFusion could not plan the text (what [`rewrite`] may help with), as
+/// opposed to a limit, a cancel or a failure while running.
+pub fn unplannable(message: &str) -> bool {
+    [
+        "Error during planning",
+        "Invalid function",
+        "LIKE does not support",
+        "non-executable",
+        "not implemented",
+        "does not support logical expression",
+    ]
+    .iter()
+    .any(|w| message.contains(w))
 }
 
 /// Aggregates a catalog subquery may already use (then it is left as it is).
