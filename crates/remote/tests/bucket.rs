@@ -37,14 +37,15 @@ fn first_generation(dir: &Path) -> std::path::PathBuf {
     )
 }
 
-fn objects(server: &S3Server) -> usize {
-    // Counted through a second client, so the count does not rely on the code under test.
+/// Runs `code` with boto3 client `c` on the test server (a second client, so that what the test
+/// sees does not rely on the code under test); `sys.argv[2:]` are `args`. Its output.
+fn boto3(server: &S3Server, code: &str, args: &[&str]) -> String {
+    let script = format!(
+        "import boto3,sys; c=boto3.client('s3',endpoint_url=sys.argv[1],region_name='us-east-1',aws_access_key_id='t',aws_secret_access_key='t'); {code}"
+    );
     let out = std::process::Command::new("python3")
-        .args([
-            "-c",
-            "import boto3,sys; c=boto3.client('s3',endpoint_url=sys.argv[1],region_name='us-east-1',aws_access_key_id='t',aws_secret_access_key='t'); print(c.list_objects_v2(Bucket='earshot-test').get('KeyCount',0))",
-            &server.endpoint(),
-        ])
+        .args(["-c", &script, &server.endpoint()])
+        .args(args)
         .output()
         .unwrap();
     assert!(
@@ -52,11 +53,18 @@ fn objects(server: &S3Server) -> usize {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap()
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn objects(server: &S3Server) -> usize {
+    boto3(
+        server,
+        "print(c.list_objects_v2(Bucket='earshot-test').get('KeyCount',0))",
+        &[],
+    )
+    .trim()
+    .parse()
+    .unwrap()
 }
 
 #[test]
@@ -214,19 +222,10 @@ fn a_generation_changed_in_the_bucket_is_refused_by_name() {
         "ev/{}/events/part-00000001.parquet",
         c1.generation().unwrap()
     );
-    let out = std::process::Command::new("python3")
-        .args([
-            "-c",
-            "import boto3,sys; c=boto3.client('s3',endpoint_url=sys.argv[1],region_name='us-east-1',aws_access_key_id='t',aws_secret_access_key='t'); c.put_object(Bucket='earshot-test',Key=sys.argv[2],Body=b'ONE')",
-            &server.endpoint(),
-            &key,
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    boto3(
+        &server,
+        "c.put_object(Bucket='earshot-test',Key=sys.argv[2],Body=b'ONE')",
+        &[&key],
     );
     let r = remote(&server, "s3://earshot-test/ev");
     let local = tmp.path().join("reader");
