@@ -254,38 +254,114 @@ impl Tables {
     }
 }
 
+/// Registers each table over exactly the files the generation's list names (never a directory
+/// listing, which DataFusion would make again at each query: a part deleted under a running
+/// server would read as fewer rows). A listed file gone at query time is an error naming it.
 async fn register_tables(ctx: &SessionContext, generation: &Path) -> Result<(), SqlError> {
+    let list = earshot_store::FileList::read(generation)?;
     for table in TABLES {
-        let location = earshot_store::table_location(generation, table);
-        let mut path = location
-            .to_str()
-            .ok_or_else(|| {
-                SqlError::Query(format!(
-                    "data path {} is not valid UTF-8",
-                    location.display()
-                ))
-            })?
-            .to_owned();
-        if location.is_dir() {
-            // A directory of parts: DataFusion lists it when the URL ends with a slash.
-            path.push('/');
-        }
+        let open_err =
+            |e: DataFusionError| SqlError::Query(format!("cannot open table {table}: {e}"));
+        let prefix = format!("{table}/");
+        let single = format!("{table}.parquet");
+        let files: Vec<PathBuf> = list
+            .files
+            .keys()
+            .filter(|rel| {
+                (rel.starts_with(&prefix) && rel.ends_with(".parquet")) || **rel == single
+            })
+            .map(|rel| generation.join(rel))
+            .collect();
         let schema = earshot_store::table_schema(table)
             .ok_or_else(|| SqlError::Query(format!("no schema for table {table}")))?;
-        let _ = ctx.deregister_table(table);
-        if table == "sessions" && location.is_dir() {
-            let view = sessions_view(ctx, &path, &schema)
-                .await
-                .map_err(|e| SqlError::Query(format!("cannot open table {table}: {e}")))?;
-            ctx.register_table(table, view)
-                .map_err(|e| SqlError::Query(format!("cannot open table {table}: {e}")))?;
-            continue;
-        }
-        ctx.register_parquet(table, &path, ParquetReadOptions::default().schema(&schema))
+        let read_schema = if table == "sessions" {
+            earshot_store::sessions_part_schema()
+        } else {
+            schema.clone()
+        };
+        let parts = listed_parquet(ctx, &files, &read_schema)
             .await
-            .map_err(|e| SqlError::Query(format!("cannot open table {table}: {e}")))?;
+            .map_err(open_err)?;
+        let _ = ctx.deregister_table(table);
+        let provider = if table == "sessions" {
+            sessions_view(ctx, parts, files.len(), &schema)
+                .await
+                .map_err(open_err)?
+        } else {
+            parts
+        };
+        ctx.register_table(table, provider).map_err(open_err)?;
     }
     Ok(())
+}
+
+/// A Parquet table over exactly `files`, read with `schema`.
+async fn listed_parquet(
+    ctx: &SessionContext,
+    files: &[PathBuf],
+    schema: &SchemaRef,
+) -> Result<Arc<dyn datafusion::catalog::TableProvider>, DataFusionError> {
+    use datafusion::datasource::file_format::options::ReadOptions;
+    use datafusion::datasource::listing::{ListingTable, ListingTableConfig, ListingTableUrl};
+    let urls = files
+        .iter()
+        .map(|f| {
+            let path = f.to_str().ok_or_else(|| {
+                DataFusionError::Plan(format!("data path {} is not valid UTF-8", f.display()))
+            })?;
+            ListingTableUrl::parse(path)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let options = ParquetReadOptions::default()
+        .schema(schema)
+        .to_listing_options(&ctx.copied_config(), ctx.copied_table_options());
+    let config = ListingTableConfig::new_with_multi_paths(urls)
+        .with_listing_options(options)
+        .with_schema(schema.clone());
+    Ok(Arc::new(ListedFiles {
+        inner: Arc::new(ListingTable::try_new(config)?),
+        files: files.to_vec(),
+    }))
+}
+
+/// A table over listed files that checks, at every scan, that each is still there: DataFusion
+/// lists a file's path as a prefix when it scans, so a file deleted under a running server would
+/// otherwise read as no rows.
+#[derive(Debug)]
+struct ListedFiles {
+    inner: Arc<dyn datafusion::catalog::TableProvider>,
+    files: Vec<PathBuf>,
+}
+
+#[async_trait::async_trait]
+impl datafusion::catalog::TableProvider for ListedFiles {
+    fn schema(&self) -> SchemaRef {
+        self.inner.schema()
+    }
+    fn table_type(&self) -> datafusion::logical_expr::TableType {
+        self.inner.table_type()
+    }
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&datafusion::prelude::Expr],
+    ) -> datafusion::error::Result<Vec<datafusion::logical_expr::TableProviderFilterPushDown>> {
+        self.inner.supports_filters_pushdown(filters)
+    }
+    async fn scan(
+        &self,
+        state: &dyn datafusion::catalog::Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[datafusion::prelude::Expr],
+        limit: Option<usize>,
+    ) -> datafusion::error::Result<Arc<dyn datafusion::physical_plan::ExecutionPlan>> {
+        if let Some(gone) = self.files.iter().find(|f| !f.is_file()) {
+            return Err(DataFusionError::Execution(format!(
+                "No such file: {} (listed in its generation's files.json)",
+                gone.display()
+            )));
+        }
+        self.inner.scan(state, projection, filters, limit).await
+    }
 }
 
 /// `sessions` from its parts (`earshot_store::sessions_part_schema`): per (stream, session), the
@@ -293,25 +369,15 @@ async fn register_tables(ctx: &SessionContext, generation: &Path) -> Result<(), 
 /// were rewritten as one) is read as it is; more cost a query a hash aggregate and a join over them.
 async fn sessions_view(
     ctx: &SessionContext,
-    path: &str,
+    parts: Arc<dyn datafusion::catalog::TableProvider>,
+    files: usize,
     schema: &SchemaRef,
 ) -> Result<Arc<dyn datafusion::catalog::TableProvider>, DataFusionError> {
     use datafusion::functions_aggregate::expr_fn::max;
     use datafusion::prelude::{JoinType, col};
     let version = earshot_store::SESSION_VERSION;
-    let parts_schema = earshot_store::sessions_part_schema();
-    let parts = ctx
-        .read_parquet(path, ParquetReadOptions::default().schema(&parts_schema))
-        .await?;
+    let parts = ctx.read_table(parts)?;
     let columns: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
-    let dir = Path::new(path.trim_end_matches('/'));
-    let files = std::fs::read_dir(dir)
-        .map(|d| {
-            d.filter_map(Result::ok)
-                .filter(|e| e.file_name().to_string_lossy().ends_with(".parquet"))
-                .count()
-        })
-        .unwrap_or(0);
     let view = if files <= 1 {
         parts.select_columns(&columns)?
     } else {
