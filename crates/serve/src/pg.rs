@@ -133,7 +133,9 @@ pub async fn serve_connection(config: WorkerConfig, pg: PgWorker) -> Result<(), 
             // Said to the client as Postgres says it (a FATAL error at login), not as a dropped
             // connection: the tables not being whole names the file.
             refuse_login(socket, &e.to_string());
-            return Err(ServeError::Worker(e.to_string()));
+            // On one line: the front passes a dead worker's last line of output on to the
+            // client, and it must name the file too (whichever message reaches the client).
+            return Err(ServeError::Worker(e.to_string().replace("\n ", ";")));
         }
     };
     socket
