@@ -50,6 +50,11 @@ impl Process {
         }
     }
 
+    /// Whether the process has been seen to exit (killed while idle, for one).
+    pub fn has_exited(&self) -> bool {
+        self.exited.borrow().is_some()
+    }
+
     /// Waits for the exit.
     pub async fn wait(&mut self) -> Option<ExitStatus> {
         let status = self.exited.wait_for(|s| s.is_some()).await.ok()?;

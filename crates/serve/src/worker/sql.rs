@@ -226,7 +226,12 @@ impl SqlWorkers {
         request: &Request,
         mut on_data: impl FnMut(&[u8]),
     ) -> Result<u64, Failure> {
-        let popped = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        // A ready worker that died while idle (killed from outside) is not handed a query.
+        let popped = {
+            let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+            idle.retain(|w| !w.process.has_exited());
+            idle.pop()
+        };
         let mut worker = match popped {
             Some(w) => w,
             None => self.start().map_err(|e| Failure {
