@@ -149,6 +149,28 @@ fn a_file_nobody_wrote_and_a_changed_file_with_its_old_time_are_found() {
     .unwrap();
     readers_fail(&place, "events/part-00000009.parquet");
 
+    // Copied without its times (`cp -r`, files written in any order after the list): still
+    // whole, since only a file whose bytes differ is refused.
+    let plain = tmp.path().join("plain-copy");
+    let status = std::process::Command::new("cp")
+        .args(["-rL"])
+        .arg(&data)
+        .arg(&plain)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = earshot()
+        .args(["sql", "--data"])
+        .arg(&plain)
+        .arg("SELECT count(*) AS n FROM streams")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     // Changed in place with its time set back: only every byte against the list finds it, and
     // `earshot check` reads every byte.
     let place = copy(&data, &tmp.path().join("stealth"));

@@ -200,7 +200,14 @@ impl Tables {
     /// For an error that reading a file can cause (a Parquet error, a file gone): which file, from
     /// every byte of the served generation against its file list. `None` for other errors.
     pub fn storage_cause(&self, message: &str) -> Option<String> {
-        let about_files = ["Parquet", "parquet", "Object at location", "No such file"];
+        // Words of the errors reading a file gives, not any mention of Parquet (a user's query
+        // naming a column `parquet` must not cost a hash of every file).
+        let about_files = [
+            "Parquet error",
+            "ParquetError",
+            "Object at location",
+            "No such file",
+        ];
         if !about_files.iter().any(|w| message.contains(w)) {
             return None;
         }
@@ -264,13 +271,13 @@ async fn register_tables(ctx: &SessionContext, generation: &Path) -> Result<(), 
             |e: DataFusionError| SqlError::Query(format!("cannot open table {table}: {e}"));
         let prefix = format!("{table}/");
         let single = format!("{table}.parquet");
-        let files: Vec<PathBuf> = list
+        let files: Vec<(PathBuf, u64)> = list
             .files
-            .keys()
-            .filter(|rel| {
+            .iter()
+            .filter(|(rel, _)| {
                 (rel.starts_with(&prefix) && rel.ends_with(".parquet")) || **rel == single
             })
-            .map(|rel| generation.join(rel))
+            .map(|(rel, entry)| (generation.join(rel), entry.bytes))
             .collect();
         let schema = earshot_store::table_schema(table)
             .ok_or_else(|| SqlError::Query(format!("no schema for table {table}")))?;
@@ -298,14 +305,14 @@ async fn register_tables(ctx: &SessionContext, generation: &Path) -> Result<(), 
 /// A Parquet table over exactly `files`, read with `schema`.
 async fn listed_parquet(
     ctx: &SessionContext,
-    files: &[PathBuf],
+    files: &[(PathBuf, u64)],
     schema: &SchemaRef,
 ) -> Result<Arc<dyn datafusion::catalog::TableProvider>, DataFusionError> {
     use datafusion::datasource::file_format::options::ReadOptions;
     use datafusion::datasource::listing::{ListingTable, ListingTableConfig, ListingTableUrl};
     let urls = files
         .iter()
-        .map(|f| {
+        .map(|(f, _)| {
             let path = f.to_str().ok_or_else(|| {
                 DataFusionError::Plan(format!("data path {} is not valid UTF-8", f.display()))
             })?;
@@ -330,7 +337,8 @@ async fn listed_parquet(
 #[derive(Debug)]
 struct ListedFiles {
     inner: Arc<dyn datafusion::catalog::TableProvider>,
-    files: Vec<PathBuf>,
+    /// Each file with its listed size.
+    files: Vec<(PathBuf, u64)>,
 }
 
 #[async_trait::async_trait]
@@ -354,11 +362,23 @@ impl datafusion::catalog::TableProvider for ListedFiles {
         filters: &[datafusion::prelude::Expr],
         limit: Option<usize>,
     ) -> datafusion::error::Result<Arc<dyn datafusion::physical_plan::ExecutionPlan>> {
-        if let Some(gone) = self.files.iter().find(|f| !f.is_file()) {
-            return Err(DataFusionError::Execution(format!(
-                "No such file: {} (listed in its generation's files.json)",
-                gone.display()
-            )));
+        for (file, bytes) in &self.files {
+            match std::fs::metadata(file) {
+                Ok(m) if m.len() == *bytes => {}
+                Ok(m) => {
+                    return Err(DataFusionError::Execution(format!(
+                        "No such file as listed: {} has {} bytes where its generation's files.json says {bytes}",
+                        file.display(),
+                        m.len()
+                    )));
+                }
+                Err(_) => {
+                    return Err(DataFusionError::Execution(format!(
+                        "No such file: {} (listed in its generation's files.json)",
+                        file.display()
+                    )));
+                }
+            }
         }
         self.inner.scan(state, projection, filters, limit).await
     }

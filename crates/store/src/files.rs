@@ -153,13 +153,17 @@ impl FileList {
                     ),
                 ));
             }
-            // Written after the list was: changed in place (same size, other bytes, as an editor
-            // or `dd` leaves it). The list is written after every file it names.
-            if depth == Depth::Sizes && meta.modified().is_ok_and(|m| m > listed_at) {
+            // Written after the list was: perhaps changed in place (same size, other bytes, as an
+            // editor or `dd` leaves it), perhaps only copied without its times (`cp -r`). The time
+            // is only the fast path: such a file is hashed, and refused only if it differs.
+            if depth == Depth::Sizes
+                && meta.modified().is_ok_and(|m| m > listed_at)
+                && hash_file(&path)? != *entry
+            {
                 return Err(not_whole(
                     generation,
                     rel,
-                    "was modified after the generation was written".into(),
+                    "was modified after the generation was written, and its BLAKE3 differs from the list's".into(),
                 ));
             }
         }
