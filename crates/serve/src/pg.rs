@@ -554,6 +554,43 @@ struct Guarded {
 }
 
 impl Guarded {
+    /// `portal` over the compatible form of its text, when `error` says DataFusion could not plan
+    /// the text and the compatible form differs, parses and passes the guard.
+    async fn compatible_portal<C>(
+        &self,
+        client: &C,
+        portal: &Portal<DfStatement>,
+        error: &PgWireError,
+    ) -> Option<Portal<DfStatement>>
+    where
+        C: ClientInfo + Unpin + Send + Sync,
+    {
+        if !crate::pg_compat::unplannable(&error.to_string()) {
+            return None;
+        }
+        let stored = &portal.statement;
+        let std::borrow::Cow::Owned(text) = crate::pg_compat::rewrite(&stored.statement.0) else {
+            return None;
+        };
+        let client_text = &stored.statement.0;
+        let parsed = self
+            .parser
+            .plan(client, &text, client_text, &stored.parameter_types)
+            .await
+            .ok()??;
+        let mut compatible = Portal::default();
+        compatible.name = portal.name.clone();
+        compatible.statement = Arc::new(pgwire::api::stmt::StoredStatement::new(
+            stored.id.clone(),
+            parsed,
+            stored.parameter_types.clone(),
+        ));
+        compatible.parameter_format = portal.parameter_format.clone();
+        compatible.parameters = portal.parameters.clone();
+        compatible.result_column_format = portal.result_column_format.clone();
+        Some(compatible)
+    }
+
     /// Wraps a response's rows so the query stops at the deadline and memory errors name the limit.
     /// The rows are computed on the query threads, and the turn is held until the last row is sent
     /// or the deadline, whichever comes first (see [`TurnUntil`]).
@@ -778,14 +815,26 @@ impl ExtendedQueryHandler for Guarded {
         let deadline = self.deadline();
         let mut cancels = self.control.cancels();
         let turn = TurnUntil::new(turn, deadline);
+        // As in the simple protocol: the text as the client wrote it first; only if DataFusion
+        // cannot run it (a correlated subquery inside CASE fails only here, once parameters have
+        // values), the compatible form with the same parameters. Nothing was sent yet.
         let work = tokio::time::timeout_at(
             deadline,
-            self.tables.threads.enter(ExtendedQueryHandler::do_query(
-                &*self.inner,
-                client,
-                portal,
-                max_rows,
-            )),
+            self.tables.threads.enter(async {
+                let error =
+                    match ExtendedQueryHandler::do_query(&*self.inner, client, portal, max_rows)
+                        .await
+                    {
+                        Ok(response) => return Ok(response),
+                        Err(e) => e,
+                    };
+                let Some(compatible) = self.compatible_portal(client, portal, &error).await else {
+                    return Err(error);
+                };
+                ExtendedQueryHandler::do_query(&*self.inner, client, &compatible, max_rows)
+                    .await
+                    .map_err(|_| error)
+            }),
         );
         let response = tokio::select! {
             r = work => r,
@@ -802,6 +851,36 @@ pub struct GuardedParser {
     inner: Arc<Parser>,
     tables: Arc<Tables>,
     control: Arc<Control>,
+}
+
+impl GuardedParser {
+    /// Plans `text`, a form of the client's `client_text`, and runs the guard on it. The statement
+    /// keeps the client's text (datafusion-postgres keeps its own rewrite of it, used only in its
+    /// logs), so that a retry in the compatible form starts from what the client sent; and every
+    /// placeholder of that text is in the plan (see `pg_compat::params`).
+    async fn plan<C>(
+        &self,
+        client: &C,
+        text: &str,
+        client_text: &str,
+        types: &[Option<Type>],
+    ) -> PgWireResult<Option<DfStatement>>
+    where
+        C: ClientInfo + Unpin + Send + Sync,
+    {
+        let Some((_, planned)) = self.inner.parse_sql(client, text, types).await? else {
+            return Ok(None);
+        };
+        let Some((statement, plan)) = planned else {
+            return Ok(Some((client_text.to_owned(), None)));
+        };
+        let plan = crate::pg_compat::keep_placeholders(client_text, plan)
+            .map_err(|e| PgWireError::ApiError(Box::new(e)))?;
+        guard::check_statement(&self.tables.ctx.state(), &statement)
+            .await
+            .map_err(sql_error)?;
+        Ok(Some((client_text.to_owned(), Some((statement, plan)))))
+    }
 }
 
 #[async_trait]
@@ -822,28 +901,20 @@ impl QueryParser for GuardedParser {
         let deadline = tokio::time::Instant::now() + self.tables.limits.time;
         let work = async {
             guard::check_parse(sql).map_err(sql_error)?;
-            let sql = &*crate::pg_compat::rewrite_upfront(sql);
+            let upfront = crate::pg_compat::rewrite_upfront(sql);
             // As in the simple protocol: the compatible form only when the text does not plan.
-            let parsed = match self.inner.parse_sql(client, sql, types).await {
+            match self.plan(client, &upfront, sql, types).await {
                 Err(e) if crate::pg_compat::unplannable(&e.to_string()) => {
                     match crate::pg_compat::rewrite(sql) {
                         std::borrow::Cow::Owned(rewritten) => self
-                            .inner
-                            .parse_sql(client, &rewritten, types)
+                            .plan(client, &rewritten, sql, types)
                             .await
-                            .map_err(|_| e)?,
-                        std::borrow::Cow::Borrowed(_) => return Err(e),
+                            .map_err(|_| e),
+                        std::borrow::Cow::Borrowed(_) => Err(e),
                     }
                 }
-                other => other?,
-            };
-            if let Some((_, Some((statement, _)))) = &parsed {
-                let state = self.tables.ctx.state();
-                guard::check_statement(&state, statement)
-                    .await
-                    .map_err(sql_error)?;
+                other => other,
             }
-            Ok(parsed)
         };
         tokio::time::timeout_at(deadline, work)
             .await

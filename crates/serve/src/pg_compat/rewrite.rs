@@ -1,214 +1,15 @@
-//! What Postgres clients' metadata code needs beyond `datafusion-postgres`'s catalog: the catalog's
-//! array columns as arrays, the `*_is_visible` and `pg_get_*def` functions, the SQL forms their
-//! queries use that DataFusion lacks (`LIKE … ESCAPE '/'`, `generate_subscripts`),
-//! and Postgres's SQLSTATE codes for DataFusion's errors.
-//!
-//! earshot's tables are read-only: they have no keys, indexes, sequences or defaults, and the
-//! catalog says so the way Postgres would, with empty results.
+//! The SQL forms clients' queries use that DataFusion lacks, rewritten into ones it takes that mean
+//! the same (`LIKE … ESCAPE '/'`, `generate_subscripts`, correlated catalog subqueries in CASE).
 
 use std::borrow::Cow;
-use std::collections::HashMap;
 use std::ops::ControlFlow;
-use std::sync::Arc;
 
-use async_trait::async_trait;
-use datafusion::arrow::datatypes::DataType;
-use datafusion::catalog::{SchemaProvider, TableProvider};
-use datafusion::common::{DataFusionError, Result, ScalarValue};
-use datafusion::logical_expr::{
-    ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
-};
-use datafusion::prelude::SessionContext;
 use datafusion::sql::sqlparser::ast::{
     self, Expr, Function, FunctionArg, FunctionArgExpr, FunctionArgumentList, FunctionArguments,
     Ident, ObjectName, ObjectNamePart, Value, VisitMut, VisitorMut,
 };
 use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 use datafusion::sql::sqlparser::parser::Parser;
-
-/// A function of any arguments that always answers the same: what a read-only database with one
-/// schema answers to "is it visible" (true) and "what is its definition" (none).
-#[derive(Debug, PartialEq, Eq, Hash)]
-struct Constant {
-    name: &'static str,
-    signature: Signature,
-    value: ScalarValue,
-}
-
-impl ScalarUDFImpl for Constant {
-    fn name(&self) -> &str {
-        self.name
-    }
-    fn signature(&self) -> &Signature {
-        &self.signature
-    }
-    fn return_type(&self, _args: &[DataType]) -> Result<DataType> {
-        Ok(self.value.data_type())
-    }
-    fn invoke_with_args(&self, _args: ScalarFunctionArgs) -> Result<ColumnarValue> {
-        Ok(ColumnarValue::Scalar(self.value.clone()))
-    }
-}
-
-fn constant(name: &'static str, value: ScalarValue) -> ScalarUDF {
-    ScalarUDF::new_from_impl(Constant {
-        name,
-        signature: Signature::variadic_any(Volatility::Immutable),
-        value,
-    })
-}
-
-/// `json_build_object(key, value, …)`: a JSON object as text (SQLAlchemy reads identity options
-/// with it; here there are none, so it only has to plan and answer sensibly).
-#[derive(Debug, PartialEq, Eq, Hash)]
-struct JsonBuildObject {
-    signature: Signature,
-}
-
-impl ScalarUDFImpl for JsonBuildObject {
-    fn name(&self) -> &str {
-        "json_build_object"
-    }
-    fn signature(&self) -> &Signature {
-        &self.signature
-    }
-    fn return_type(&self, _args: &[DataType]) -> Result<DataType> {
-        Ok(DataType::Utf8)
-    }
-    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
-        use datafusion::arrow::array::{Array, StringBuilder};
-        let rows = args.number_rows;
-        let arrays = ColumnarValue::values_to_arrays(&args.args)?;
-        let mut out = StringBuilder::new();
-        for row in 0..rows {
-            let mut object = serde_json::Map::new();
-            for pair in arrays.chunks(2) {
-                let key = ScalarValue::try_from_array(&pair[0], row)?.to_string();
-                let value = match pair.get(1) {
-                    Some(a) if !a.is_null(row) => {
-                        serde_json::Value::String(ScalarValue::try_from_array(a, row)?.to_string())
-                    }
-                    _ => serde_json::Value::Null,
-                };
-                object.insert(key, value);
-            }
-            out.append_value(serde_json::Value::Object(object).to_string());
-        }
-        Ok(ColumnarValue::Array(Arc::new(out.finish())))
-    }
-}
-
-/// The catalog's columns that Postgres types as arrays and the catalog holds as text
-/// (`[1, 2]`, `['v']`), with the array type Postgres gives them.
-const ARRAY_COLUMNS: &[(&str, &str, &str)] = &[
-    ("pg_index", "indkey", "SMALLINT"),
-    ("pg_index", "indcollation", "INT"),
-    ("pg_index", "indclass", "INT"),
-    ("pg_index", "indoption", "SMALLINT"),
-    ("pg_constraint", "conkey", "SMALLINT"),
-    ("pg_constraint", "confkey", "SMALLINT"),
-    ("pg_constraint", "conpfeqop", "INT"),
-    ("pg_constraint", "conppeqop", "INT"),
-    ("pg_constraint", "conffeqop", "INT"),
-    ("pg_constraint", "conexclop", "INT"),
-    ("pg_proc", "proallargtypes", "INT"),
-    ("pg_proc", "proargmodes", "VARCHAR"),
-    ("pg_proc", "proargnames", "VARCHAR"),
-];
-
-/// Columns Postgres has that the catalog lacks, always NULL here, with their type.
-const MISSING_COLUMNS: &[(&str, &str, &str)] = &[
-    ("pg_class", "reloptions", "VARCHAR[]"),
-    ("pg_class", "relacl", "VARCHAR[]"),
-];
-
-/// Adds the functions and replaces the catalog tables above (see the module docs). Called once
-/// per context, after `setup_pg_catalog`.
-pub fn install(ctx: &SessionContext, catalog: &str) -> Result<()> {
-    for name in [
-        "pg_type_is_visible",
-        "pg_function_is_visible",
-        "pg_collation_is_visible",
-        "pg_opclass_is_visible",
-        "pg_operator_is_visible",
-        "pg_conversion_is_visible",
-    ] {
-        ctx.register_udf(constant(name, ScalarValue::Boolean(Some(true))));
-    }
-    for name in [
-        "pg_get_serial_sequence",
-        "pg_get_indexdef",
-        "pg_get_triggerdef",
-        "pg_get_viewdef",
-        "pg_get_ruledef",
-        "pg_get_function_identity_arguments",
-    ] {
-        ctx.register_udf(constant(name, ScalarValue::Utf8(None)));
-    }
-    ctx.register_udf(ScalarUDF::new_from_impl(JsonBuildObject {
-        signature: Signature::variadic_any(Volatility::Immutable),
-    }));
-    let Some(catalog) = ctx.catalog(catalog) else {
-        return Err(DataFusionError::Plan(format!("no catalog {catalog}")));
-    };
-    let Some(inner) = catalog.schema("pg_catalog") else {
-        return Err(DataFusionError::Plan("no pg_catalog schema".into()));
-    };
-    let mut tables: HashMap<String, Arc<dyn TableProvider>> = HashMap::new();
-    let mut names: Vec<&str> = ARRAY_COLUMNS.iter().map(|c| c.0).collect();
-    names.extend(MISSING_COLUMNS.iter().map(|c| c.0));
-    names.sort_unstable();
-    names.dedup();
-    for name in names {
-        let table = futures::executor::block_on(inner.table(name))?
-            .ok_or_else(|| DataFusionError::Plan(format!("no pg_catalog.{name}")))?;
-        let mut exprs = Vec::new();
-        for field in table.schema().fields() {
-            let column = field.name();
-            let array = ARRAY_COLUMNS
-                .iter()
-                .find(|(t, c, _)| *t == name && c == column);
-            exprs.push(match array {
-                // `[1, 2]`, `1 2` (an int2vector) and `['v']` as arrays; NULL and `[]` as NULL.
-                Some((_, _, element)) => format!(
-                    "CAST(string_to_array(nullif(regexp_replace(replace(btrim(\"{column}\", '[]{{}}'), '''', ''), '[ ,]+', ',', 'g'), ''), ',') AS {element}[]) AS \"{column}\""
-                ),
-                None => format!("\"{column}\""),
-            });
-        }
-        for (_, column, ty) in MISSING_COLUMNS.iter().filter(|(t, ..)| *t == name) {
-            exprs.push(format!("CAST(NULL AS {ty}) AS \"{column}\""));
-        }
-        let exprs: Vec<&str> = exprs.iter().map(String::as_str).collect();
-        let view = ctx.read_table(table)?.select_exprs(&exprs)?.into_view();
-        tables.insert(name.to_owned(), view);
-    }
-    catalog.register_schema("pg_catalog", Arc::new(Overlay { inner, tables }))?;
-    Ok(())
-}
-
-/// `pg_catalog` with some tables replaced.
-#[derive(Debug)]
-struct Overlay {
-    inner: Arc<dyn SchemaProvider>,
-    tables: HashMap<String, Arc<dyn TableProvider>>,
-}
-
-#[async_trait]
-impl SchemaProvider for Overlay {
-    fn table_names(&self) -> Vec<String> {
-        self.inner.table_names()
-    }
-    async fn table(&self, name: &str) -> Result<Option<Arc<dyn TableProvider>>> {
-        match self.tables.get(name) {
-            Some(t) => Ok(Some(t.clone())),
-            None => self.inner.table(name).await,
-        }
-    }
-    fn table_exist(&self, name: &str) -> bool {
-        self.inner.table_exist(name)
-    }
-}
 
 /// Rewrites the forms DataFusion does not take into ones it does, meaning the same; the text is
 /// returned unchanged when nothing applies (or it does not parse: the real parser will say why).
@@ -331,10 +132,12 @@ impl VisitorMut for Rewriter {
                     self.changed = true;
                 }
             }
-            // `generate_subscripts(a, 1)` beside `unnest(a)`: the positions 1..n, unnested in step.
+            // `generate_subscripts(a, d)` beside `unnest(a)`: the positions 1..n, unnested in step,
+            // for the only dimension the catalog's arrays have (none for another `d`). `d` stays in
+            // the text: it may be a parameter, and the client sends a value for each.
             Expr::Function(f) if function_name(f) == "generate_subscripts" => {
                 if let Some(args) = plain_args(f)
-                    && let Some(array) = args.first()
+                    && let [array, dimension] = args.as_slice()
                 {
                     let n = Expr::Cast {
                         kind: ast::CastKind::Cast,
@@ -343,15 +146,26 @@ impl VisitorMut for Rewriter {
                         array: false,
                         format: None,
                     };
-                    let stop = Expr::BinaryOp {
-                        left: Box::new(n),
-                        op: ast::BinaryOperator::Plus,
-                        right: Box::new(Expr::value(ast::Value::Number("1".into(), false))),
+                    let one = || Expr::value(ast::Value::Number("1".into(), false));
+                    let stop = Expr::Case {
+                        case_token: ast::helpers::attached_token::AttachedToken::empty(),
+                        end_token: ast::helpers::attached_token::AttachedToken::empty(),
+                        operand: None,
+                        conditions: vec![ast::CaseWhen {
+                            condition: Expr::BinaryOp {
+                                left: Box::new(Expr::Nested(Box::new(dimension.clone()))),
+                                op: ast::BinaryOperator::Eq,
+                                right: Box::new(one()),
+                            },
+                            result: Expr::BinaryOp {
+                                left: Box::new(n),
+                                op: ast::BinaryOperator::Plus,
+                                right: Box::new(one()),
+                            },
+                        }],
+                        else_result: Some(Box::new(one())),
                     };
-                    let range = call(
-                        "range",
-                        vec![Expr::value(ast::Value::Number("1".into(), false)), stop],
-                    );
+                    let range = call("range", vec![one(), stop]);
                     *expr = call("unnest", vec![range]);
                     self.changed = true;
                 }
@@ -473,31 +287,6 @@ fn catalog_only(t: &ast::TableWithJoins) -> bool {
     relation(&t.relation) && t.joins.iter().all(|j| relation(&j.relation))
 }
 
-/// Postgres's SQLSTATE for a DataFusion error message, when one fits (drivers map codes to
-/// exception classes that tools catch): `None` keeps the code it has.
-pub fn sqlstate_of(message: &str) -> Option<&'static str> {
-    let m = message;
-    Some(
-        if m.contains("Invalid function") || m.contains("No function matches") {
-            "42883" // undefined_function
-        } else if m.contains("table") && m.contains("not found") {
-            "42P01" // undefined_table
-        } else if m.contains("No field named") || m.contains("Schema error: No field") {
-            "42703" // undefined_column
-        } else if m.contains("ParserError") || m.contains("SQL error") {
-            "42601" // syntax_error
-        } else if m.contains("Divide by zero") || m.contains("division by zero") {
-            "22012" // division_by_zero
-        } else if m.contains("Cannot cast") || m.contains("Cast error") {
-            "22P02" // invalid_text_representation
-        } else if m.contains("Arrow error: Compute error") && m.contains("overflow") {
-            "22003" // numeric_value_out_of_range
-        } else {
-            return None;
-        },
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -520,9 +309,14 @@ mod tests {
     fn generate_subscripts_and_array_subqueries_left_alone() {
         let got = rewrite("SELECT unnest(k), generate_subscripts(k, 1) FROM t");
         assert!(
-            got.contains("unnest(range(1, CAST(cardinality(k) AS BIGINT) + 1))"),
+            got.contains(
+                "unnest(range(1, CASE WHEN (1) = 1 THEN CAST(cardinality(k) AS BIGINT) + 1 ELSE 1 END))"
+            ),
             "{got}"
         );
+        // A parameter for the dimension stays: the client sends a value for every placeholder.
+        let got = rewrite("SELECT unnest(k), generate_subscripts(k, $1::INTEGER), $2 FROM t");
+        assert!(got.contains("WHEN ($1::INTEGER) = 1"), "{got}");
         // `ARRAY(SELECT …)` is left to datafusion-postgres, whose own rewrites of psql's
         // catalog queries must still see their text as psql wrote it.
         let same = "SELECT ARRAY(SELECT r.rolname FROM pg_roles r) AS m";
@@ -562,26 +356,5 @@ mod tests {
         assert!(matches!(rewrite("SELEC 1"), Cow::Borrowed(_)));
         let deep = format!("SELECT {}1{}", "abs(".repeat(40), ")".repeat(40));
         assert!(matches!(rewrite(&deep), Cow::Borrowed(_)));
-    }
-
-    #[test]
-    fn sqlstates() {
-        assert_eq!(
-            sqlstate_of("Error during planning: Invalid function 'x'"),
-            Some("42883")
-        );
-        assert_eq!(
-            sqlstate_of("Error during planning: table 'earshot.public.x' not found"),
-            Some("42P01")
-        );
-        assert_eq!(
-            sqlstate_of("Schema error: No field named y."),
-            Some("42703")
-        );
-        assert_eq!(
-            sqlstate_of("Arrow error: Divide by zero error"),
-            Some("22012")
-        );
-        assert_eq!(sqlstate_of("something else"), None);
     }
 }

@@ -1,0 +1,99 @@
+//! The catalog tables whose columns Postgres types as arrays (and datafusion-postgres holds as
+//! text), replaced by views that parse them, and the columns clients read that it lacks.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::catalog::{SchemaProvider, TableProvider};
+use datafusion::common::{DataFusionError, Result};
+use datafusion::prelude::SessionContext;
+
+/// The catalog's columns that Postgres types as arrays and the catalog holds as text
+/// (`[1, 2]`, `['v']`), with the array type Postgres gives them.
+const ARRAY_COLUMNS: &[(&str, &str, &str)] = &[
+    ("pg_index", "indkey", "SMALLINT"),
+    ("pg_index", "indcollation", "INT"),
+    ("pg_index", "indclass", "INT"),
+    ("pg_index", "indoption", "SMALLINT"),
+    ("pg_constraint", "conkey", "SMALLINT"),
+    ("pg_constraint", "confkey", "SMALLINT"),
+    ("pg_constraint", "conpfeqop", "INT"),
+    ("pg_constraint", "conppeqop", "INT"),
+    ("pg_constraint", "conffeqop", "INT"),
+    ("pg_constraint", "conexclop", "INT"),
+    ("pg_proc", "proallargtypes", "INT"),
+    ("pg_proc", "proargmodes", "VARCHAR"),
+    ("pg_proc", "proargnames", "VARCHAR"),
+];
+
+/// Columns Postgres has that the catalog lacks, always NULL here, with their type.
+const MISSING_COLUMNS: &[(&str, &str, &str)] = &[
+    ("pg_class", "reloptions", "VARCHAR[]"),
+    ("pg_class", "relacl", "VARCHAR[]"),
+];
+
+/// Replaces the catalog tables above in `catalog`'s `pg_catalog`. Called once per context, after
+/// `setup_pg_catalog`.
+pub(super) fn overlay(ctx: &SessionContext, catalog: &str) -> Result<()> {
+    let Some(catalog) = ctx.catalog(catalog) else {
+        return Err(DataFusionError::Plan(format!("no catalog {catalog}")));
+    };
+    let Some(inner) = catalog.schema("pg_catalog") else {
+        return Err(DataFusionError::Plan("no pg_catalog schema".into()));
+    };
+    let mut tables: HashMap<String, Arc<dyn TableProvider>> = HashMap::new();
+    let mut names: Vec<&str> = ARRAY_COLUMNS.iter().map(|c| c.0).collect();
+    names.extend(MISSING_COLUMNS.iter().map(|c| c.0));
+    names.sort_unstable();
+    names.dedup();
+    for name in names {
+        let table = futures::executor::block_on(inner.table(name))?
+            .ok_or_else(|| DataFusionError::Plan(format!("no pg_catalog.{name}")))?;
+        let mut exprs = Vec::new();
+        for field in table.schema().fields() {
+            let column = field.name();
+            let array = ARRAY_COLUMNS
+                .iter()
+                .find(|(t, c, _)| *t == name && c == column);
+            exprs.push(match array {
+                // `[1, 2]`, `1 2` (an int2vector) and `['v']` as arrays; NULL and `[]` as NULL.
+                Some((_, _, element)) => format!(
+                    "CAST(string_to_array(nullif(regexp_replace(replace(btrim(\"{column}\", '[]{{}}'), '''', ''), '[ ,]+', ',', 'g'), ''), ',') AS {element}[]) AS \"{column}\""
+                ),
+                None => format!("\"{column}\""),
+            });
+        }
+        for (_, column, ty) in MISSING_COLUMNS.iter().filter(|(t, ..)| *t == name) {
+            exprs.push(format!("CAST(NULL AS {ty}) AS \"{column}\""));
+        }
+        let exprs: Vec<&str> = exprs.iter().map(String::as_str).collect();
+        let view = ctx.read_table(table)?.select_exprs(&exprs)?.into_view();
+        tables.insert(name.to_owned(), view);
+    }
+    catalog.register_schema("pg_catalog", Arc::new(Overlay { inner, tables }))?;
+    Ok(())
+}
+
+/// `pg_catalog` with some tables replaced.
+#[derive(Debug)]
+struct Overlay {
+    inner: Arc<dyn SchemaProvider>,
+    tables: HashMap<String, Arc<dyn TableProvider>>,
+}
+
+#[async_trait]
+impl SchemaProvider for Overlay {
+    fn table_names(&self) -> Vec<String> {
+        self.inner.table_names()
+    }
+    async fn table(&self, name: &str) -> Result<Option<Arc<dyn TableProvider>>> {
+        match self.tables.get(name) {
+            Some(t) => Ok(Some(t.clone())),
+            None => self.inner.table(name).await,
+        }
+    }
+    fn table_exist(&self, name: &str) -> bool {
+        self.inner.table_exist(name)
+    }
+}

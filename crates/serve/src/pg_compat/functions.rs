@@ -1,0 +1,211 @@
+//! Functions Postgres clients call in their catalog queries that DataFusion lacks: the
+//! `*_is_visible` and `pg_get_*def` family, `json_build_object` and `current_setting`.
+
+use std::sync::Arc;
+
+use datafusion::arrow::datatypes::DataType;
+use datafusion::common::{Result, ScalarValue};
+use datafusion::logical_expr::{
+    ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
+};
+use datafusion::prelude::SessionContext;
+
+/// A function of any arguments that always answers the same: what a read-only database with one
+/// schema answers to "is it visible" (true) and "what is its definition" (none).
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct Constant {
+    name: &'static str,
+    signature: Signature,
+    value: ScalarValue,
+}
+
+impl ScalarUDFImpl for Constant {
+    fn name(&self) -> &str {
+        self.name
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, _args: &[DataType]) -> Result<DataType> {
+        Ok(self.value.data_type())
+    }
+    fn invoke_with_args(&self, _args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        Ok(ColumnarValue::Scalar(self.value.clone()))
+    }
+}
+
+fn constant(name: &'static str, value: ScalarValue) -> ScalarUDF {
+    ScalarUDF::new_from_impl(Constant {
+        name,
+        signature: Signature::variadic_any(Volatility::Immutable),
+        value,
+    })
+}
+
+/// `json_build_object(key, value, …)`: a JSON object as text (SQLAlchemy reads identity options
+/// with it; here there are none, so it only has to plan and answer sensibly).
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct JsonBuildObject {
+    signature: Signature,
+}
+
+impl ScalarUDFImpl for JsonBuildObject {
+    fn name(&self) -> &str {
+        "json_build_object"
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, _args: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Utf8)
+    }
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        use datafusion::arrow::array::{Array, StringBuilder};
+        let rows = args.number_rows;
+        let arrays = ColumnarValue::values_to_arrays(&args.args)?;
+        let mut out = StringBuilder::new();
+        for row in 0..rows {
+            let mut object = serde_json::Map::new();
+            for pair in arrays.chunks(2) {
+                let key = ScalarValue::try_from_array(&pair[0], row)?.to_string();
+                let value = match pair.get(1) {
+                    Some(a) if !a.is_null(row) => {
+                        serde_json::Value::String(ScalarValue::try_from_array(a, row)?.to_string())
+                    }
+                    _ => serde_json::Value::Null,
+                };
+                object.insert(key, value);
+            }
+            out.append_value(serde_json::Value::Object(object).to_string());
+        }
+        Ok(ColumnarValue::Array(Arc::new(out.finish())))
+    }
+}
+
+/// Registers the functions clients' catalog queries call that DataFusion lacks.
+pub(super) fn register(ctx: &SessionContext) {
+    for name in [
+        "pg_type_is_visible",
+        "pg_function_is_visible",
+        "pg_collation_is_visible",
+        "pg_opclass_is_visible",
+        "pg_operator_is_visible",
+        "pg_conversion_is_visible",
+    ] {
+        ctx.register_udf(constant(name, ScalarValue::Boolean(Some(true))));
+    }
+    for name in [
+        "pg_get_serial_sequence",
+        "pg_get_indexdef",
+        "pg_get_triggerdef",
+        "pg_get_viewdef",
+        "pg_get_ruledef",
+        "pg_get_function_identity_arguments",
+    ] {
+        ctx.register_udf(constant(name, ScalarValue::Utf8(None)));
+    }
+    ctx.register_udf(ScalarUDF::new_from_impl(JsonBuildObject {
+        signature: Signature::variadic_any(Volatility::Immutable),
+    }));
+    register_settings(ctx);
+}
+
+/// The settings `current_setting(name)` answers, as this endpoint runs: read-only, UTF-8, UTC, one
+/// schema. Names are matched in any case, as Postgres does.
+const SETTINGS: &[(&str, &str)] = &[
+    ("application_name", ""),
+    ("block_size", "8192"),
+    ("bytea_output", "hex"),
+    ("client_encoding", "UTF8"),
+    ("datestyle", "ISO, YMD"),
+    ("default_table_access_method", "heap"),
+    ("default_transaction_isolation", "read committed"),
+    ("default_transaction_read_only", "on"),
+    ("extra_float_digits", "1"),
+    ("integer_datetimes", "on"),
+    ("intervalstyle", "postgres"),
+    ("is_superuser", "off"),
+    ("lc_collate", "C"),
+    ("lc_ctype", "C"),
+    ("lc_messages", "C"),
+    ("max_identifier_length", "63"),
+    ("max_index_keys", "32"),
+    ("search_path", "public"),
+    ("server_encoding", "UTF8"),
+    ("server_version", "16.0"),
+    ("server_version_num", "160000"),
+    ("standard_conforming_strings", "on"),
+    ("statement_timeout", "0"),
+    ("timezone", "UTC"),
+    ("transaction_isolation", "read committed"),
+    ("transaction_read_only", "on"),
+];
+
+/// The words of the error for a setting `current_setting` does not know (SQLSTATE 42704).
+pub(super) const UNKNOWN_SETTING: &str = "unrecognized configuration parameter";
+
+/// `current_setting(name [, missing_ok])`: a setting's value as text; an unknown one is an error,
+/// or NULL when `missing_ok` is true.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct CurrentSetting {
+    signature: Signature,
+}
+
+impl ScalarUDFImpl for CurrentSetting {
+    fn name(&self) -> &str {
+        "current_setting"
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, _args: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Utf8)
+    }
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        use datafusion::arrow::array::{Array, StringBuilder};
+        use datafusion::arrow::compute::cast;
+        let arrays = ColumnarValue::values_to_arrays(&args.args)?;
+        let names = cast(&arrays[0], &DataType::Utf8)?;
+        let names = datafusion::common::cast::as_string_array(&names)?;
+        let missing_ok = match arrays.get(1) {
+            Some(a) => Some(cast(a, &DataType::Boolean)?),
+            None => None,
+        };
+        let missing_ok = match &missing_ok {
+            Some(a) => Some(datafusion::common::cast::as_boolean_array(a)?),
+            None => None,
+        };
+        let mut out = StringBuilder::new();
+        for row in 0..args.number_rows {
+            if names.is_null(row) {
+                out.append_null();
+                continue;
+            }
+            let name = names.value(row);
+            match SETTINGS.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)) {
+                Some((_, value)) => out.append_value(value),
+                None if missing_ok.is_some_and(|m| m.is_valid(row) && m.value(row)) => {
+                    out.append_null()
+                }
+                None => {
+                    return Err(datafusion::common::DataFusionError::Execution(format!(
+                        "{UNKNOWN_SETTING} \"{name}\""
+                    )));
+                }
+            }
+        }
+        Ok(ColumnarValue::Array(Arc::new(out.finish())))
+    }
+}
+
+fn register_settings(ctx: &SessionContext) {
+    ctx.register_udf(ScalarUDF::new_from_impl(CurrentSetting {
+        signature: Signature::one_of(
+            vec![
+                datafusion::logical_expr::TypeSignature::Any(1),
+                datafusion::logical_expr::TypeSignature::Any(2),
+            ],
+            Volatility::Stable,
+        ),
+    }));
+}
