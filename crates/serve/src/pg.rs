@@ -554,6 +554,18 @@ struct Guarded {
 }
 
 impl Guarded {
+    /// The statements of `text`, each passed by the guard.
+    async fn checked(&self, text: &str) -> Result<Vec<Statement>, SqlError> {
+        let statements = PostgresCompatibilityParser::new()
+            .parse(text)
+            .map_err(|e| SqlError::Query(e.to_string()))?;
+        let state = self.tables.ctx.state();
+        for statement in &statements {
+            guard::check_statement(&state, statement).await?;
+        }
+        Ok(statements)
+    }
+
     /// `portal` over the compatible form of its text, when `error` says DataFusion could not plan
     /// the text and the compatible form differs, parses and passes the guard.
     async fn compatible_portal<C>(
@@ -721,16 +733,23 @@ impl SimpleQueryHandler for Guarded {
         let deadline = self.deadline();
         let mut cancels = self.control.cancels();
         guard::check_parse(query).map_err(sql_error)?;
-        let query = &*crate::pg_compat::rewrite_upfront(query);
-        let statements = PostgresCompatibilityParser::new()
-            .parse(query)
-            .map_err(|e| sql_error(SqlError::Query(e.to_string())))?;
-        let state = self.tables.ctx.state();
-        for statement in &statements {
-            guard::check_statement(&state, statement)
-                .await
-                .map_err(sql_error)?;
-        }
+        let upfront = crate::pg_compat::rewrite_upfront(query);
+        // The guard plans each statement, so a text DataFusion cannot plan fails here first: then
+        // the compatible form, if it passes.
+        let (query, statements) = match self.checked(&upfront).await {
+            Ok(statements) => (upfront, statements),
+            Err(e) if crate::pg_compat::unplannable(&e.to_string()) => {
+                match crate::pg_compat::rewrite(query) {
+                    std::borrow::Cow::Owned(r) => {
+                        let statements = self.checked(&r).await.map_err(|_| sql_error(e))?;
+                        (std::borrow::Cow::Owned(r), statements)
+                    }
+                    std::borrow::Cow::Borrowed(_) => return Err(sql_error(e)),
+                }
+            }
+            Err(e) => return Err(sql_error(e)),
+        };
+        let query = &*query;
         // Savepoints (SQLAlchemy and psycopg open one around their first queries) are no-ops, as
         // BEGIN and COMMIT are: nothing here changes the data.
         if !statements.is_empty() && statements.iter().all(|s| savepoint_tag(s).is_some()) {

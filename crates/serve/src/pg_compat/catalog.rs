@@ -23,6 +23,7 @@ const ARRAY_COLUMNS: &[(&str, &str, &str)] = &[
     ("pg_constraint", "conffeqop", "INT"),
     ("pg_constraint", "conexclop", "INT"),
     ("pg_proc", "proallargtypes", "INT"),
+    ("pg_proc", "proargtypes", "INT"),
     ("pg_proc", "proargmodes", "VARCHAR"),
     ("pg_proc", "proargnames", "VARCHAR"),
 ];

@@ -101,13 +101,132 @@ pub(super) fn register(ctx: &SessionContext) {
         "pg_get_viewdef",
         "pg_get_ruledef",
         "pg_get_function_identity_arguments",
+        "pg_get_function_arguments",
+        "pg_get_function_result",
+        // Nothing here has a comment.
+        "obj_description",
+        "col_description",
+        "shobj_description",
     ] {
         ctx.register_udf(constant(name, ScalarValue::Utf8(None)));
+    }
+    // Sizes of relations stored as Postgres stores them: none here (earshot's are Parquet files).
+    for name in ["pg_table_size", "pg_total_relation_size", "pg_indexes_size"] {
+        ctx.register_udf(constant(name, ScalarValue::Int64(None)));
     }
     ctx.register_udf(ScalarUDF::new_from_impl(JsonBuildObject {
         signature: Signature::variadic_any(Volatility::Immutable),
     }));
     register_settings(ctx);
+    ctx.register_udf(ScalarUDF::new_from_impl(Unsupported {
+        signature: Signature::exact(vec![], Volatility::Volatile),
+    }));
+    ctx.register_udf(ScalarUDF::new_from_impl(SizePretty {
+        signature: Signature::any(1, Volatility::Immutable),
+    }));
+}
+
+/// Stands for a subquery DataFusion cannot run (see `rewrite::UNSUPPORTED`): no value on no rows,
+/// an error on any row.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct Unsupported {
+    signature: Signature,
+}
+
+impl ScalarUDFImpl for Unsupported {
+    fn name(&self) -> &str {
+        super::rewrite::UNSUPPORTED
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, _args: &[DataType]) -> Result<DataType> {
+        Ok(DataType::new_list(DataType::Utf8, true))
+    }
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        if args.number_rows > 0 {
+            return Err(datafusion::common::DataFusionError::NotImplemented(
+                "a subquery over a derived table of the outer row, in a catalog query that \
+                 has rows: earshot cannot run it"
+                    .into(),
+            ));
+        }
+        Ok(ColumnarValue::Array(
+            datafusion::arrow::array::new_empty_array(&self.return_type(&[])?),
+        ))
+    }
+}
+
+/// `pg_size_pretty(bytes)`: a size in bytes, kB, MB, GB, TB or PB, as Postgres rounds it (a unit
+/// is used from 10,240 of the one below; halves round away from zero).
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct SizePretty {
+    signature: Signature,
+}
+
+/// The text `pg_size_pretty` gives for `bytes`.
+pub(super) fn size_pretty(bytes: i64) -> String {
+    const UNITS: [&str; 5] = ["kB", "MB", "GB", "TB", "PB"];
+    if bytes.unsigned_abs() < 10 * 1024 {
+        return format!("{bytes} bytes");
+    }
+    // Halved, rounded, and the last step taken with the half: as Postgres does.
+    let mut size = bytes / 512;
+    for (i, unit) in UNITS.iter().enumerate() {
+        let half_rounded = (size + size.signum()) / 2;
+        if half_rounded.unsigned_abs() < 10 * 1024 || i == UNITS.len() - 1 {
+            return format!("{half_rounded} {unit}");
+        }
+        size /= 1024;
+    }
+    unreachable!()
+}
+
+impl ScalarUDFImpl for SizePretty {
+    fn name(&self) -> &str {
+        "pg_size_pretty"
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, _args: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Utf8)
+    }
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        use datafusion::arrow::array::{Array, StringBuilder};
+        let arrays = ColumnarValue::values_to_arrays(&args.args)?;
+        let bytes = datafusion::arrow::compute::cast(&arrays[0], &DataType::Int64)?;
+        let bytes = datafusion::common::cast::as_int64_array(&bytes)?;
+        let mut out = StringBuilder::new();
+        for row in 0..args.number_rows {
+            if bytes.is_null(row) {
+                out.append_null();
+            } else {
+                out.append_value(size_pretty(bytes.value(row)));
+            }
+        }
+        Ok(ColumnarValue::Array(Arc::new(out.finish())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn sizes_print_as_postgres_prints_them() {
+        // Postgres 16: SELECT pg_size_pretty(x::bigint) for each x.
+        for (bytes, text) in [
+            (0, "0 bytes"),
+            (10239, "10239 bytes"),
+            (10240, "10 kB"),
+            (10752, "11 kB"),
+            (1_000_000, "977 kB"),
+            (10_485_760, "10 MB"),
+            (123_456_789_012, "115 GB"),
+            (-10240, "-10 kB"),
+        ] {
+            assert_eq!(super::size_pretty(bytes), text, "{bytes}");
+        }
+    }
 }
 
 /// The settings `current_setting(name)` answers, as this endpoint runs: read-only, UTF-8, UTC, one

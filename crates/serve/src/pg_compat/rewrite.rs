@@ -132,6 +132,24 @@ impl VisitorMut for Rewriter {
                     self.changed = true;
                 }
             }
+            // `t::regtype::text` (pgcli's function list): the type's name, as Postgres prints it,
+            // which `format_type` gives; the cast alone would give the number.
+            Expr::Cast {
+                expr: inner,
+                data_type: ast::DataType::Text | ast::DataType::Varchar(_),
+                ..
+            } if matches!(inner.as_ref(), Expr::Cast { data_type: ast::DataType::Custom(name, _), .. }
+                if name.0.last().and_then(ObjectNamePart::as_ident)
+                    .is_some_and(|i| i.value.eq_ignore_ascii_case("regtype"))) =>
+            {
+                if let Expr::Cast { expr: oid, .. } = inner.as_ref() {
+                    *expr = call(
+                        "format_type",
+                        vec![(**oid).clone(), Expr::value(Value::Null)],
+                    );
+                    self.changed = true;
+                }
+            }
             // `generate_subscripts(a, d)` beside `unnest(a)`: the positions 1..n, unnested in step,
             // for the only dimension the catalog's arrays have (none for another `d`). `d` stays in
             // the text: it may be a parameter, and the client sends a value for each.
@@ -167,6 +185,16 @@ impl VisitorMut for Rewriter {
                     };
                     let range = call("range", vec![one(), stop]);
                     *expr = call("unnest", vec![range]);
+                    self.changed = true;
+                }
+            }
+            // `ARRAY(SELECT x FROM <catalog> …)` (pgcli's `\du`): the same rows aggregated,
+            // `(SELECT array_agg(x ORDER BY …) FROM …)`, which DataFusion plans correlated too.
+            Expr::Function(f) if self.all && function_name(f) == "array" => {
+                if let FunctionArguments::Subquery(query) = &f.args
+                    && let Some(aggregated) = aggregated_into_array(query)
+                {
+                    *expr = Expr::Subquery(Box::new(aggregated));
                     self.changed = true;
                 }
             }
@@ -235,6 +263,90 @@ impl VisitorMut for Rewriter {
         }
         ControlFlow::Continue(())
     }
+
+    /// A subquery in the select list of a query over the catalog that reads a derived table of
+    /// the outer row (pgcli's foreign keys: `unnest((SELECT array_agg(…) FROM (SELECT
+    /// unnest(confkey) …) x JOIN pg_attribute …))`), which DataFusion cannot run, becomes
+    /// [`UNSUPPORTED`]: an error as soon as the outer query has a row, so the answer is either
+    /// exact (no rows: Postgres gives none either) or an error, never a guess.
+    fn post_visit_select(&mut self, select: &mut ast::Select) -> ControlFlow<()> {
+        if !self.all || select.from.is_empty() || !select.from.iter().all(catalog_only) {
+            return ControlFlow::Continue(());
+        }
+        for item in &mut select.projection {
+            let (ast::SelectItem::UnnamedExpr(e) | ast::SelectItem::ExprWithAlias { expr: e, .. }) =
+                item
+            else {
+                continue;
+            };
+            let mut replace = ReplaceUnrunnable { changed: false };
+            let _ = e.visit(&mut replace);
+            self.changed |= replace.changed;
+        }
+        ControlFlow::Continue(())
+    }
+}
+
+/// The function that stands for a subquery DataFusion cannot run: it fails on any row.
+pub(super) const UNSUPPORTED: &str = "earshot_unsupported_subquery";
+
+struct ReplaceUnrunnable {
+    changed: bool,
+}
+
+impl VisitorMut for ReplaceUnrunnable {
+    type Break = ();
+    fn post_visit_expr(&mut self, expr: &mut Expr) -> ControlFlow<()> {
+        if let Expr::Subquery(query) = expr
+            && let ast::SetExpr::Select(select) = query.body.as_ref()
+            && !select.from.iter().all(catalog_only)
+        {
+            *expr = call(UNSUPPORTED, vec![]);
+            self.changed = true;
+        }
+        ControlFlow::Continue(())
+    }
+}
+
+/// `SELECT x FROM … [ORDER BY …]` as `SELECT array_agg(x ORDER BY …) FROM …`, for one plain
+/// column over the catalog.
+fn aggregated_into_array(query: &ast::Query) -> Option<ast::Query> {
+    let mut query = query.clone();
+    let ast::SetExpr::Select(select) = query.body.as_mut() else {
+        return None;
+    };
+    if select.projection.len() != 1
+        || select.from.is_empty()
+        || !select.from.iter().all(catalog_only)
+    {
+        return None;
+    }
+    let (ast::SelectItem::UnnamedExpr(e) | ast::SelectItem::ExprWithAlias { expr: e, .. }) =
+        &mut select.projection[0]
+    else {
+        return None;
+    };
+    let mut clauses = vec![];
+    if let Some(order) = query.order_by.take() {
+        let ast::OrderByKind::Expressions(mut keys) = order.kind else {
+            return None;
+        };
+        for key in &mut keys {
+            // `ORDER BY 1` names the one column.
+            if matches!(&key.expr, Expr::Value(v) if v.value == Value::Number("1".into(), false)) {
+                key.expr = e.clone();
+            }
+        }
+        clauses.push(ast::FunctionArgumentClause::OrderBy(keys));
+    }
+    let mut aggregate = call("array_agg", vec![e.clone()]);
+    if let Expr::Function(f) = &mut aggregate
+        && let FunctionArguments::List(list) = &mut f.args
+    {
+        list.clauses = clauses;
+    }
+    *e = aggregate;
+    Some(query)
 }
 
 /// Whether an error says DataFusion could not plan the text (what [`rewrite`] may help with), as
@@ -320,7 +432,13 @@ mod tests {
         // `ARRAY(SELECT …)` is left to datafusion-postgres, whose own rewrites of psql's
         // catalog queries must still see their text as psql wrote it.
         let same = "SELECT ARRAY(SELECT r.rolname FROM pg_roles r) AS m";
-        assert!(matches!(rewrite(same), Cow::Borrowed(_)));
+        assert!(matches!(rewrite_upfront(same), Cow::Borrowed(_)));
+        // Only when the text does not plan: the same rows aggregated.
+        let got = rewrite("SELECT ARRAY(SELECT r.rolname FROM pg_roles r ORDER BY 1) AS m");
+        assert!(
+            got.contains("(SELECT array_agg(r.rolname ORDER BY r.rolname) FROM pg_roles r)"),
+            "{got}"
+        );
     }
 
     #[test]
@@ -349,6 +467,28 @@ mod tests {
             );
             assert!(!got.contains("max(stream_id)"), "{got}");
         }
+    }
+
+    #[test]
+    fn a_subquery_the_engine_cannot_run_fails_on_any_row() {
+        let got = rewrite(
+            "SELECT c.relname, unnest((SELECT array_agg(a.attname) FROM (SELECT unnest(k.conkey) \
+             AS attnum) x JOIN pg_attribute a USING (attnum))) AS cols FROM pg_constraint k \
+             JOIN pg_class c ON c.oid = k.conrelid",
+        );
+        assert!(
+            got.contains("unnest(earshot_unsupported_subquery()) AS cols"),
+            "{got}"
+        );
+        // Not over the catalog: left as written.
+        let same = "SELECT (SELECT max(x) FROM (SELECT 1 AS x) y) FROM streams";
+        assert!(matches!(rewrite(same), Cow::Borrowed(_)), "{same}");
+    }
+
+    #[test]
+    fn a_type_named_as_text_is_its_name() {
+        let got = rewrite_upfront("SELECT prorettype::regtype::text FROM pg_proc");
+        assert!(got.contains("format_type(prorettype, NULL)"), "{got}");
     }
 
     #[test]
