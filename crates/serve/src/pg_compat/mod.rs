@@ -12,6 +12,7 @@ mod errors;
 mod functions;
 mod params;
 mod rewrite;
+mod template;
 
 pub use errors::sqlstate_of;
 pub use params::keep_placeholders;

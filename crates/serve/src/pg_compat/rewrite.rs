@@ -132,6 +132,71 @@ impl VisitorMut for Rewriter {
                     self.changed = true;
                 }
             }
+            // `TO_TIMESTAMP(text, 'YYYY-MM-DD HH24:MI:SS.US')`, `TO_CHAR(t, …)`, `TO_DATE`
+            // (Superset's time filters): Postgres's template as the chrono format DataFusion's
+            // functions take. A format with `%` in it is DataFusion's already, and left alone.
+            Expr::Function(f)
+                if matches!(
+                    function_name(f).as_str(),
+                    "to_timestamp" | "to_char" | "to_date"
+                ) =>
+            {
+                if let FunctionArguments::List(list) = &mut f.args
+                    && let [
+                        _,
+                        FunctionArg::Unnamed(FunctionArgExpr::Expr(Expr::Value(v))),
+                    ] = list.args.as_mut_slice()
+                    && let Value::SingleQuotedString(template) = &v.value
+                    && !template.contains('%')
+                {
+                    v.value = Value::SingleQuotedString(super::template::to_chrono(template));
+                    self.changed = true;
+                }
+            }
+            // `INTERVAL '5 minutes' * FLOOR(…)` (Superset's 5/10/15/30-minute and 5/30-second
+            // grains): DataFusion does not multiply an interval by a number, so the interval is
+            // made from the product's text, `CAST(CAST(5 * (…) AS VARCHAR) || ' minutes' AS
+            // INTERVAL)`: the same length, a fraction included.
+            Expr::BinaryOp {
+                left,
+                op: ast::BinaryOperator::Multiply,
+                right,
+            } if self.all => {
+                let (interval, factor) = match (left.as_ref(), right.as_ref()) {
+                    (Expr::Interval(i), e) | (e, Expr::Interval(i)) => (i, e),
+                    _ => return ControlFlow::Continue(()),
+                };
+                if let Some((count, unit)) = interval_count_and_unit(interval) {
+                    let product = Expr::BinaryOp {
+                        left: Box::new(Expr::value(Value::Number(count, false))),
+                        op: ast::BinaryOperator::Multiply,
+                        right: Box::new(Expr::Nested(Box::new(factor.clone()))),
+                    };
+                    let product_text = Expr::Cast {
+                        kind: ast::CastKind::Cast,
+                        expr: Box::new(product),
+                        data_type: ast::DataType::Varchar(None),
+                        array: false,
+                        format: None,
+                    };
+                    let interval_text = Expr::BinaryOp {
+                        left: Box::new(product_text),
+                        op: ast::BinaryOperator::StringConcat,
+                        right: Box::new(text(&format!(" {unit}"))),
+                    };
+                    *expr = Expr::Cast {
+                        kind: ast::CastKind::Cast,
+                        expr: Box::new(interval_text),
+                        data_type: ast::DataType::Interval {
+                            fields: None,
+                            precision: None,
+                        },
+                        array: false,
+                        format: None,
+                    };
+                    self.changed = true;
+                }
+            }
             // `t::regtype::text` (pgcli's function list): the type's name, as Postgres prints it,
             // which `format_type` gives; the cast alone would give the number.
             Expr::Cast {
@@ -285,6 +350,24 @@ impl VisitorMut for Rewriter {
         }
         ControlFlow::Continue(())
     }
+}
+
+/// `INTERVAL '5 minutes'` as `("5", "minutes")`: one count and one unit, nothing else.
+fn interval_count_and_unit(interval: &ast::Interval) -> Option<(String, String)> {
+    if interval.leading_field.is_some() || interval.last_field.is_some() {
+        return None;
+    }
+    let Expr::Value(v) = interval.value.as_ref() else {
+        return None;
+    };
+    let Value::SingleQuotedString(s) = &v.value else {
+        return None;
+    };
+    let mut words = s.split_whitespace();
+    let (count, unit) = (words.next()?, words.next()?);
+    let numeric = count.parse::<f64>().is_ok_and(f64::is_finite);
+    let unit_ok = !unit.is_empty() && unit.chars().all(|c| c.is_ascii_alphabetic());
+    (words.next().is_none() && numeric && unit_ok).then(|| (count.to_owned(), unit.to_owned()))
 }
 
 /// The function that stands for a subquery DataFusion cannot run: it fails on any row.
@@ -482,6 +565,35 @@ mod tests {
         );
         // Not over the catalog: left as written.
         let same = "SELECT (SELECT max(x) FROM (SELECT 1 AS x) y) FROM streams";
+        assert!(matches!(rewrite(same), Cow::Borrowed(_)), "{same}");
+    }
+
+    #[test]
+    fn postgres_templates_become_chrono_formats() {
+        let got = rewrite_upfront(
+            "SELECT x FROM t WHERE ts >= TO_TIMESTAMP('2024-08-12 00:00:00.000000', \
+             'YYYY-MM-DD HH24:MI:SS.US') AND to_char(ts, 'FMDD Mon') = '%'",
+        );
+        assert!(
+            got.contains("'%Y-%m-%d %H:%M:%S.%6f'") && got.contains("'%-d %b'"),
+            "{got}"
+        );
+        let same = "SELECT to_char(ts, '%Y') FROM t";
+        assert!(matches!(rewrite_upfront(same), Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn an_interval_times_a_number_is_an_interval_of_the_product() {
+        let got = rewrite(
+            "SELECT DATE_TRUNC('hour', t) + INTERVAL '5 minutes' * FLOOR(EXTRACT(MINUTE FROM t) / 5) FROM x",
+        );
+        assert!(
+            got.contains(
+                "CAST(CAST(5 * (FLOOR(EXTRACT(MINUTE FROM t) / 5)) AS VARCHAR) || ' minutes' AS INTERVAL)"
+            ),
+            "{got}"
+        );
+        let same = "SELECT INTERVAL '1 day 2 hours' * 3";
         assert!(matches!(rewrite(same), Cow::Borrowed(_)), "{same}");
     }
 
