@@ -29,6 +29,58 @@ public class JdbcClient {
         return rows;
     }
 
+    /** The rows of a metadata call, each as column label -> value, or the call's error. */
+    static List<Map<String, Object>> rows(String call, ResultSetSupplier f) {
+        List<Map<String, Object>> out = new ArrayList<>();
+        try (ResultSet rs = f.get()) {
+            ResultSetMetaData m = rs.getMetaData();
+            while (rs.next()) {
+                Map<String, Object> row = new LinkedHashMap<>();
+                for (int i = 1; i <= m.getColumnCount(); i++) {
+                    row.put(m.getColumnLabel(i).toUpperCase(Locale.ROOT), rs.getObject(i));
+                }
+                out.add(row);
+            }
+            check("DatabaseMetaData." + call + " answers", true, "");
+        } catch (SQLException e) {
+            check("DatabaseMetaData." + call + " answers", false, e.getSQLState() + " " + e.getMessage());
+        }
+        return out;
+    }
+
+    interface ResultSetSupplier { ResultSet get() throws SQLException; }
+
+    static void walk(DatabaseMetaData md, List<String> tables) {
+        List<Map<String, Object>> catalogs = rows("getCatalogs()", md::getCatalogs);
+        check("getCatalogs() lists earshot",
+                catalogs.stream().anyMatch(r -> "earshot".equals(r.get("TABLE_CAT"))), catalogs);
+        List<Map<String, Object>> schemas = rows("getSchemas()", md::getSchemas);
+        check("getSchemas() lists public",
+                schemas.stream().anyMatch(r -> "public".equals(r.get("TABLE_SCHEM"))), schemas);
+        rows("getSchemas(earshot, %)", () -> md.getSchemas("earshot", "%"));
+        rows("getTableTypes()", md::getTableTypes);
+        rows("getTables(all types)", () -> md.getTables(null, null, "%", null));
+        for (String t : tables) {
+            List<Map<String, Object>> cols = rows("getColumns(" + t + ")", () -> md.getColumns(null, "public", t, "%"));
+            check("getColumns(" + t + ") has columns", !cols.isEmpty(), t);
+            check("getPrimaryKeys(" + t + ") is empty",
+                    rows("getPrimaryKeys(" + t + ")", () -> md.getPrimaryKeys(null, "public", t)).isEmpty(), t);
+            check("getImportedKeys(" + t + ") is empty",
+                    rows("getImportedKeys(" + t + ")", () -> md.getImportedKeys(null, "public", t)).isEmpty(), t);
+            check("getExportedKeys(" + t + ") is empty",
+                    rows("getExportedKeys(" + t + ")", () -> md.getExportedKeys(null, "public", t)).isEmpty(), t);
+            check("getIndexInfo(" + t + ") is empty",
+                    rows("getIndexInfo(" + t + ")", () -> md.getIndexInfo(null, "public", t, false, true)).isEmpty(), t);
+        }
+        List<Map<String, Object>> types = rows("getTypeInfo()", md::getTypeInfo);
+        Set<Object> names = new HashSet<>();
+        for (Map<String, Object> r : types) names.add(r.get("TYPE_NAME"));
+        check("getTypeInfo() has the tables' types",
+                names.containsAll(List.of("int8", "text", "timestamptz", "bytea")), names);
+        rows("getFunctions()", () -> md.getFunctions(null, "public", "%"));
+        rows("getProcedures()", () -> md.getProcedures(null, "public", "%"));
+    }
+
     public static void main(String[] argv) throws Exception {
         Map<String, String> a = new HashMap<>();
         for (int i = 0; i + 1 < argv.length; i += 2) a.put(argv[i].replaceFirst("^--", ""), argv[i + 1]);
@@ -58,6 +110,10 @@ public class JdbcClient {
                     Objects.equals(columns.get("peak_connected"), Types.BIGINT)
                             && Objects.equals(columns.get("stream_id"), Types.VARCHAR),
                     columns);
+
+            // The walk DBeaver and Metabase make of a new connection: catalogs, schemas, every
+            // table's columns, keys and indexes (none: the tables are read-only), types, functions.
+            walk(md, tables);
 
             String sql = "SELECT sessions, peak_connected, listeners_connected FROM streams WHERE stream_id = ?";
             List<String[]> want = cli(a.get("earshot"), a.get("data"), sql.replace("?", "'" + stream + "'"));

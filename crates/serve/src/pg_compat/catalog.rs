@@ -72,8 +72,43 @@ pub(super) fn overlay(ctx: &SessionContext, catalog: &str) -> Result<()> {
         let view = ctx.read_table(table)?.select_exprs(&exprs)?.into_view();
         tables.insert(name.to_owned(), view);
     }
+    tables.insert("pg_settings".into(), settings(ctx, inner.as_ref())?);
     catalog.register_schema("pg_catalog", Arc::new(Overlay { inner, tables }))?;
     Ok(())
+}
+
+/// `pg_settings` with a row for each setting `current_setting` answers that it lacks (pgjdbc reads
+/// `max_index_keys` from it before it lists keys).
+fn settings(ctx: &SessionContext, inner: &dyn SchemaProvider) -> Result<Arc<dyn TableProvider>> {
+    use datafusion::arrow::array::{ArrayRef, RecordBatch, StringArray, new_null_array};
+    use datafusion::common::JoinType;
+    let table = futures::executor::block_on(inner.table("pg_settings"))?
+        .ok_or_else(|| DataFusionError::Plan("no pg_catalog.pg_settings".into()))?;
+    let schema = table.schema();
+    let rows = super::functions::SETTINGS;
+    let column = |values: Vec<&str>| Arc::new(StringArray::from(values)) as ArrayRef;
+    let columns = schema
+        .fields()
+        .iter()
+        .map(|f| match f.name().as_str() {
+            "name" => column(rows.iter().map(|r| r.0).collect()),
+            "setting" | "reset_val" => column(rows.iter().map(|r| r.1).collect()),
+            "context" => column(vec!["internal"; rows.len()]),
+            "vartype" => column(vec!["string"; rows.len()]),
+            "source" => column(vec!["default"; rows.len()]),
+            _ => new_null_array(f.data_type(), rows.len()),
+        })
+        .collect();
+    let ours = ctx.read_batch(RecordBatch::try_new(schema, columns)?)?;
+    let theirs = ctx.read_table(table)?;
+    let missing = ours.join(
+        theirs.clone(),
+        JoinType::LeftAnti,
+        &["name"],
+        &["name"],
+        None,
+    )?;
+    Ok(theirs.union(missing)?.into_view())
 }
 
 /// `pg_catalog` with some tables replaced.

@@ -121,6 +121,9 @@ pub(super) fn register(ctx: &SessionContext) {
     ctx.register_udf(ScalarUDF::new_from_impl(Unsupported {
         signature: Signature::exact(vec![], Volatility::Volatile),
     }));
+    ctx.register_udf(ScalarUDF::new_from_impl(ExpandArray {
+        signature: Signature::any(1, Volatility::Immutable),
+    }));
     ctx.register_udf(ScalarUDF::new_from_impl(SizePretty {
         signature: Signature::any(1, Volatility::Immutable),
     }));
@@ -154,6 +157,76 @@ impl ScalarUDFImpl for Unsupported {
         Ok(ColumnarValue::Array(
             datafusion::arrow::array::new_empty_array(&self.return_type(&[])?),
         ))
+    }
+}
+
+/// `earshot_expandarray(a)`: the elements of `a` with their positions, `[{x, n}, …]`. Postgres's
+/// `information_schema._pg_expandarray(a)` is a set-returning function, one row `(x, n)` per
+/// element; `rewrite` turns a call of it into `unnest(earshot_expandarray(a))`, the same rows.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct ExpandArray {
+    signature: Signature,
+}
+
+fn expanded_type(list: &DataType) -> DataType {
+    use datafusion::arrow::datatypes::{Field, Fields};
+    let element = match list {
+        DataType::List(f) | DataType::LargeList(f) => f.data_type().clone(),
+        other => other.clone(),
+    };
+    DataType::Struct(Fields::from(vec![
+        Field::new("x", element, true),
+        Field::new("n", DataType::Int32, false),
+    ]))
+}
+
+impl ScalarUDFImpl for ExpandArray {
+    fn name(&self) -> &str {
+        super::rewrite::EXPAND_ARRAY
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, args: &[DataType]) -> Result<DataType> {
+        Ok(DataType::new_list(expanded_type(&args[0]), true))
+    }
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        use datafusion::arrow::array::{Array, Int32Array, ListArray, StructArray};
+        use datafusion::arrow::datatypes::Field;
+        let arrays = ColumnarValue::values_to_arrays(&args.args)?;
+        let list = datafusion::common::cast::as_list_array(&arrays[0])?;
+        let offsets = list.offsets();
+        let mut positions = Vec::with_capacity(list.values().len());
+        for row in 0..list.len() {
+            let (start, end) = (offsets[row], offsets[row + 1]);
+            positions.extend((1..=(end - start)).map(|n| n as i32));
+        }
+        let values = list.values().slice(
+            offsets[0] as usize,
+            (offsets[list.len()] - offsets[0]) as usize,
+        );
+        let DataType::Struct(fields) = expanded_type(list.data_type()) else {
+            unreachable!()
+        };
+        let elements = StructArray::try_new(
+            fields.clone(),
+            vec![values, Arc::new(Int32Array::from(positions))],
+            None,
+        )?;
+        let rebased = datafusion::arrow::buffer::OffsetBuffer::new(
+            offsets
+                .iter()
+                .map(|o| o - offsets[0])
+                .collect::<Vec<_>>()
+                .into(),
+        );
+        let out = ListArray::try_new(
+            Arc::new(Field::new("item", DataType::Struct(fields), true)),
+            rebased,
+            Arc::new(elements),
+            list.nulls().cloned(),
+        )?;
+        Ok(ColumnarValue::Array(Arc::new(out)))
     }
 }
 
@@ -231,7 +304,7 @@ mod tests {
 
 /// The settings `current_setting(name)` answers, as this endpoint runs: read-only, UTF-8, UTC, one
 /// schema. Names are matched in any case, as Postgres does.
-const SETTINGS: &[(&str, &str)] = &[
+pub(super) const SETTINGS: &[(&str, &str)] = &[
     ("application_name", ""),
     ("block_size", "8192"),
     ("bytea_output", "hex"),

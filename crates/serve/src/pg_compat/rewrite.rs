@@ -197,6 +197,47 @@ impl VisitorMut for Rewriter {
                     self.changed = true;
                 }
             }
+            // `typinput = 'pg_catalog.array_in'::regproc` (pgjdbc's type cache): the catalog holds
+            // pg_type's function columns as the functions' names, so the name is compared.
+            Expr::BinaryOp {
+                left,
+                op: ast::BinaryOperator::Eq | ast::BinaryOperator::NotEq,
+                right,
+            } if is_proc_name_column(left) || is_proc_name_column(right) => {
+                for side in [left, right] {
+                    if let Some(name) = regproc_literal(side) {
+                        **side = text(&name);
+                        self.changed = true;
+                    }
+                }
+            }
+            // `information_schema._pg_expandarray(a)`, Postgres's set of `(x, n)` per element:
+            // the same rows as `unnest` of the elements with their positions.
+            Expr::Function(f) if self.all && function_name(f) == "_pg_expandarray" => {
+                if let Some(args) = plain_args(f)
+                    && let [array] = args.as_slice()
+                {
+                    *expr = call("unnest", vec![call(EXPAND_ARRAY, vec![array.clone()])]);
+                    self.changed = true;
+                }
+            }
+            // `(i.keys).n` (pgjdbc's keys and indexes): a field of a composite value, which
+            // DataFusion reads with `get_field(i.keys, 'n')`.
+            Expr::CompoundFieldAccess { root, access_chain }
+                if self.all
+                    && access_chain
+                        .iter()
+                        .all(|a| matches!(a, ast::AccessExpr::Dot(Expr::Identifier(_)))) =>
+            {
+                let mut value = (**root).clone();
+                for access in access_chain.iter() {
+                    if let ast::AccessExpr::Dot(Expr::Identifier(field)) = access {
+                        value = call("get_field", vec![value, text(&field.value)]);
+                    }
+                }
+                *expr = value;
+                self.changed = true;
+            }
             // `t::regtype::text` (pgcli's function list): the type's name, as Postgres prints it,
             // which `format_type` gives; the cast alone would give the number.
             Expr::Cast {
@@ -335,6 +376,9 @@ impl VisitorMut for Rewriter {
     /// [`UNSUPPORTED`]: an error as soon as the outer query has a row, so the answer is either
     /// exact (no rows: Postgres gives none either) or an error, never a guess.
     fn post_visit_select(&mut self, select: &mut ast::Select) -> ControlFlow<()> {
+        if self.all {
+            self.changed |= alias_repeated_columns(select);
+        }
         if !self.all || select.from.is_empty() || !select.from.iter().all(catalog_only) {
             return ControlFlow::Continue(());
         }
@@ -349,6 +393,53 @@ impl VisitorMut for Rewriter {
             self.changed |= replace.changed;
         }
         ControlFlow::Continue(())
+    }
+}
+
+/// pg_type's columns that name a function (regproc in Postgres), held as names in this catalog.
+fn is_proc_name_column(e: &Expr) -> bool {
+    let name = match e {
+        Expr::Identifier(i) => &i.value,
+        Expr::CompoundIdentifier(parts) => match parts.last() {
+            Some(i) => &i.value,
+            None => return false,
+        },
+        _ => return false,
+    };
+    [
+        "typinput",
+        "typoutput",
+        "typreceive",
+        "typsend",
+        "typmodin",
+        "typmodout",
+        "typanalyze",
+    ]
+    .contains(&name.to_ascii_lowercase().as_str())
+}
+
+/// `'pg_catalog.array_in'::regproc` as `array_in`.
+fn regproc_literal(e: &Expr) -> Option<String> {
+    let Expr::Cast {
+        expr,
+        data_type: ast::DataType::Custom(ty, _),
+        ..
+    } = e
+    else {
+        return None;
+    };
+    let is_regproc =
+        ty.0.last()
+            .and_then(ObjectNamePart::as_ident)
+            .is_some_and(|i| i.value.eq_ignore_ascii_case("regproc"));
+    match expr.as_ref() {
+        Expr::Value(v) if is_regproc => match &v.value {
+            Value::SingleQuotedString(s) => {
+                Some(s.strip_prefix("pg_catalog.").unwrap_or(s).to_owned())
+            }
+            _ => None,
+        },
+        _ => None,
     }
 }
 
@@ -369,6 +460,34 @@ fn interval_count_and_unit(interval: &ast::Interval) -> Option<(String, String)>
     let unit_ok = !unit.is_empty() && unit.chars().all(|c| c.is_ascii_alphabetic());
     (words.next().is_none() && numeric && unit_ok).then(|| (count.to_owned(), unit.to_owned()))
 }
+
+/// `SELECT NULL, NULL, …` (pgjdbc's procedure list): Postgres allows two columns of one name,
+/// DataFusion does not, so an unnamed column whose text repeats an earlier one is named after its
+/// position (`?column?` for a literal, as Postgres names it, then `:N`). Whether any changed.
+fn alias_repeated_columns(select: &mut ast::Select) -> bool {
+    let mut seen = std::collections::HashSet::new();
+    let mut changed = false;
+    for (position, item) in select.projection.iter_mut().enumerate() {
+        let ast::SelectItem::UnnamedExpr(e) = item else {
+            continue;
+        };
+        let name = match &*e {
+            Expr::Value(_) => "?column?".to_owned(),
+            other => other.to_string(),
+        };
+        if !seen.insert(e.to_string()) {
+            *item = ast::SelectItem::ExprWithAlias {
+                expr: e.clone(),
+                alias: Ident::with_quote('"', format!("{name}:{}", position + 1)),
+            };
+            changed = true;
+        }
+    }
+    changed
+}
+
+/// The elements of an array with their positions (see `functions::ExpandArray`).
+pub(super) const EXPAND_ARRAY: &str = "earshot_expandarray";
 
 /// The function that stands for a subquery DataFusion cannot run: it fails on any row.
 pub(super) const UNSUPPORTED: &str = "earshot_unsupported_subquery";
@@ -595,6 +714,19 @@ mod tests {
         );
         let same = "SELECT INTERVAL '1 day 2 hours' * 3";
         assert!(matches!(rewrite(same), Cow::Borrowed(_)), "{same}");
+    }
+
+    #[test]
+    fn repeated_unnamed_columns_get_names_and_regproc_names_compare_as_names() {
+        let got = rewrite("SELECT NULL AS a, NULL, NULL, x, x FROM t");
+        assert!(
+            got.contains(r#"NULL, NULL AS "?column?:3", x, x AS "x:5""#),
+            "{got}"
+        );
+        let got = rewrite("SELECT (i.keys).n FROM t");
+        assert!(got.contains("get_field((i.keys), 'n')"), "{got}");
+        let got = rewrite_upfront("SELECT typinput = 'pg_catalog.array_in'::regproc FROM pg_type");
+        assert!(got.contains("typinput = 'array_in'"), "{got}");
     }
 
     #[test]
