@@ -192,25 +192,6 @@ fn psql_and_psycopg_read_the_tables_and_cannot_change_them() {
     );
 }
 
-/// SQLAlchemy + pandas, what notebooks, Superset and Jupyter's `%sql` are built on: an engine, `pd.read_sql`
-/// with it (figures equal `earshot sql`'s), and `inspect(engine).get_table_names()`.
-#[test]
-fn sqlalchemy_and_pandas_connect_and_read_the_tables() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    make_data(&data, 500, 9);
-    let server = serve(&data, &[], None);
-    let mut python = Command::new("python3");
-    python.arg(repo().join("tests/sqlalchemy_client.py"));
-    client_passes(
-        "python3 with sqlalchemy and pandas",
-        python,
-        &server,
-        &data,
-        "inspect(engine).get_table_names()",
-    );
-}
-
 #[test]
 fn runaway_queries_hit_the_limits_and_the_server_keeps_serving() {
     let dir = tempfile::tempdir().unwrap();

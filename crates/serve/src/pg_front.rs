@@ -284,6 +284,9 @@ impl Supervised {
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         let mut cpu = (Instant::now(), Duration::ZERO);
         let mut burning = 0;
+        // Whether a turn was held at any time in the current half-second: the CPU it measures is
+        // then (partly) the query's, not idle burn.
+        let mut turn_in_window = false;
         let limits = self.front.limits;
         let killed = loop {
             tokio::select! {
@@ -296,6 +299,7 @@ impl Supervised {
                     let reply = match turn {
                         Ok(turn) => {
                             self.held.push_back((turn, Instant::now()));
+                            turn_in_window = true;
                             "go\n".to_string()
                         }
                         Err(SqlError::Busy { running, waited }) => {
@@ -328,7 +332,8 @@ impl Supervised {
                         // Two half-seconds in a row over the idle allowance, with no turn held:
                         // a query that was stopped but did not stop.
                         let spent = limits::cpu_time(self.pid).unwrap_or_default();
-                        let idle = self.ready && self.held.is_empty();
+                        let idle = self.ready && self.held.is_empty() && !turn_in_window;
+                        turn_in_window = !self.held.is_empty();
                         if idle && spent.saturating_sub(cpu.1) > IDLE_CPU_PER_SECOND / 2 {
                             burning += 1;
                             if burning >= 2 {

@@ -73,8 +73,30 @@ pub(super) fn overlay(ctx: &SessionContext, catalog: &str) -> Result<()> {
         tables.insert(name.to_owned(), view);
     }
     tables.insert("pg_settings".into(), settings(ctx, inner.as_ref())?);
+    super::rewrite::know_boolean_columns(boolean_columns(inner.as_ref())?);
     catalog.register_schema("pg_catalog", Arc::new(Overlay { inner, tables }))?;
     Ok(())
+}
+
+/// The names of the catalog's boolean columns that no other catalog column shares with another
+/// type (`indisprimary`, `attnotnull`, …): a comparison of one with `'f'` compares booleans.
+fn boolean_columns(inner: &dyn SchemaProvider) -> Result<Vec<String>> {
+    use datafusion::arrow::datatypes::DataType;
+    let mut boolean = std::collections::BTreeSet::new();
+    let mut other = std::collections::BTreeSet::new();
+    for name in inner.table_names() {
+        let Some(table) = futures::executor::block_on(inner.table(&name))? else {
+            continue;
+        };
+        for field in table.schema().fields() {
+            if field.data_type() == &DataType::Boolean {
+                boolean.insert(field.name().clone());
+            } else {
+                other.insert(field.name().clone());
+            }
+        }
+    }
+    Ok(boolean.difference(&other).cloned().collect())
 }
 
 /// `pg_settings` with a row for each setting `current_setting` answers that it lacks (pgjdbc reads

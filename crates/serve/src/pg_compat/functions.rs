@@ -199,7 +199,7 @@ impl ScalarUDFImpl for ExpandArray {
         let mut positions = Vec::with_capacity(list.values().len());
         for row in 0..list.len() {
             let (start, end) = (offsets[row], offsets[row + 1]);
-            positions.extend((1..=(end - start)).map(|n| n as i32));
+            positions.extend(1..=(end - start));
         }
         let values = list.values().slice(
             offsets[0] as usize,

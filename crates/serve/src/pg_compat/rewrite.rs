@@ -238,6 +238,21 @@ impl VisitorMut for Rewriter {
                 *expr = value;
                 self.changed = true;
             }
+            // `ix.indisprimary = 'f'` (Superset's index list): Postgres reads the quoted literal
+            // as a boolean, DataFusion does not; for the catalog's boolean columns it is written
+            // as one.
+            Expr::BinaryOp {
+                left,
+                op: ast::BinaryOperator::Eq | ast::BinaryOperator::NotEq,
+                right,
+            } if self.all && (is_boolean_column(left) || is_boolean_column(right)) => {
+                for side in [left, right] {
+                    if let Some(b) = boolean_literal(side) {
+                        **side = Expr::value(Value::Boolean(b));
+                        self.changed = true;
+                    }
+                }
+            }
             // `t::regtype::text` (pgcli's function list): the type's name, as Postgres prints it,
             // which `format_type` gives; the cast alone would give the number.
             Expr::Cast {
@@ -396,15 +411,46 @@ impl VisitorMut for Rewriter {
     }
 }
 
+/// The catalog's boolean columns, learnt when the catalog is installed.
+static BOOLEAN_COLUMNS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+
+pub(super) fn know_boolean_columns(names: Vec<String>) {
+    let _ = BOOLEAN_COLUMNS.set(names);
+}
+
+fn last_name(e: &Expr) -> Option<&str> {
+    match e {
+        Expr::Identifier(i) => Some(&i.value),
+        Expr::CompoundIdentifier(parts) => parts.last().map(|i| i.value.as_str()),
+        _ => None,
+    }
+}
+
+fn is_boolean_column(e: &Expr) -> bool {
+    last_name(e).is_some_and(|n| {
+        BOOLEAN_COLUMNS
+            .get()
+            .is_some_and(|names| names.iter().any(|b| b.eq_ignore_ascii_case(n)))
+    })
+}
+
+/// A quoted literal Postgres reads as a boolean (`'f'`, `'true'`, `'0'`, …).
+fn boolean_literal(e: &Expr) -> Option<bool> {
+    let Expr::Value(v) = e else { return None };
+    let Value::SingleQuotedString(s) = &v.value else {
+        return None;
+    };
+    match s.trim().to_ascii_lowercase().as_str() {
+        "t" | "true" | "y" | "yes" | "on" | "1" => Some(true),
+        "f" | "false" | "n" | "no" | "off" | "0" => Some(false),
+        _ => None,
+    }
+}
+
 /// pg_type's columns that name a function (regproc in Postgres), held as names in this catalog.
 fn is_proc_name_column(e: &Expr) -> bool {
-    let name = match e {
-        Expr::Identifier(i) => &i.value,
-        Expr::CompoundIdentifier(parts) => match parts.last() {
-            Some(i) => &i.value,
-            None => return false,
-        },
-        _ => return false,
+    let Some(name) = last_name(e) else {
+        return false;
     };
     [
         "typinput",
@@ -727,6 +773,18 @@ mod tests {
         assert!(got.contains("get_field((i.keys), 'n')"), "{got}");
         let got = rewrite_upfront("SELECT typinput = 'pg_catalog.array_in'::regproc FROM pg_type");
         assert!(got.contains("typinput = 'array_in'"), "{got}");
+    }
+
+    #[test]
+    fn a_quoted_boolean_compared_with_a_boolean_catalog_column_is_a_boolean() {
+        know_boolean_columns(vec!["indisprimary".into()]);
+        let got = rewrite(
+            "SELECT 1 FROM pg_index ix, pg_class t WHERE ix.indisprimary = 'f' AND t.relkind = 'f'",
+        );
+        assert!(
+            got.contains("ix.indisprimary = false AND t.relkind = 'f'"),
+            "{got}"
+        );
     }
 
     #[test]

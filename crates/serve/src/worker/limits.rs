@@ -79,7 +79,13 @@ pub fn death(
     let time = earshot_sql::human_duration(limits.time);
     let memory = earshot_sql::human_bytes(limits.memory);
     let (kind, message) = match killed {
-        Some(Killed::Deadline) | Some(Killed::Runaway) => (
+        Some(Killed::Runaway) => (
+            FailureKind::TimeLimit,
+            "query cancelled: its worker process kept computing after its query had been \
+             stopped, so it was killed and replaced"
+                .to_string(),
+        ),
+        Some(Killed::Deadline) => (
             FailureKind::TimeLimit,
             format!(
                 "query cancelled: it ran longer than the time limit of {time} and did not stop, so \
