@@ -131,6 +131,9 @@ def main():
         ("SELECT * FROM no_such_table", "42P01", "undefined table"),
         ("SELECT no_such_column FROM streams", "42703", "undefined column"),
         ("SELEC 1", "42601", "syntax error"),
+        ("SELECT 1 / 0", "22012", "division by zero"),
+        ("SELECT current_setting('no_such_setting')", "42704", "unrecognized setting"),
+        ("DELETE FROM streams", "25006", "a write to the read-only tables"),
     ]:
         try:
             with engine.connect() as conn:

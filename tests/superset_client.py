@@ -10,6 +10,7 @@ exits non-zero if any failed.
     superset-venv/bin/python superset_client.py --port P --earshot BIN --data DIR --stream ID
 """
 import argparse
+import datetime as dt
 import json
 import os
 import socket
@@ -100,13 +101,13 @@ class Api:
         return self.s.put(self.url + path, json=body, timeout=120)
 
 
-def minute_chart(dataset_id, start, end):
-    """The query context of a line chart of peak connected listeners per minute over a time range,
-    as Superset's Explore view builds it."""
+def minute_chart(dataset_id, start, end, grain="PT1M"):
+    """The query context of a line chart of peak connected listeners per `grain` (a minute) over a
+    time range, as Superset's Explore view builds it."""
     time_range = f"{start} : {end}"
     form_data = {
         "datasource": f"{dataset_id}__table", "viz_type": "echarts_timeseries_line",
-        "x_axis": "bucket_start", "time_grain_sqla": "PT1M",
+        "x_axis": "bucket_start", "time_grain_sqla": grain,
         "metrics": [{"expressionType": "SIMPLE", "column": {"column_name": "connected_peak"},
                      "aggregate": "MAX", "label": "connected"}],
         "adhoc_filters": [{"clause": "WHERE", "subject": "bucket_start",
@@ -118,7 +119,7 @@ def minute_chart(dataset_id, start, end):
         "datasource": {"id": dataset_id, "type": "table"},
         "force": True,
         "queries": [{
-            "columns": [{"timeGrain": "PT1M", "columnType": "BASE_AXIS",
+            "columns": [{"timeGrain": grain, "columnType": "BASE_AXIS",
                          "sqlExpression": "bucket_start", "label": "bucket_start",
                          "expressionType": "SQL"}],
             "metrics": form_data["metrics"],
@@ -131,6 +132,45 @@ def minute_chart(dataset_id, start, end):
         "result_format": "json",
         "result_type": "full",
     }
+
+
+def truncate(t, grain):
+    """`t` (a UTC datetime) at the start of its `grain`, computed here, apart from any SQL."""
+    seconds = {"PT1S": 1, "PT5S": 5, "PT30S": 30, "PT1M": 60, "PT5M": 300, "PT10M": 600,
+               "PT15M": 900, "PT30M": 1800, "PT1H": 3600, "P1D": 86400}
+    if grain in seconds:
+        step = seconds[grain]
+        return t.replace(microsecond=0) - dt.timedelta(seconds=int(t.timestamp()) % step)
+    day = t.replace(hour=0, minute=0, second=0, microsecond=0)
+    if grain == "P1W":
+        return day - dt.timedelta(days=day.weekday())
+    if grain == "P1M":
+        return day.replace(day=1)
+    if grain == "P3M":
+        return day.replace(day=1, month=(day.month - 1) // 3 * 3 + 1)
+    if grain == "P1Y":
+        return day.replace(day=1, month=1)
+    raise ValueError(grain)
+
+
+def time_grains(api, args, dataset, start, end):
+    """Every time grain Superset offers for Postgres, charted over the range: the same maxima as
+    grouping the buckets by that grain here."""
+    buckets = earshot_sql(args, "SELECT bucket_start, connected_peak FROM buckets "
+                                f"WHERE bucket_start >= TIMESTAMP '{start}' "
+                                f"AND bucket_start < TIMESTAMP '{end}'")
+    for grain in ["PT1S", "PT5S", "PT30S", "PT1M", "PT5M", "PT10M", "PT15M", "PT30M", "PT1H",
+                  "P1D", "P1W", "P1M", "P3M", "P1Y"]:
+        want = {}
+        for b in buckets:
+            t = dt.datetime.fromisoformat(b["bucket_start"].replace("Z", "+00:00"))
+            key = int(truncate(t, grain).timestamp() * 1000)
+            want[key] = max(want.get(key, 0), b["connected_peak"])
+        r = api.post("/api/v1/chart/data", minute_chart(dataset, start, end, grain))
+        rows = r.json()["result"][0]["data"] if r.ok else []
+        got = {row["bucket_start"]: row["connected"] for row in rows}
+        check(f"the {grain} time grain groups as it should", r.ok and got == want,
+              (r.status_code, r.text[:1500], sorted(got.items())[:5], sorted(want.items())[:5]))
 
 
 def main():
@@ -217,6 +257,8 @@ def walk(api, args, uri):
     check("a 1-minute chart with a time range gives earshot sql's figures",
           r.ok and len(rows) > 10 and got_by_minute == sorted(w["c"] for w in want),
           (r.status_code, r.text[:2000], len(rows), len(want)))
+
+    time_grains(api, args, datasets["buckets"], start, end)
 
     r = api.post("/api/v1/dashboard/", {"dashboard_title": "Town hall", "published": True})
     if not check("save a dashboard", r.status_code == 201, r.text):

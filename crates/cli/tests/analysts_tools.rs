@@ -1,7 +1,7 @@
 //! The tools analysts open against `earshot serve --pg`, each the real program at the version
 //! they run, installed by `scripts/setup`: Superset 6 through its REST API (its own virtual
-//! environment: it pins SQLAlchemy 1.4), pgcli, and SQLAlchemy's inspector at 2.0 and 2.1 with
-//! psycopg2 and psycopg 3. pgjdbc's metadata walk (DBeaver, Metabase) is in `serve.rs`. Every
+//! environment: it pins SQLAlchemy 1.4), pgcli, SQLAlchemy's inspector at 2.0 and 2.1 with
+//! psycopg2 and psycopg 3, and the SQL Grafana's PostgreSQL data source sends. pgjdbc's metadata walk (DBeaver, Metabase) is in `serve.rs`. Every
 //! client prints PASS/FAIL lines and compares its figures with `earshot sql`.
 
 mod serving;
@@ -77,6 +77,20 @@ fn pgcli_starts_with_completions_and_runs_its_commands() {
         &server,
         &data,
         "a figure printed by pgcli equals earshot sql's",
+    );
+}
+
+#[test]
+fn grafana_macros_expand_to_sql_that_answers_and_gaps_fill() {
+    let (_dir, data, server) = served(1000);
+    let mut grafana = Command::new("python3");
+    grafana.arg(repo().join("tests/grafana_sql.py"));
+    passes(
+        grafana,
+        "Grafana's PostgreSQL macros",
+        &server,
+        &data,
+        "generate_series over timestamps fills every minute",
     );
 }
 

@@ -713,6 +713,13 @@ fn memory_or(e: PgWireError, tables: &Tables) -> PgWireError {
                 }
                 PgWireError::UserError(info)
             }
+            // An error raised while rows are computed (division by zero) comes as an API error,
+            // which pgwire sends as XX000 too: the same mapping.
+            PgWireError::ApiError(error) => {
+                let message = error.to_string();
+                let info = ErrorInfo::new("ERROR".to_owned(), "XX000".to_owned(), message);
+                memory_or(PgWireError::UserError(Box::new(info)), tables)
+            }
             e => e,
         }
     }
