@@ -40,6 +40,7 @@ pub const EMBEDDED: &[(&str, &str)] = embedded!(
     "rejects_by_reason",
     "timeline_step",
     "timeline_points",
+    "failures_by_minute",
 );
 
 impl NamedQuery {
