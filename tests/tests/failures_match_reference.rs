@@ -1,7 +1,8 @@
 //! Contract §3b, failures against load: `queries/failures_by_minute.sql` over ingested tables gives,
 //! minute by minute, the attempts, served and failed, the failure rate, the concurrency and the
-//! waits for audio that are computed here from the reference's sessions, stream row and one-minute
-//! rollups, on random adversarial scenarios and at several bounds.
+//! waits for audio, and `queries/overload.sql` the overload point and the capacity served, that
+//! are computed here from the reference's sessions, stream row and one-minute rollups, on random
+//! adversarial scenarios, at several bounds, thresholds and persistences.
 
 use earshot_contract::Pseudonymizer;
 use earshot_core::{Settings, Snapshot};
@@ -24,18 +25,20 @@ fn nearest_rank(v: &[i64], p: usize) -> Option<i64> {
     Some(v[k - 1])
 }
 
-/// §3b from the reference's rows, by definition, one minute at a time.
-fn expected(snap: &Snapshot, stream: &str, bound: i64, min_attempts: i64) -> Vec<Minute> {
-    use std::collections::BTreeMap;
+/// One minute's attempts, by definition.
+#[derive(Default)]
+struct Acc {
+    attempts: i64,
+    failed: i64,
+    before_live: i64,
+    waits: Vec<i64>,
+}
+
+/// §3b's attempts from the reference's sessions and stream row, by minute (minutes with only
+/// undecided attempts hold only waits).
+fn minutes(snap: &Snapshot, stream: &str, bound: i64) -> std::collections::BTreeMap<i64, Acc> {
     let st = snap.streams.iter().find(|s| s.stream_id == stream).unwrap();
-    #[derive(Default)]
-    struct Acc {
-        attempts: i64,
-        failed: i64,
-        before_live: i64,
-        waits: Vec<i64>,
-    }
-    let mut minutes: BTreeMap<i64, Acc> = BTreeMap::new();
+    let mut minutes: std::collections::BTreeMap<i64, Acc> = Default::default();
     for s in snap.sessions.iter().filter(|s| s.stream_id == stream) {
         let attempt = match st.live_at {
             Some(live) if live > s.join_ts => live,
@@ -54,18 +57,28 @@ fn expected(snap: &Snapshot, stream: &str, bound: i64, min_attempts: i64) -> Vec
         acc.failed += i64::from(!served);
         acc.before_live += i64::from(st.live_at.is_some_and(|live| s.join_ts < live));
     }
-    let rollup = |m: i64| {
-        snap.rollups
-            .iter()
-            .find(|r| r.stream_id == stream && r.width_ms == 60_000 && r.bucket_start == m)
-    };
-    let opt = |v: Option<i64>| v.map_or("-".to_string(), |x| x.to_string());
     minutes
+}
+
+/// The reference's one-minute rollup starting at `m`.
+fn rollup<'a>(snap: &'a Snapshot, stream: &str, m: i64) -> Option<&'a earshot_core::BucketRow> {
+    snap.rollups
+        .iter()
+        .find(|r| r.stream_id == stream && r.width_ms == 60_000 && r.bucket_start == m)
+}
+
+fn opt(v: Option<i64>) -> String {
+    v.map_or("-".to_string(), |x| x.to_string())
+}
+
+/// §3b per minute from the reference's rows, by definition.
+fn expected(snap: &Snapshot, stream: &str, bound: i64, min_attempts: i64) -> Vec<Minute> {
+    minutes(snap, stream, bound)
         .into_iter()
         .filter(|(_, a)| a.attempts > 0)
         .map(|(m, mut a)| {
             a.waits.sort_unstable();
-            let r = rollup(m);
+            let r = rollup(snap, stream, m);
             let row = [
                 m.to_string(),
                 a.attempts.to_string(),
@@ -86,7 +99,118 @@ fn expected(snap: &Snapshot, stream: &str, bound: i64, min_attempts: i64) -> Vec
         .collect()
 }
 
-/// The query's rows for `stream`, in the same form.
+/// The overload point and capacity served by §3b's words: the earliest minute that starts a run
+/// of `persistence` rated minutes all above `threshold`, and the largest connected peak of a rated
+/// minute at or under it; with the largest loads and the number of rated minutes.
+fn overload_expected(
+    snap: &Snapshot,
+    stream: &str,
+    bound: i64,
+    min_attempts: i64,
+    threshold: f64,
+    persistence: usize,
+) -> String {
+    let rated: Vec<(i64, f64)> = minutes(snap, stream, bound)
+        .into_iter()
+        .filter(|(_, a)| a.attempts > 0 && a.attempts >= min_attempts)
+        .map(|(m, a)| (m, a.failed as f64 / a.attempts as f64))
+        .collect();
+    let overload = (0..rated.len()).find(|&i| {
+        i + persistence <= rated.len() && rated[i..i + persistence].iter().all(|r| r.1 > threshold)
+    });
+    let (o_minute, o_roster, o_connected, o_rate) = match overload {
+        Some(i) => {
+            let (m, rate) = rated[i];
+            let r = rollup(snap, stream, m);
+            (
+                Some(m),
+                r.map(|r| r.roster_start),
+                r.map(|r| r.connected_start),
+                Some(rate),
+            )
+        }
+        None => (None, None, None, None),
+    };
+    let mut served: Option<(i64, i64)> = None; // (peak, minute): largest peak, earliest minute
+    for (m, rate) in &rated {
+        if *rate <= threshold
+            && let Some(peak) = rollup(snap, stream, *m).map(|r| r.connected_peak)
+            && served.is_none_or(|(p, _)| peak > p)
+        {
+            served = Some((peak, *m));
+        }
+    }
+    let minute_rollups = snap
+        .rollups
+        .iter()
+        .filter(|r| r.stream_id == stream && r.width_ms == 60_000);
+    let largest_roster = minute_rollups.clone().map(|r| r.roster_peak).max();
+    let largest_connected = minute_rollups.map(|r| r.connected_peak).max();
+    [
+        opt(o_minute),
+        opt(o_roster),
+        opt(o_connected),
+        o_rate.map_or("-".into(), |r| format!("{r:e}")),
+        opt(served.map(|s| s.0)),
+        opt(served.map(|s| s.1)),
+        opt(largest_roster),
+        opt(largest_connected),
+        rated.len().to_string(),
+    ]
+    .join("|")
+}
+
+/// The batches of the canned query `name` with `params` (`name=value`).
+fn run_named(
+    rt: &tokio::runtime::Runtime,
+    ctx: &earshot_sql::SessionContext,
+    name: &str,
+    params: &[String],
+) -> Vec<arrow::array::RecordBatch> {
+    let sql = earshot_sql::queries::EMBEDDED
+        .iter()
+        .find(|(n, _)| *n == name)
+        .unwrap()
+        .1;
+    let params = earshot_sql::Params::from_pairs(params).unwrap();
+    let limits = earshot_sql::Limits::default();
+    rt.block_on(earshot_sql::run_with(ctx, sql, &params, &limits))
+        .unwrap_or_else(|e| panic!("{name}: {e}"))
+        .1
+}
+
+/// A cell as [`expected`] writes it: `-` for NULL, timestamps as epoch milliseconds, a float in
+/// exponent form (exact).
+fn cell(b: &arrow::array::RecordBatch, name: &str, row: usize) -> String {
+    use arrow::array::{Array, AsArray};
+    use arrow::datatypes::DataType;
+    let c = b
+        .column_by_name(name)
+        .unwrap_or_else(|| panic!("no column {name}"));
+    if c.is_null(row) {
+        return "-".into();
+    }
+    match c.data_type() {
+        DataType::Float64 => {
+            format!(
+                "{:e}",
+                c.as_primitive::<arrow::datatypes::Float64Type>().value(row)
+            )
+        }
+        DataType::Timestamp(..) => {
+            let ms = arrow::compute::cast(c, &DataType::Int64).unwrap();
+            ms.as_primitive::<arrow::datatypes::Int64Type>()
+                .value(row)
+                .to_string()
+        }
+        _ => {
+            let text = arrow::compute::cast(c, &DataType::Utf8).unwrap();
+            text.as_string::<i32>().value(row).to_string()
+        }
+    }
+}
+
+/// failures_by_minute's rows for `stream`, in [`expected`]'s form.
 fn queried(
     rt: &tokio::runtime::Runtime,
     ctx: &earshot_sql::SessionContext,
@@ -94,71 +218,60 @@ fn queried(
     bound: i64,
     min_attempts: i64,
 ) -> Vec<Minute> {
-    use arrow::array::{Array, AsArray};
-    let sql = earshot_sql::queries::EMBEDDED
-        .iter()
-        .find(|(n, _)| *n == "failures_by_minute")
-        .unwrap()
-        .1;
-    let params = earshot_sql::Params::from_pairs([
+    let names = [
+        "minute",
+        "attempts",
+        "served",
+        "failed",
+        "roster_start",
+        "roster_peak",
+        "connected_start",
+        "connected_peak",
+        "ttfa_ms_p50",
+        "ttfa_ms_p90",
+        "pre_start_waits",
+    ];
+    let params = [
         format!("stream={stream}"),
         format!("bound_ms={bound}"),
         format!("min_attempts={min_attempts}"),
-    ])
-    .unwrap();
-    let (_, batches) = rt
-        .block_on(earshot_sql::run_with(
-            ctx,
-            sql,
-            &params,
-            &earshot_sql::Limits::default(),
-        ))
-        .unwrap_or_else(|e| panic!("failures_by_minute: {e}"));
+    ];
     let mut out = Vec::new();
-    for b in batches {
-        let text = |name: &str| {
-            let c = b.column_by_name(name).unwrap();
-            let c = if name == "minute" {
-                arrow::compute::cast(c, &arrow::datatypes::DataType::Int64).unwrap()
-            } else {
-                c.clone()
-            };
-            arrow::compute::cast(&c, &arrow::datatypes::DataType::Utf8).unwrap()
-        };
-        let names = [
-            "minute",
-            "attempts",
-            "served",
-            "failed",
-            "roster_start",
-            "roster_peak",
-            "connected_start",
-            "connected_peak",
-            "ttfa_ms_p50",
-            "ttfa_ms_p90",
-            "pre_start_waits",
-        ];
-        let cols: Vec<_> = names.iter().map(|n| text(n)).collect();
-        let rate = b.column_by_name("failure_rate").unwrap();
-        let rate = rate.as_primitive::<arrow::datatypes::Float64Type>();
+    for b in run_named(rt, ctx, "failures_by_minute", &params) {
         for i in 0..b.num_rows() {
-            let row = cols
-                .iter()
-                .map(|c| {
-                    let c = c.as_string::<i32>();
-                    if c.is_null(i) {
-                        "-".to_string()
-                    } else {
-                        c.value(i).to_string()
-                    }
-                })
-                .collect::<Vec<_>>()
-                .join("|");
-            let rate = (!rate.is_null(i)).then(|| rate.value(i));
+            let row = names.map(|n| cell(&b, n, i)).join("|");
+            let rate = cell(&b, "failure_rate", i);
+            let rate = (rate != "-").then(|| rate.parse::<f64>().unwrap());
             out.push(Minute { row, rate });
         }
     }
     out
+}
+
+/// overload's one row for `stream`, in [`overload_expected`]'s form.
+fn overload_queried(
+    rt: &tokio::runtime::Runtime,
+    ctx: &earshot_sql::SessionContext,
+    params: &[String],
+) -> String {
+    let names = [
+        "overload_minute",
+        "overload_roster",
+        "overload_connected",
+        "overload_failure_rate",
+        "capacity_served",
+        "capacity_minute",
+        "largest_roster",
+        "largest_connected",
+        "minutes_rated",
+    ];
+    let batches = run_named(rt, ctx, "overload", params);
+    let rows: Vec<String> = batches
+        .iter()
+        .flat_map(|b| (0..b.num_rows()).map(move |i| names.map(|n| cell(b, n, i)).join("|")))
+        .collect();
+    assert_eq!(rows.len(), 1, "overload gives one row: {rows:?}");
+    rows.into_iter().next().unwrap()
 }
 
 #[test]
@@ -171,6 +284,7 @@ fn failures_by_minute_follow_contract_3b() {
     let settings = Settings::default();
     let mut minutes_compared = 0;
     let mut rates = 0;
+    let mut overloads = 0;
     for seed in 0..12u64 {
         let lines = scenario(seed, settings.lateness_ms);
         let mut text = String::new();
@@ -195,13 +309,33 @@ fn failures_by_minute_follow_contract_3b() {
                     "seed {seed}, stream {stream}, bound {bound} ms, at least {min_attempts}"
                 );
                 minutes_compared += got.len();
+                for (threshold, persistence) in [(0.1, 2), (0.5, 1), (0.0, 3)] {
+                    let params = [
+                        format!("stream={stream}"),
+                        format!("bound_ms={bound}"),
+                        format!("min_attempts={min_attempts}"),
+                        format!("threshold={threshold}"),
+                        format!("persistence={persistence}"),
+                    ];
+                    let got = overload_queried(&rt, &ctx, &params);
+                    let wanted = overload_expected(
+                        &want,
+                        &stream,
+                        bound,
+                        min_attempts,
+                        threshold,
+                        persistence,
+                    );
+                    assert_eq!(got, wanted, "overload, seed {seed}, {params:?}");
+                    overloads += usize::from(!got.starts_with('-'));
+                }
                 rates += got.iter().filter(|m| m.rate.is_some()).count();
             }
         }
     }
     // The scenarios must give minutes to compare, rates among them.
     assert!(
-        minutes_compared > 100 && rates > 20,
-        "{minutes_compared} minutes compared, {rates} with a rate"
+        minutes_compared > 100 && rates > 20 && overloads > 10,
+        "{minutes_compared} minutes compared, {rates} with a rate, {overloads} overload points"
     );
 }

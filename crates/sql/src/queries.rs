@@ -41,6 +41,7 @@ pub const EMBEDDED: &[(&str, &str)] = embedded!(
     "timeline_step",
     "timeline_points",
     "failures_by_minute",
+    "overload",
 );
 
 impl NamedQuery {
