@@ -167,6 +167,11 @@ struct SimulateArgs {
     /// Chance that a connection attempt during the overload gets audio (0..1).
     #[arg(long, default_value_t = 0.45)]
     overload_success: f64,
+    /// Instead of the overload window: a platform that serves this many connections at once and
+    /// fails most attempts while it does; listeners arrive spread over the stream, after it goes
+    /// live (so the true overload point is known: where the connected count reaches it).
+    #[arg(long, conflicts_with_all = ["overload", "overload_success"])]
+    capacity: Option<u64>,
     /// Heartbeat interval of connected clients.
     #[arg(long, default_value = "10s", value_parser = parse_duration_ms)]
     heartbeat: i64,
@@ -219,6 +224,7 @@ impl SimulateArgs {
             malformed_rate: self.malformed,
             max_delay_ms: self.max_delay,
             late_rate: self.late,
+            capacity: self.capacity,
             ..SimConfig::default()
         })
     }

@@ -13,6 +13,8 @@
 
 use std::io::{self, Write};
 
+mod capacity;
+
 /// What to simulate. Times are milliseconds.
 #[derive(Clone, Debug)]
 pub struct SimConfig {
@@ -43,6 +45,9 @@ pub struct SimConfig {
     pub max_delay_ms: i64,
     /// Fraction of events delivered far behind (beyond the default 60 s lateness).
     pub late_rate: f64,
+    /// A platform that serves this many connections at once (see [`capacity`]); `None`: the
+    /// overload window above instead.
+    pub capacity: Option<u64>,
 }
 
 impl Default for SimConfig {
@@ -64,6 +69,7 @@ impl Default for SimConfig {
             malformed_rate: 0.001,
             max_delay_ms: 5_000,
             late_rate: 0.0002,
+            capacity: None,
         }
     }
 }
@@ -404,8 +410,13 @@ pub fn simulate(cfg: &SimConfig, out: &mut dyn Write) -> io::Result<SimStats> {
     );
     b.push(live_at, Kind::Live, 0, 0, 0, 0);
     b.push(end_at, Kind::Ended, 0, 0, 0, 0);
-    for id in 0..cfg.listeners {
-        b.listener(id as u32);
+    match cfg.capacity {
+        Some(c) => capacity::listeners(&mut b, c),
+        None => {
+            for id in 0..cfg.listeners {
+                b.listener(id as u32);
+            }
+        }
     }
     b.displays();
     let mut stats = SimStats {
