@@ -7,6 +7,7 @@
 //! of the data directory and the arguments: no clock, no randomness, so re-running it gives the same
 //! bytes (`stamp` adds a time only when asked).
 
+mod load;
 mod render;
 mod svg;
 
@@ -19,6 +20,7 @@ use earshot_sql::queries::NamedQuery;
 use earshot_sql::{Limits, Params, SessionContext, SqlError};
 use sha2::{Digest, Sha256};
 
+pub use load::{Load, LoadMinute, LoadSettings, OverloadPoint};
 pub use render::{Format, render};
 
 #[derive(Debug, thiserror::Error)]
@@ -157,6 +159,8 @@ pub struct Report {
     pub scheduled_start_ms: Option<i64>,
     pub live_at_ms: Option<i64>,
     pub sensitivity: Vec<Sensitivity>,
+    /// Failures against load (contract §3b).
+    pub load: Load,
     pub provenance: Provenance,
 }
 
@@ -279,6 +283,7 @@ pub async fn build(
     data: &Path,
     stream: &str,
     claim: Option<Claim>,
+    capacity: (LoadSettings, Option<i64>),
     stamp: Option<String>,
 ) -> Result<Report, AuditError> {
     let tables = earshot_sql::Tables::open(data, Limits::default()).await?;
@@ -351,6 +356,7 @@ pub async fn build(
             )
         })
         .collect();
+    let load = load::load(&mut run, stream, capacity.0, capacity.1).await?;
     let r = run.canned("rejects_by_reason", &[]).await?;
     let rejects_by_reason = (0..r.num_rows())
         .map(|i| {
@@ -391,6 +397,7 @@ pub async fn build(
         scheduled_start_ms: ms_at(&f, "scheduled_start", 0),
         live_at_ms: ms_at(&f, "live_at", 0),
         sensitivity,
+        load,
         provenance: Provenance {
             generation: generation
                 .file_name()

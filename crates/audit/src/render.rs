@@ -83,6 +83,7 @@ fn json(r: &Report) -> Json {
         })),
         "finding": r.finding,
         "figures": figures,
+        "failures_against_load": crate::load::json(&r.load),
         "sensitivity": r.sensitivity.iter().map(|s| json!({
             "liveness_s": s.liveness_s,
             "min_listen_s": s.min_listen_s,
@@ -151,6 +152,7 @@ fn markdown(r: &Report, svg_name: &str) -> String {
         o,
         "## Timeline\n\n![Displayed, roster and connected over time]({svg_name})\n"
     );
+    markdown_load(&mut o, &r.load);
     let _ = writeln!(o, "## Figures\n\n{}\n", method_note());
     let _ = writeln!(
         o,
@@ -310,6 +312,7 @@ pre{{background:#f6f6f6;padding:0.6rem;overflow-x:auto}}svg{{max-width:100%;heig
         "<h2>Timeline</h2>\n<figure id=\"chart\">\n{}</figure>",
         chart(r)
     );
+    html_load(&mut o, &r.load);
     let _ = writeln!(
         o,
         "<h2>Figures</h2>\n<p>{}</p>\n<table><tr><th>figure</th><th>value</th><th>exact or estimated</th><th>meaning</th></tr>",
@@ -347,4 +350,70 @@ pre{{background:#f6f6f6;padding:0.6rem;overflow-x:auto}}svg{{max-width:100%;heig
     let prov = md.split("## Provenance\n").nth(1).unwrap_or("");
     let _ = writeln!(o, "<pre>{}</pre>\n</body></html>", escape(prov.trim()));
     o
+}
+
+/// The words that head the failures section, for both writers.
+fn load_intro(load: &crate::Load) -> String {
+    let s = &load.settings;
+    format!(
+        "A join attempt starts when the listener joins, or when the stream went live if that was \
+later; it is served if audio arrived within {} s, failed otherwise. A minute has a failure rate when \
+it has at least {} attempts (contract §3b).",
+        s.bound_ms / 1000,
+        s.min_attempts
+    )
+}
+
+fn markdown_load(o: &mut String, load: &crate::Load) {
+    let _ = writeln!(o, "## Failures against load\n\n{}\n", load_intro(load));
+    if let Some((claim, verdict)) = &load.claim {
+        let _ = writeln!(o, "**Claimed capacity {}.** {verdict}\n", thousands(*claim));
+    }
+    for f in crate::load::findings(load) {
+        let _ = writeln!(o, "{f}");
+    }
+    let _ = writeln!(o, "\n| {} |", crate::load::TABLE_HEADER.join(" | "));
+    let _ = writeln!(
+        o,
+        "|---|{}",
+        "---:|".repeat(crate::load::TABLE_HEADER.len() - 1)
+    );
+    for row in crate::load::table(load) {
+        let _ = writeln!(o, "| {} |", row.join(" | "));
+    }
+    o.push('\n');
+}
+
+fn html_load(o: &mut String, load: &crate::Load) {
+    let _ = writeln!(
+        o,
+        "<h2>Failures against load</h2>\n<p>{}</p>",
+        escape(&load_intro(load))
+    );
+    if let Some((claim, verdict)) = &load.claim {
+        let _ = writeln!(
+            o,
+            "<p class=\"verdict\"><strong>Claimed capacity {}.</strong> {}</p>",
+            thousands(*claim),
+            escape(verdict)
+        );
+    }
+    o.push_str("<p>");
+    for f in crate::load::findings(load) {
+        let _ = write!(o, "{} ", escape(&f));
+    }
+    o.push_str("</p>\n<table><tr>");
+    for h in crate::load::TABLE_HEADER {
+        let _ = write!(o, "<th>{}</th>", escape(h));
+    }
+    o.push_str("</tr>\n");
+    for row in crate::load::table(load) {
+        o.push_str("<tr>");
+        for (i, cell) in row.iter().enumerate() {
+            let class = if i == 0 { "" } else { " class=\"n\"" };
+            let _ = write!(o, "<td{class}>{}</td>", escape(cell));
+        }
+        o.push_str("</tr>\n");
+    }
+    o.push_str("</table>\n");
 }

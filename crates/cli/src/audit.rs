@@ -33,6 +33,22 @@ pub struct AuditArgs {
     /// What the claim counts: people at the same time, or distinct people over the stream.
     #[arg(long, value_enum, default_value = "concurrent")]
     claim_kind: KindArg,
+    /// A claimed capacity ("tested for 8 million") to check against the failures: contradicted
+    /// if joins failed above --failure-threshold while fewer were trying to listen.
+    #[arg(long)]
+    claim_capacity: Option<String>,
+    /// How long an attempt may wait for audio and still count as served (contract §3b's B).
+    #[arg(long, default_value = "10s", value_parser = crate::parse_duration_ms)]
+    failure_bound: i64,
+    /// The failure rate above which a minute failed, in percent (§3b's X).
+    #[arg(long, default_value_t = 10.0)]
+    failure_threshold: f64,
+    /// How many minutes with a rate, in a row, must fail for an overload point (§3b's N).
+    #[arg(long, default_value_t = 2)]
+    failure_minutes: i64,
+    /// The fewest attempts for a minute to have a failure rate (§3b's A).
+    #[arg(long, default_value_t = 20)]
+    min_attempts: i64,
     #[arg(long, value_enum, default_value = "md")]
     format: FormatArg,
     /// Write the report here (Markdown also writes the chart beside it as FILE-stem.svg).
@@ -54,7 +70,7 @@ fn parse_claim(s: &str) -> anyhow::Result<i64> {
     };
     match num.parse::<f64>() {
         Ok(v) if v.is_finite() && v > 0.0 && v * scale < 9e15 => Ok((v * scale).round() as i64),
-        _ => bail!("--claim {s:?} is not a number of listeners (e.g. 1000000, 1.3M, 640k)"),
+        _ => bail!("{s:?} is not a number of listeners (e.g. 1000000, 1.3M, 640k)"),
     }
 }
 
@@ -79,7 +95,28 @@ pub fn run(a: AuditArgs) -> anyhow::Result<()> {
         .then(|| chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
     let rt = crate::runtime()?;
     let place = crate::place::Place::for_reading(&a.data)?;
-    let report = rt.block_on(earshot_audit::build(&place.local, &a.stream, claim, stamp))?;
+    if !(0.0..=100.0).contains(&a.failure_threshold) {
+        bail!("--failure-threshold is a percentage between 0 and 100");
+    }
+    if a.failure_minutes < 1 || a.min_attempts < 1 || a.failure_bound < 0 {
+        bail!(
+            "--failure-minutes and --min-attempts must be at least 1, --failure-bound not negative"
+        );
+    }
+    let load = earshot_audit::LoadSettings {
+        bound_ms: a.failure_bound,
+        min_attempts: a.min_attempts,
+        threshold: a.failure_threshold / 100.0,
+        persistence: a.failure_minutes,
+    };
+    let capacity = a.claim_capacity.as_deref().map(parse_claim).transpose()?;
+    let report = rt.block_on(earshot_audit::build(
+        &place.local,
+        &a.stream,
+        claim,
+        (load, capacity),
+        stamp,
+    ))?;
     let svg_path = a.output.as_ref().map(|o| o.with_extension("svg"));
     let svg_name = svg_path
         .as_ref()

@@ -245,7 +245,7 @@ struct DemoArgs {
 
 /// Parses `250ms`, `30s`, `5m`, `1h`. A bare number is refused: tools disagree on whether `10`
 /// means milliseconds or seconds, and guessing wrong makes a catch-up job exit at once.
-fn parse_duration_ms(s: &str) -> Result<i64, String> {
+pub(crate) fn parse_duration_ms(s: &str) -> Result<i64, String> {
     let s = s.trim();
     let (num, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
         Some(i) => s.split_at(i),

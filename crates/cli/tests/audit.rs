@@ -210,6 +210,8 @@ fn figures_are_the_streams_table_and_the_verdict_follows_them() {
             "audit_figures",
             "timeline",
             "event_counts",
+            "failures_by_minute",
+            "overload",
             "rejects_by_reason"
         ]
     );
@@ -296,4 +298,81 @@ fn chromium_draws_the_html_chart() {
         .collect();
     // The connected line, the roster line and the shaded gap are each drawn with hundreds of pixels.
     assert!(n.iter().all(|&c| c > 200), "chart not drawn: {counts}");
+}
+
+/// A simulated platform of capacity `capacity` (`earshot simulate --capacity`) tried by
+/// `listeners`, ingested into `dir`.
+fn capacity_data(dir: &Path, capacity: u32, listeners: u32) -> PathBuf {
+    let input = dir.join(format!("capacity-{capacity}.ndjson"));
+    ok(earshot()
+        .args(["simulate", "--capacity", &capacity.to_string()])
+        .args(["--listeners", &listeners.to_string()])
+        .args([
+            "--mean-listen",
+            "120m",
+            "--start-delay",
+            "0s",
+            "--seed",
+            "9",
+        ])
+        .args(["--stream-id", "town-hall", "--output"])
+        .arg(&input)
+        .output()
+        .unwrap());
+    let data = dir.join(format!("capacity-{capacity}"));
+    ok(earshot()
+        .args(["ingest", "--input"])
+        .arg(&input)
+        .arg("--data")
+        .arg(&data)
+        .output()
+        .unwrap());
+    data
+}
+
+#[test]
+fn a_capacity_claim_is_contradicted_by_failures_below_it_and_unchecked_above_the_audience() {
+    let dir = tempfile::tempdir().unwrap();
+    // Overloaded: 3,000 served at once, 6,000 trying.
+    let data = capacity_data(dir.path(), 3_000, 6_000);
+    let json: Value = serde_json::from_str(&ok(audit(
+        &data,
+        &["--claim-capacity", "8M", "--format", "json"],
+    )))
+    .unwrap();
+    let load = &json["failures_against_load"];
+    let roster = load["overload_point"]["roster"].as_i64().unwrap();
+    assert!(
+        (roster - 3_000).abs() <= 150,
+        "overload point at {roster}, not within 5 % of the capacity of 3,000"
+    );
+    let verdict = load["capacity_claim"]["verdict"].as_str().unwrap();
+    assert!(
+        verdict.starts_with("Contradicted") && verdict.contains("below the claimed 8,000,000"),
+        "{verdict}"
+    );
+    let served = load["capacity_served"]["connected"].as_i64().unwrap();
+    assert!(served <= load["largest_connected"].as_i64().unwrap());
+    assert!(load["minutes"].as_array().unwrap().len() > 30);
+    // The Markdown says it in words, with the time zone named.
+    let md = ok(audit(&data, &["--claim-capacity", "8M"]));
+    assert!(
+        md.contains("## Failures against load") && md.contains("UTC"),
+        "{md}"
+    );
+
+    // Under capacity: the data can neither confirm nor refute a claim above its audience.
+    let data = capacity_data(dir.path(), 50_000, 2_000);
+    let json: Value = serde_json::from_str(&ok(audit(
+        &data,
+        &["--claim-capacity", "8M", "--format", "json"],
+    )))
+    .unwrap();
+    let load = &json["failures_against_load"];
+    assert!(load["overload_point"].is_null(), "{load}");
+    let verdict = load["capacity_claim"]["verdict"].as_str().unwrap();
+    assert!(
+        verdict.starts_with("Cannot be checked") && verdict.contains("neither confirm nor refute"),
+        "{verdict}"
+    );
 }

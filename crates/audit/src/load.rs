@@ -1,0 +1,285 @@
+//! Failures against load (contract §3b): per minute, and the overload point, the capacity served
+//! and a capacity claim, all from `queries/failures_by_minute.sql` and `queries/overload.sql`.
+
+use arrow::array::{Array, AsArray};
+use arrow::datatypes::Float64Type;
+
+use super::{AuditError, Runner, duration_words, int_at, ms_at, thousands};
+
+/// The definitions of §3b, settable in the audit.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LoadSettings {
+    /// B: the longest wait for audio that still counts as served.
+    pub bound_ms: i64,
+    /// A: the fewest attempts for a minute to have a failure rate.
+    pub min_attempts: i64,
+    /// X: the failure rate above which a minute failed (a fraction).
+    pub threshold: f64,
+    /// N: how many minutes with a rate, in a row, must fail.
+    pub persistence: i64,
+}
+
+impl Default for LoadSettings {
+    fn default() -> Self {
+        LoadSettings {
+            bound_ms: 10_000,
+            min_attempts: 20,
+            threshold: 0.10,
+            persistence: 2,
+        }
+    }
+}
+
+/// One minute of attempts.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LoadMinute {
+    pub start_ms: i64,
+    pub attempts: i64,
+    pub failed: i64,
+    pub failure_rate: Option<f64>,
+    pub roster_start: Option<i64>,
+    pub connected_start: Option<i64>,
+    pub connected_peak: Option<i64>,
+    pub ttfa_ms_p50: Option<i64>,
+    pub ttfa_ms_p90: Option<i64>,
+}
+
+/// Where failures first persisted above the threshold.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OverloadPoint {
+    pub minute_ms: i64,
+    /// The audience trying to listen at the minute's start (the roster).
+    pub roster: Option<i64>,
+    pub connected: Option<i64>,
+    pub failure_rate: f64,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Load {
+    pub settings: LoadSettings,
+    pub minutes: Vec<LoadMinute>,
+    pub overload: Option<OverloadPoint>,
+    /// The largest connected peak of a minute at or under the threshold, and that minute.
+    pub capacity_served: Option<(i64, i64)>,
+    pub largest_roster: Option<i64>,
+    pub largest_connected: Option<i64>,
+    /// A claimed capacity and what the data says of it.
+    pub claim: Option<(i64, String)>,
+}
+
+fn rate_at(batch: &arrow::array::RecordBatch, name: &str, row: usize) -> Option<f64> {
+    let c = batch.column_by_name(name)?;
+    (!c.is_null(row)).then(|| c.as_primitive::<Float64Type>().value(row))
+}
+
+/// Reads §3b's figures for `stream`.
+pub(super) async fn load(
+    run: &mut Runner<'_>,
+    stream: &str,
+    settings: LoadSettings,
+    claim: Option<i64>,
+) -> Result<Load, AuditError> {
+    let params = [
+        format!("stream={stream}"),
+        format!("bound_ms={}", settings.bound_ms),
+        format!("min_attempts={}", settings.min_attempts),
+    ];
+    let params: Vec<&str> = params.iter().map(String::as_str).collect();
+    let m = run.canned("failures_by_minute", &params).await?;
+    let minutes = (0..m.num_rows())
+        .map(|i| LoadMinute {
+            start_ms: ms_at(&m, "minute", i).unwrap_or(0),
+            attempts: int_at(&m, "attempts", i).unwrap_or(0),
+            failed: int_at(&m, "failed", i).unwrap_or(0),
+            failure_rate: rate_at(&m, "failure_rate", i),
+            roster_start: int_at(&m, "roster_start", i),
+            connected_start: int_at(&m, "connected_start", i),
+            connected_peak: int_at(&m, "connected_peak", i),
+            ttfa_ms_p50: int_at(&m, "ttfa_ms_p50", i),
+            ttfa_ms_p90: int_at(&m, "ttfa_ms_p90", i),
+        })
+        .collect();
+    let threshold = format!("threshold={}", settings.threshold);
+    let persistence = format!("persistence={}", settings.persistence);
+    let mut all = params.clone();
+    all.extend([threshold.as_str(), persistence.as_str()]);
+    let o = run.canned("overload", &all).await?;
+    let overload = ms_at(&o, "overload_minute", 0).map(|minute_ms| OverloadPoint {
+        minute_ms,
+        roster: int_at(&o, "overload_roster", 0),
+        connected: int_at(&o, "overload_connected", 0),
+        failure_rate: rate_at(&o, "overload_failure_rate", 0).unwrap_or(0.0),
+    });
+    let mut load = Load {
+        settings,
+        minutes,
+        overload,
+        capacity_served: int_at(&o, "capacity_served", 0).zip(ms_at(&o, "capacity_minute", 0)),
+        largest_roster: int_at(&o, "largest_roster", 0),
+        largest_connected: int_at(&o, "largest_connected", 0),
+        claim: None,
+    };
+    load.claim = claim.map(|c| (c, capacity_verdict(&load, c)));
+    Ok(load)
+}
+
+/// `HH:MM UTC` of an instant.
+fn clock(ms: i64) -> String {
+    let t = earshot_contract::format_rfc3339_ms(ms);
+    format!("{} UTC", &t[11..16])
+}
+
+fn percent(x: f64) -> String {
+    format!("{:.0} %", 100.0 * x)
+}
+
+/// What the data says of a claimed capacity (§3b: contradicted when an overload point's load is
+/// below it; not checkable beyond the largest load the event brought).
+fn capacity_verdict(load: &Load, claim: i64) -> String {
+    let s = &load.settings;
+    let n = thousands(claim);
+    let x = percent(s.threshold);
+    let largest = load.largest_roster.unwrap_or(0);
+    match &load.overload {
+        Some(o) if o.roster.is_some_and(|r| r < claim) => format!(
+            "Contradicted: the system failed {} of join attempts (more than {x}, for at least {} \
+             minutes) from {}, when {} listeners were trying to listen ({} connected), below the \
+             claimed {n}.",
+            percent(o.failure_rate),
+            s.persistence,
+            clock(o.minute_ms),
+            thousands(o.roster.unwrap_or(0)),
+            thousands(o.connected.unwrap_or(0)),
+        ),
+        Some(o) => format!(
+            "Consistent: failures first stayed above {x} from {}, with {} listeners trying, which \
+             is not below the claimed {n}.",
+            clock(o.minute_ms),
+            thousands(o.roster.unwrap_or(0)),
+        ),
+        None if largest < claim => format!(
+            "Cannot be checked: failures stayed at or under {x} up to the largest audience that \
+             came, {} trying to listen at once, which is below the claimed {n}; the data can \
+             neither confirm nor refute it.",
+            thousands(largest),
+        ),
+        None => format!(
+            "Consistent: failures stayed at or under {x} with up to {} trying to listen at once, \
+             at or above the claimed {n}.",
+            thousands(largest),
+        ),
+    }
+}
+
+/// The section's sentences, in words a journalist can quote.
+pub fn findings(load: &Load) -> Vec<String> {
+    let s = &load.settings;
+    let mut out = Vec::new();
+    let bound = duration_words(s.bound_ms);
+    match &load.overload {
+        Some(o) => out.push(format!(
+            "Overload point: from {}, more than {} of join attempts failed to get audio within \
+             {bound} for at least {} minutes in a row ({} in the first minute); {} listeners were \
+             trying to listen then, {} of them receiving audio.",
+            clock(o.minute_ms),
+            percent(s.threshold),
+            s.persistence,
+            percent(o.failure_rate),
+            thousands(o.roster.unwrap_or(0)),
+            thousands(o.connected.unwrap_or(0)),
+        )),
+        None => out.push(format!(
+            "No overload point: no {} minutes in a row failed more than {} of join attempts \
+             (audio within {bound}).",
+            s.persistence,
+            percent(s.threshold)
+        )),
+    }
+    if let Some(o) = &load.overload
+        && o.connected == Some(0)
+        && o.roster.is_some_and(|r| r > 0)
+    {
+        out.push(
+            "No one was receiving audio at that minute's start: everyone on the roster was still \
+             waiting for it, as when a crowd that waited for a late start tries at once."
+                .to_string(),
+        );
+    }
+    if let Some((peak, minute)) = load.capacity_served {
+        out.push(format!(
+            "Capacity served: up to {} listeners received audio at once in a minute when at most \
+             {} of attempts failed ({}).",
+            thousands(peak),
+            percent(s.threshold),
+            clock(minute)
+        ));
+    }
+    out
+}
+
+/// The per-minute table's header and rows, for the Markdown and HTML writers.
+pub const TABLE_HEADER: [&str; 8] = [
+    "minute",
+    "attempts",
+    "failed",
+    "failure rate",
+    "trying to listen (roster) at its start",
+    "connected at its start",
+    "connected at its peak",
+    "wait for audio, median / 90 %",
+];
+
+pub fn table(load: &Load) -> Vec<[String; 8]> {
+    let count = |v: Option<i64>| v.map_or("–".to_string(), thousands);
+    let wait = |v: Option<i64>| {
+        v.map_or("–".to_string(), |ms| {
+            format!("{:.1} s", ms as f64 / 1000.0)
+        })
+    };
+    load.minutes
+        .iter()
+        .map(|m| {
+            [
+                clock(m.start_ms),
+                thousands(m.attempts),
+                thousands(m.failed),
+                m.failure_rate
+                    .map_or("–".to_string(), |r| format!("{:.1} %", 100.0 * r)),
+                count(m.roster_start),
+                count(m.connected_start),
+                count(m.connected_peak),
+                format!("{} / {}", wait(m.ttfa_ms_p50), wait(m.ttfa_ms_p90)),
+            ]
+        })
+        .collect()
+}
+
+/// The section's JSON: every figure, and the settings it was computed with.
+pub fn json(load: &Load) -> serde_json::Value {
+    use serde_json::json;
+    let s = &load.settings;
+    json!({
+        "settings": {
+            "bound_ms": s.bound_ms, "min_attempts": s.min_attempts,
+            "threshold": s.threshold, "persistence_minutes": s.persistence,
+        },
+        "overload_point": load.overload.as_ref().map(|o| json!({
+            "minute": earshot_contract::format_rfc3339_ms(o.minute_ms),
+            "roster": o.roster, "connected": o.connected, "failure_rate": o.failure_rate,
+        })),
+        "capacity_served": load.capacity_served.map(|(peak, minute)| json!({
+            "connected": peak, "minute": earshot_contract::format_rfc3339_ms(minute),
+        })),
+        "largest_roster": load.largest_roster,
+        "largest_connected": load.largest_connected,
+        "capacity_claim": load.claim.as_ref().map(|(c, v)| json!({"value": c, "verdict": v})),
+        "findings": findings(load),
+        "minutes": load.minutes.iter().map(|m| json!({
+            "minute": earshot_contract::format_rfc3339_ms(m.start_ms),
+            "attempts": m.attempts, "failed": m.failed, "failure_rate": m.failure_rate,
+            "roster_start": m.roster_start, "connected_start": m.connected_start,
+            "connected_peak": m.connected_peak,
+            "ttfa_ms_p50": m.ttfa_ms_p50, "ttfa_ms_p90": m.ttfa_ms_p90,
+        })).collect::<Vec<_>>(),
+    })
+}
