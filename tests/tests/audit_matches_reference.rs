@@ -47,6 +47,7 @@ fn sensitivity_rows_equal_the_reference_under_each_definition() {
                     dir.path(),
                     &want.stream_id,
                     Some(claim),
+                    (earshot_audit::LoadSettings::default(), None),
                     None,
                 ))
                 .unwrap();

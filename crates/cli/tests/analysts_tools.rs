@@ -9,7 +9,7 @@ mod serving;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use serving::{Server, data, repo, serve};
+use serving::{Server, client_passes, data, repo, serve};
 
 const STREAM: &str = "hall";
 
@@ -32,24 +32,17 @@ fn venv_python(name: &str) -> Command {
     Command::new(python)
 }
 
-/// Runs a client script with the server's port, earshot and the data; every check must pass,
-/// `last_check` among them.
-fn passes(mut cmd: Command, what: &str, server: &Server, data: &Path, last_check: &str) {
-    let out = cmd
-        .args(["--port", &server.pg_port.unwrap().to_string()])
-        .args(["--earshot", env!("CARGO_BIN_EXE_earshot"), "--data"])
-        .arg(data)
-        .args(["--stream", STREAM])
-        .env("EARSHOT_PSEUDONYM_KEY", "http-test-secret")
-        .output()
-        .unwrap_or_else(|e| panic!("{what} (scripts/setup installs it): {e}"));
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && text.contains(&format!("PASS {last_check}")),
-        "{what} failed:\n{text}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+/// Runs a client script against `server`; every check must pass, `last_check` among them.
+fn passes(cmd: Command, what: &str, server: &Server, data: &Path, last_check: &str) {
+    let port = server.pg_port.unwrap();
+    client_passes(
+        what,
+        cmd,
+        port,
+        data,
+        (STREAM, "http-test-secret"),
+        last_check,
     );
-    assert!(!text.contains("FAIL"), "{what}:\n{text}");
 }
 
 #[test]

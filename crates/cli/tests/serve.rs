@@ -1,6 +1,8 @@
 //! `earshot serve --pg` against real clients: Debian's `psql` and Python's psycopg 3
 //! (`tests/pg_clients.py`), on 127.0.0.1 ports the server picks.
 
+mod serving;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -347,22 +349,9 @@ fn a_new_generation_is_served_without_a_restart() {
 }
 
 /// Runs a client program that prints PASS/FAIL lines against a server on `data`.
-fn client_passes(what: &str, mut cmd: Command, server: &Server, data: &Path, last_check: &str) {
-    let out = cmd
-        .args(["--port", &server.port.to_string()])
-        .args(["--earshot", env!("CARGO_BIN_EXE_earshot"), "--data"])
-        .arg(data)
-        .args(["--stream", STREAM])
-        .env("EARSHOT_PSEUDONYM_KEY", "serve-test-secret")
-        .output()
-        .unwrap_or_else(|e| panic!("{what} (scripts/setup installs it): {e}"));
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && text.contains(&format!("PASS {last_check}")),
-        "{what} failed:\n{text}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(!text.contains("FAIL"), "{text}");
+fn client_passes(what: &str, cmd: Command, server: &Server, data: &Path, last_check: &str) {
+    let key = (STREAM, "serve-test-secret");
+    serving::client_passes(what, cmd, server.port, data, key, last_check);
 }
 
 /// node-postgres, and pgjdbc (the JDBC driver behind DBeaver, Metabase and Tableau): metadata,

@@ -281,3 +281,31 @@ pub fn tree_cpu_seconds(pid: u32) -> f64 {
     }
     total
 }
+
+/// Runs a client program (one of `tests/*.py`, node, java) that prints PASS/FAIL lines against a
+/// Postgres endpoint on `pg_port` serving `data`: it must exit 0, pass `last_check`, fail nothing.
+/// `key` is the pseudonym key `data` was ingested with (the client runs `earshot sql` on it).
+pub fn client_passes(
+    what: &str,
+    mut cmd: Command,
+    pg_port: u16,
+    data: &Path,
+    (stream, key): (&str, &str),
+    last_check: &str,
+) {
+    let out = cmd
+        .args(["--port", &pg_port.to_string()])
+        .args(["--earshot", env!("CARGO_BIN_EXE_earshot"), "--data"])
+        .arg(data)
+        .args(["--stream", stream])
+        .env("EARSHOT_PSEUDONYM_KEY", key)
+        .output()
+        .unwrap_or_else(|e| panic!("{what} (scripts/setup installs it): {e}"));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains(&format!("PASS {last_check}")),
+        "{what} failed:\n{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!text.contains("FAIL"), "{what}:\n{text}");
+}
