@@ -99,6 +99,72 @@ fn expected(snap: &Snapshot, stream: &str, bound: i64, min_attempts: i64) -> Vec
         .collect()
 }
 
+/// Ranks of `v` from 1, ties at their mean rank.
+fn ranks(v: &[f64]) -> Vec<f64> {
+    let mut order: Vec<usize> = (0..v.len()).collect();
+    order.sort_by(|&a, &b| v[a].total_cmp(&v[b]));
+    let mut out = vec![0.0; v.len()];
+    let mut i = 0;
+    while i < order.len() {
+        let mut j = i;
+        while j + 1 < order.len() && v[order[j + 1]] == v[order[i]] {
+            j += 1;
+        }
+        let mean = (i + j) as f64 / 2.0 + 1.0;
+        for k in i..=j {
+            out[order[k]] = mean;
+        }
+        i = j + 1;
+    }
+    out
+}
+
+/// Pearson's correlation of `x` and `y`; `None` when either does not vary.
+fn pearson(x: &[f64], y: &[f64]) -> Option<f64> {
+    let n = x.len() as f64;
+    let (mx, my) = (x.iter().sum::<f64>() / n, y.iter().sum::<f64>() / n);
+    let cov: f64 = x.iter().zip(y).map(|(a, b)| (a - mx) * (b - my)).sum();
+    let vx: f64 = x.iter().map(|a| (a - mx).powi(2)).sum();
+    let vy: f64 = y.iter().map(|b| (b - my).powi(2)).sum();
+    (vx > 0.0 && vy > 0.0).then(|| cov / (vx * vy).sqrt())
+}
+
+/// failure_by_load by its words: the rated minutes in ten bands of the roster at their start
+/// (band = floor(10 · roster / largest), the largest in the last), each band's minutes, attempts
+/// and failures; and Spearman's correlation of roster and failure rate.
+fn by_load_expected(
+    snap: &Snapshot,
+    stream: &str,
+    bound: i64,
+    min_attempts: i64,
+) -> (Vec<[i64; 4]>, Option<f64>) {
+    let rated: Vec<(i64, i64, i64)> = minutes(snap, stream, bound)
+        .into_iter()
+        .filter(|(_, a)| a.attempts > 0 && a.attempts >= min_attempts)
+        .filter_map(|(m, a)| {
+            rollup(snap, stream, m).map(|r| (r.roster_start, a.attempts, a.failed))
+        })
+        .collect();
+    if rated.is_empty() {
+        return (Vec::new(), None);
+    }
+    let top = rated.iter().map(|r| r.0).max().unwrap().max(1);
+    let mut bands = std::collections::BTreeMap::<i64, [i64; 4]>::new();
+    for (roster, attempts, failed) in &rated {
+        let band = ((10 * roster) / top).min(9);
+        let b = bands.entry(band).or_insert([band * top / 10, 0, 0, 0]);
+        b[1] += 1;
+        b[2] += attempts;
+        b[3] += failed;
+    }
+    let load: Vec<f64> = rated.iter().map(|r| r.0 as f64).collect();
+    let rate: Vec<f64> = rated.iter().map(|r| r.2 as f64 / r.1 as f64).collect();
+    (
+        bands.into_values().collect(),
+        pearson(&ranks(&load), &ranks(&rate)),
+    )
+}
+
 /// The overload point and capacity served by §3b's words: the earliest minute that starts a run
 /// of `persistence` rated minutes all above `threshold`, and the largest connected peak of a rated
 /// minute at or under it; with the largest loads and the number of rated minutes.
@@ -309,6 +375,34 @@ fn failures_by_minute_follow_contract_3b() {
                     "seed {seed}, stream {stream}, bound {bound} ms, at least {min_attempts}"
                 );
                 minutes_compared += got.len();
+                let params = [
+                    format!("stream={stream}"),
+                    format!("bound_ms={bound}"),
+                    format!("min_attempts={min_attempts}"),
+                ];
+                let (bands, rho) = by_load_expected(&want, &stream, bound, min_attempts);
+                let mut got_bands = Vec::new();
+                let mut got_rho = None;
+                for b in run_named(&rt, &ctx, "failure_by_load", &params) {
+                    for i in 0..b.num_rows() {
+                        let n = |c: &str| cell(&b, c, i).parse::<i64>().unwrap();
+                        got_bands.push([n("load_from"), n("minutes"), n("attempts"), n("failed")]);
+                        let r = cell(&b, "rank_correlation", i);
+                        got_rho = (r != "-").then(|| r.parse::<f64>().unwrap());
+                    }
+                }
+                assert_eq!(
+                    got_bands, bands,
+                    "failure_by_load bands, seed {seed}, {params:?}"
+                );
+                match (got_rho, rho) {
+                    (Some(g), Some(w)) => {
+                        assert!((g - w).abs() < 1e-9, "rank correlation {g} vs {w}")
+                    }
+                    (g, w) => {
+                        assert_eq!(g.is_some(), w.is_some(), "rank correlation {g:?} vs {w:?}")
+                    }
+                }
                 for (threshold, persistence) in [(0.1, 2), (0.5, 1), (0.0, 3)] {
                     let params = [
                         format!("stream={stream}"),

@@ -42,6 +42,7 @@ pub const EMBEDDED: &[(&str, &str)] = embedded!(
     "timeline_points",
     "failures_by_minute",
     "overload",
+    "failure_by_load",
 );
 
 impl NamedQuery {
