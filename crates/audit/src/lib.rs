@@ -20,8 +20,8 @@ use earshot_sql::queries::NamedQuery;
 use earshot_sql::{Limits, Params, SessionContext, SqlError};
 use sha2::{Digest, Sha256};
 
-pub use load::{Load, LoadMinute, LoadSettings, OverloadPoint};
-pub use render::{Format, render};
+pub use load::{Load, LoadBand, LoadMinute, LoadSettings, OverloadPoint};
+pub use render::{Format, load_svg_name, render};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuditError {

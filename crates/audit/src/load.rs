@@ -65,6 +65,21 @@ pub struct Load {
     pub largest_connected: Option<i64>,
     /// A claimed capacity and what the data says of it.
     pub claim: Option<(i64, String)>,
+    /// Rated minutes by load: (from, to, minutes, attempts, failed, failure rate).
+    pub bands: Vec<LoadBand>,
+    /// Spearman's rank correlation of the load and the failure rate over rated minutes.
+    pub rank_correlation: Option<f64>,
+}
+
+/// Rated minutes whose roster at their start was in `[from, to)`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LoadBand {
+    pub from: i64,
+    pub to: i64,
+    pub minutes: i64,
+    pub attempts: i64,
+    pub failed: i64,
+    pub failure_rate: Option<f64>,
 }
 
 fn rate_at(batch: &arrow::array::RecordBatch, name: &str, row: usize) -> Option<f64> {
@@ -110,6 +125,18 @@ pub(super) async fn load(
         connected: int_at(&o, "overload_connected", 0),
         failure_rate: rate_at(&o, "overload_failure_rate", 0).unwrap_or(0.0),
     });
+    let b = run.canned("failure_by_load", &params).await?;
+    let bands = (0..b.num_rows())
+        .map(|i| LoadBand {
+            from: int_at(&b, "load_from", i).unwrap_or(0),
+            to: int_at(&b, "load_to", i).unwrap_or(0),
+            minutes: int_at(&b, "minutes", i).unwrap_or(0),
+            attempts: int_at(&b, "attempts", i).unwrap_or(0),
+            failed: int_at(&b, "failed", i).unwrap_or(0),
+            failure_rate: rate_at(&b, "failure_rate", i),
+        })
+        .collect();
+    let rank_correlation = rate_at(&b, "rank_correlation", 0);
     let mut load = Load {
         settings,
         minutes,
@@ -118,6 +145,8 @@ pub(super) async fn load(
         largest_roster: int_at(&o, "largest_roster", 0),
         largest_connected: int_at(&o, "largest_connected", 0),
         claim: None,
+        bands,
+        rank_correlation,
     };
     load.claim = claim.map(|c| (c, capacity_verdict(&load, c)));
     Ok(load)
@@ -205,6 +234,39 @@ pub fn findings(load: &Load) -> Vec<String> {
                 .to_string(),
         );
     }
+    if let Some(rho) = load.rank_correlation {
+        let rated: i64 = load.bands.iter().map(|b| b.minutes).sum();
+        let how = format!(
+            "rank correlation {rho:.2} between the number trying to listen and the failure rate, \
+             over {rated} minutes"
+        );
+        out.push(if rho >= 0.5 {
+            format!("Failures rose with the audience ({how}): that is what overload looks like.")
+        } else if rho > 0.2 {
+            format!("Failures rose somewhat with the audience ({how}).")
+        } else if rho > -0.2 {
+            format!(
+                "Failures did not follow the audience ({how}): the data does not show load as \
+                 their cause, and cannot tell what was."
+            )
+        } else {
+            format!(
+                "Failures were higher when fewer were trying to listen ({how}): not what overload \
+                 looks like; the data cannot tell what the cause was."
+            )
+        });
+        if let Some(low) = load.bands.first()
+            && let Some(rate) = low.failure_rate
+            && rate > s.threshold
+        {
+            out.push(format!(
+                "Even at the lowest loads ({} to {} trying), {} of attempts failed.",
+                thousands(low.from),
+                thousands(low.to),
+                percent(rate)
+            ));
+        }
+    }
     if let Some((peak, minute)) = load.capacity_served {
         out.push(format!(
             "Capacity served: up to {} listeners received audio at once in a minute when at most \
@@ -274,6 +336,11 @@ pub fn json(load: &Load) -> serde_json::Value {
         "largest_connected": load.largest_connected,
         "capacity_claim": load.claim.as_ref().map(|(c, v)| json!({"value": c, "verdict": v})),
         "findings": findings(load),
+        "rank_correlation": load.rank_correlation,
+        "bands": load.bands.iter().map(|b| json!({
+            "load_from": b.from, "load_to": b.to, "minutes": b.minutes,
+            "attempts": b.attempts, "failed": b.failed, "failure_rate": b.failure_rate,
+        })).collect::<Vec<_>>(),
         "minutes": load.minutes.iter().map(|m| json!({
             "minute": earshot_contract::format_rfc3339_ms(m.start_ms),
             "attempts": m.attempts, "failed": m.failed, "failure_rate": m.failure_rate,
@@ -282,4 +349,110 @@ pub fn json(load: &Load) -> serde_json::Value {
             "ttfa_ms_p50": m.ttfa_ms_p50, "ttfa_ms_p90": m.ttfa_ms_p90,
         })).collect::<Vec<_>>(),
     })
+}
+
+/// The failure rate against the load, each rated minute a point coloured by its time (blue early,
+/// red late), the threshold dashed and the overload point ringed: a self-contained SVG.
+pub fn chart(load: &Load) -> String {
+    use std::fmt::Write;
+    const W: f64 = 900.0;
+    const H: f64 = 380.0;
+    const LEFT: f64 = 70.0;
+    const RIGHT: f64 = 20.0;
+    const TOP: f64 = 30.0;
+    const BOTTOM: f64 = 50.0;
+    let pts: Vec<(&LoadMinute, i64, f64)> = load
+        .minutes
+        .iter()
+        .filter_map(|m| Some((m, m.roster_start?, m.failure_rate?)))
+        .collect();
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" viewBox=\"0 0 {W} {H}\" width=\"{W}\" \
+height=\"{H}\" font-family=\"sans-serif\" font-size=\"12\" role=\"img\" \
+aria-label=\"Failure rate against the number trying to listen\">\n\
+<rect width=\"100%\" height=\"100%\" fill=\"#ffffff\"/>"
+    );
+    if pts.is_empty() {
+        out.push_str(
+            "<text x=\"20\" y=\"40\">No minute has enough attempts for a rate.</text>\n</svg>\n",
+        );
+        return out;
+    }
+    let xmax = pts.iter().map(|p| p.1).max().unwrap_or(1).max(1) as f64;
+    let x = |v: i64| LEFT + v as f64 / xmax * (W - LEFT - RIGHT);
+    let y = |r: f64| H - BOTTOM - r * (H - TOP - BOTTOM);
+    for i in 0..=4 {
+        let r = i as f64 / 4.0;
+        let _ = writeln!(
+            out,
+            "<line x1=\"{LEFT}\" y1=\"{yy:.1}\" x2=\"{:.1}\" y2=\"{yy:.1}\" stroke=\"#e5e5e5\"/>\
+<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\" fill=\"#444\">{:.0} %</text>",
+            W - RIGHT,
+            LEFT - 6.0,
+            y(r) + 4.0,
+            100.0 * r,
+            yy = y(r)
+        );
+        let v = (xmax * r).round() as i64;
+        let _ = writeln!(
+            out,
+            "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\" fill=\"#444\">{}</text>",
+            x(v),
+            H - BOTTOM + 18.0,
+            thousands(v)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\" fill=\"#444\">trying to listen at \
+the minute's start (roster)</text>\n<line class=\"threshold\" x1=\"{LEFT}\" y1=\"{t:.1}\" \
+x2=\"{:.1}\" y2=\"{t:.1}\" stroke=\"#6b7280\" stroke-dasharray=\"6 4\"/>",
+        (LEFT + W - RIGHT) / 2.0,
+        H - 10.0,
+        W - RIGHT,
+        t = y(load.settings.threshold)
+    );
+    let _ = writeln!(
+        out,
+        "<text x=\"{LEFT}\" y=\"{:.1}\" fill=\"#444\">each point a minute; colour: its time, \
+<tspan fill=\"hsl(240,70%,45%)\">blue early</tspan> to <tspan fill=\"hsl(0,70%,45%)\">red \
+late</tspan>; dashed: the failure threshold</text>",
+        TOP - 12.0
+    );
+    let (first, last) = (
+        pts[0].0.start_ms,
+        pts[pts.len() - 1].0.start_ms.max(pts[0].0.start_ms + 1),
+    );
+    for (m, roster, rate) in &pts {
+        let when = (m.start_ms - first) as f64 / (last - first) as f64;
+        let _ = writeln!(
+            out,
+            "<circle class=\"minute\" cx=\"{:.1}\" cy=\"{:.1}\" r=\"4\" fill=\"hsl({:.0},70%,45%)\">\
+<title>{}: {} trying, {:.1} % failed</title></circle>",
+            x(*roster),
+            y(*rate),
+            240.0 * (1.0 - when),
+            clock(m.start_ms),
+            thousands(*roster),
+            100.0 * rate
+        );
+    }
+    if let Some(o) = &load.overload
+        && let Some(roster) = o.roster
+    {
+        let _ = writeln!(
+            out,
+            "<circle class=\"overload-point\" cx=\"{:.1}\" cy=\"{:.1}\" r=\"9\" fill=\"none\" \
+stroke=\"#111\" stroke-width=\"2\"/><text x=\"{:.1}\" y=\"{:.1}\" fill=\"#111\">overload point, {}</text>",
+            x(roster),
+            y(o.failure_rate),
+            (x(roster) + 12.0).min(W - 200.0),
+            (y(o.failure_rate) - 10.0).max(TOP + 10.0),
+            clock(o.minute_ms)
+        );
+    }
+    out.push_str("</svg>\n");
+    out
 }

@@ -14,10 +14,12 @@ pub enum Format {
     Json,
 }
 
-/// The rendered report, and for Markdown the chart to write beside it.
+/// The rendered report, and for Markdown the charts to write beside it (the timeline, and the
+/// failure rate against the load).
 pub struct Rendered {
     pub text: String,
     pub svg: Option<String>,
+    pub load_svg: Option<String>,
 }
 
 /// Renders `r`; `svg_name` is the file name the Markdown links to for its chart.
@@ -26,14 +28,17 @@ pub fn render(r: &Report, format: Format, svg_name: &str) -> Rendered {
         Format::Json => Rendered {
             text: format!("{:#}\n", json(r)),
             svg: None,
+            load_svg: None,
         },
         Format::Md => Rendered {
             text: markdown(r, svg_name),
             svg: Some(chart(r)),
+            load_svg: Some(crate::load::chart(&r.load)),
         },
         Format::Html => Rendered {
             text: html(r),
             svg: None,
+            load_svg: None,
         },
     }
 }
@@ -152,7 +157,7 @@ fn markdown(r: &Report, svg_name: &str) -> String {
         o,
         "## Timeline\n\n![Displayed, roster and connected over time]({svg_name})\n"
     );
-    markdown_load(&mut o, &r.load);
+    markdown_load(&mut o, &r.load, &load_svg_name(svg_name));
     let _ = writeln!(o, "## Figures\n\n{}\n", method_note());
     let _ = writeln!(
         o,
@@ -364,7 +369,15 @@ it has at least {} attempts (contract §3b).",
     )
 }
 
-fn markdown_load(o: &mut String, load: &crate::Load) {
+/// The file name of the load chart beside the timeline's (`report.svg` → `report-load.svg`).
+pub fn load_svg_name(svg_name: &str) -> String {
+    match svg_name.strip_suffix(".svg") {
+        Some(stem) => format!("{stem}-load.svg"),
+        None => format!("{svg_name}-load.svg"),
+    }
+}
+
+fn markdown_load(o: &mut String, load: &crate::Load, chart_name: &str) {
     let _ = writeln!(o, "## Failures against load\n\n{}\n", load_intro(load));
     if let Some((claim, verdict)) = &load.claim {
         let _ = writeln!(o, "**Claimed capacity {}.** {verdict}\n", thousands(*claim));
@@ -372,6 +385,11 @@ fn markdown_load(o: &mut String, load: &crate::Load) {
     for f in crate::load::findings(load) {
         let _ = writeln!(o, "{f}");
     }
+    let _ = writeln!(
+        o,
+        "\n![Failure rate against the number trying to listen, each minute a point]({chart_name})\n"
+    );
+    bands_markdown(o, load);
     let _ = writeln!(o, "\n| {} |", crate::load::TABLE_HEADER.join(" | "));
     let _ = writeln!(
         o,
@@ -402,7 +420,12 @@ fn html_load(o: &mut String, load: &crate::Load) {
     for f in crate::load::findings(load) {
         let _ = write!(o, "{} ", escape(&f));
     }
-    o.push_str("</p>\n<table><tr>");
+    let _ = writeln!(
+        o,
+        "</p>\n<figure id=\"load-chart\">\n{}</figure>",
+        crate::load::chart(load)
+    );
+    o.push_str("<table><tr>");
     for h in crate::load::TABLE_HEADER {
         let _ = write!(o, "<th>{}</th>", escape(h));
     }
@@ -416,4 +439,28 @@ fn html_load(o: &mut String, load: &crate::Load) {
         o.push_str("</tr>\n");
     }
     o.push_str("</table>\n");
+}
+
+/// The failure rate by load band, in Markdown.
+fn bands_markdown(o: &mut String, load: &crate::Load) {
+    if load.bands.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        o,
+        "| trying to listen | minutes | attempts | failed | failure rate |\n|---|---:|---:|---:|---:|"
+    );
+    for b in &load.bands {
+        let _ = writeln!(
+            o,
+            "| {} to {} | {} | {} | {} | {} |",
+            thousands(b.from),
+            thousands(b.to),
+            b.minutes,
+            thousands(b.attempts),
+            thousands(b.failed),
+            b.failure_rate
+                .map_or("–".to_string(), |r| format!("{:.1} %", 100.0 * r))
+        );
+    }
 }

@@ -51,7 +51,8 @@ pub struct AuditArgs {
     min_attempts: i64,
     #[arg(long, value_enum, default_value = "md")]
     format: FormatArg,
-    /// Write the report here (Markdown also writes the chart beside it as FILE-stem.svg).
+    /// Write the report here (Markdown also writes its charts beside it as FILE-stem.svg and
+    /// FILE-stem-load.svg).
     #[arg(long, short)]
     output: Option<PathBuf>,
     /// Add the time the report was made (otherwise re-running gives byte-identical output).
@@ -129,9 +130,22 @@ pub fn run(a: AuditArgs) -> anyhow::Result<()> {
             std::fs::write(path, &rendered.text)
                 .with_context(|| format!("cannot write {}", path.display()))?;
             if let (Some(svg), Some(svg_path)) = (&rendered.svg, &svg_path) {
-                std::fs::write(svg_path, svg)
-                    .with_context(|| format!("cannot write {}", svg_path.display()))?;
-                eprintln!("wrote {} and {}", path.display(), svg_path.display());
+                let load_path = svg_path.with_file_name(earshot_audit::load_svg_name(&svg_name));
+                for (file, chart) in [
+                    (svg_path, Some(svg)),
+                    (&load_path, rendered.load_svg.as_ref()),
+                ] {
+                    if let Some(chart) = chart {
+                        std::fs::write(file, chart)
+                            .with_context(|| format!("cannot write {}", file.display()))?;
+                    }
+                }
+                eprintln!(
+                    "wrote {}, {} and {}",
+                    path.display(),
+                    svg_path.display(),
+                    load_path.display()
+                );
             } else {
                 eprintln!("wrote {}", path.display());
             }
@@ -140,7 +154,7 @@ pub fn run(a: AuditArgs) -> anyhow::Result<()> {
             use std::io::Write;
             std::io::stdout().write_all(rendered.text.as_bytes())?;
             if rendered.svg.is_some() {
-                eprintln!("note: the chart is written beside the report with -o FILE.md");
+                eprintln!("note: the charts are written beside the report with -o FILE.md");
             }
         }
     }

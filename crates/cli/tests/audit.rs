@@ -107,8 +107,11 @@ fn reports_match_reviewed_snapshots_and_rerun_byte_identical() {
     let md_text = std::fs::read_to_string(&md).unwrap();
     let svg = std::fs::read_to_string(dir.path().join("report.svg")).unwrap();
     assert!(md_text.contains("![Displayed, roster and connected over time](report.svg)"));
+    let load_svg = std::fs::read_to_string(dir.path().join("report-load.svg")).unwrap();
+    assert!(md_text.contains("(report-load.svg)"));
     snapshot("report.md", &md_text);
     snapshot("report.svg", &svg);
+    snapshot("report-load.svg", &load_svg);
     let html = ok(audit(&data, &["--claim", "1M", "--format", "html"]));
     snapshot("report.html", &html);
     let json = ok(audit(
@@ -212,6 +215,7 @@ fn figures_are_the_streams_table_and_the_verdict_follows_them() {
             "event_counts",
             "failures_by_minute",
             "overload",
+            "failure_by_load",
             "rejects_by_reason"
         ]
     );
@@ -360,6 +364,48 @@ fn a_capacity_claim_is_contradicted_by_failures_below_it_and_unchecked_above_the
         md.contains("## Failures against load") && md.contains("UTC"),
         "{md}"
     );
+
+    // The HTML's chart of failure rate against load, as a browser reads it: a point per rated
+    // minute and the overload point ringed.
+    let html = dir.path().join("capacity.html");
+    ok(audit(
+        &data,
+        &[
+            "--claim-capacity",
+            "8M",
+            "--format",
+            "html",
+            "-o",
+            html.to_str().unwrap(),
+        ],
+    ));
+    let dom = ok(Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--dump-dom",
+        ])
+        .arg(format!(
+            "--user-data-dir={}",
+            dir.path().join("profile").display()
+        ))
+        .arg(format!("file://{}", html.display()))
+        .output()
+        .expect("chromium must be installed (scripts/setup installs it)"));
+    let rated = load["minutes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| !m["failure_rate"].is_null() && !m["roster_start"].is_null())
+        .count();
+    assert_eq!(
+        dom.matches("class=\"minute\"").count(),
+        rated,
+        "one point per rated minute"
+    );
+    assert_eq!(dom.matches("class=\"overload-point\"").count(), 1);
 
     // Under capacity: the data can neither confirm nor refute a claim above its audience.
     let data = capacity_data(dir.path(), 50_000, 2_000);
