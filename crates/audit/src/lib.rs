@@ -257,7 +257,7 @@ fn cell(batch: &RecordBatch, name: &str, row: usize) -> Value {
     let Some(col) = batch.column_by_name(name) else {
         return Value::Null;
     };
-    if col.is_null(row) {
+    if row >= col.len() || col.is_null(row) {
         return Value::Null;
     }
     match col.data_type() {
@@ -275,7 +275,7 @@ fn int_at(batch: &RecordBatch, name: &str, row: usize) -> Option<i64> {
 
 fn ms_at(batch: &RecordBatch, name: &str, row: usize) -> Option<i64> {
     let col = batch.column_by_name(name)?;
-    (!col.is_null(row)).then(|| col.as_primitive::<TimestampMillisecondType>().value(row))
+    (row < col.len() && !col.is_null(row)).then(|| col.as_primitive::<TimestampMillisecondType>().value(row))
 }
 
 /// Builds the report for `stream` from the current generation of `data`.

@@ -82,9 +82,10 @@ pub struct LoadBand {
     pub failure_rate: Option<f64>,
 }
 
+/// A float cell; `None` for NULL or a row the batch does not have (no rated minute: no bands).
 fn rate_at(batch: &arrow::array::RecordBatch, name: &str, row: usize) -> Option<f64> {
     let c = batch.column_by_name(name)?;
-    (!c.is_null(row)).then(|| c.as_primitive::<Float64Type>().value(row))
+    (row < c.len() && !c.is_null(row)).then(|| c.as_primitive::<Float64Type>().value(row))
 }
 
 /// Reads §3b's figures for `stream`.
