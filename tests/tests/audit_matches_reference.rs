@@ -49,6 +49,7 @@ fn sensitivity_rows_equal_the_reference_under_each_definition() {
                     Some(claim),
                     (earshot_audit::LoadSettings::default(), None),
                     None,
+                    None,
                 ))
                 .unwrap();
             let fig = |n: &str| report.figure(n).and_then(|f| f.value.int());

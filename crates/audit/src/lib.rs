@@ -7,6 +7,7 @@
 //! of the data directory and the arguments: no clock, no randomness, so re-running it gives the same
 //! bytes (`stamp` adds a time only when asked).
 
+mod compare;
 mod load;
 mod render;
 mod svg;
@@ -20,8 +21,9 @@ use earshot_sql::queries::NamedQuery;
 use earshot_sql::{Limits, Params, SessionContext, SqlError};
 use sha2::{Digest, Sha256};
 
+pub use compare::minutes_and_seconds;
 pub use load::{Load, LoadBand, LoadMinute, LoadSettings, OverloadPoint};
-pub use render::{Format, load_svg_name, render};
+pub use render::{Format, compare_svg_name, load_svg_name, render};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuditError {
@@ -162,6 +164,8 @@ pub struct Report {
     /// Failures against load (contract §3b).
     pub load: Load,
     pub provenance: Provenance,
+    /// Another event's report, built the same way, to set beside this one (`--compare`).
+    pub compare: Option<Box<Report>>,
 }
 
 impl Report {
@@ -275,7 +279,8 @@ fn int_at(batch: &RecordBatch, name: &str, row: usize) -> Option<i64> {
 
 fn ms_at(batch: &RecordBatch, name: &str, row: usize) -> Option<i64> {
     let col = batch.column_by_name(name)?;
-    (row < col.len() && !col.is_null(row)).then(|| col.as_primitive::<TimestampMillisecondType>().value(row))
+    (row < col.len() && !col.is_null(row))
+        .then(|| col.as_primitive::<TimestampMillisecondType>().value(row))
 }
 
 /// Builds the report for `stream` from the current generation of `data`.
@@ -285,6 +290,25 @@ pub async fn build(
     claim: Option<Claim>,
     capacity: (LoadSettings, Option<i64>),
     stamp: Option<String>,
+    compare: Option<(&Path, &str)>,
+) -> Result<Report, AuditError> {
+    let mut report = build_one(data, stream, claim, capacity, stamp, true).await?;
+    if let Some((other_data, other)) = compare {
+        // The same definitions; no claim, and no sensitivity table (the other report is read for
+        // its figures and its failures against load).
+        let b = build_one(other_data, other, None, (capacity.0, None), None, false).await?;
+        report.compare = Some(Box::new(b));
+    }
+    Ok(report)
+}
+
+async fn build_one(
+    data: &Path,
+    stream: &str,
+    claim: Option<Claim>,
+    capacity: (LoadSettings, Option<i64>),
+    stamp: Option<String>,
+    with_sensitivity: bool,
 ) -> Result<Report, AuditError> {
     let tables = earshot_sql::Tables::open(data, Limits::default()).await?;
     let generation = earshot_store::current_generation(data)?;
@@ -385,7 +409,11 @@ pub async fn build(
         min_listen_ms: setting("min_listen_ms", 60_000),
         max_jump_ms: setting("max_jump_ms", Settings::default().max_jump_ms),
     };
-    let sensitivity = sensitivity(&generation, stream, &ingested)?;
+    let sensitivity = if with_sensitivity {
+        sensitivity(&generation, stream, &ingested)?
+    } else {
+        Vec::new()
+    };
 
     let mut report = Report {
         stream_id: stream.to_string(),
@@ -410,6 +438,7 @@ pub async fn build(
             queries: run.used,
             stamp,
         },
+        compare: None,
     };
     report.finding = finding(&report);
     report.verdict = claim.map(|c| verdict(&report, c));

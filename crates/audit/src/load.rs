@@ -355,6 +355,12 @@ pub fn json(load: &Load) -> serde_json::Value {
 /// The failure rate against the load, each rated minute a point coloured by its time (blue early,
 /// red late), the threshold dashed and the overload point ringed: a self-contained SVG.
 pub fn chart(load: &Load) -> String {
+    chart_of(&[(load, "", None)])
+}
+
+/// Several events' failure rate against the load on the same axes: each event's points in its
+/// colour (or, for one event without a colour, coloured by time), each overload point ringed.
+pub fn chart_of(series: &[(&Load, &str, Option<&str>)]) -> String {
     use std::fmt::Write;
     const W: f64 = 900.0;
     const H: f64 = 380.0;
@@ -362,11 +368,13 @@ pub fn chart(load: &Load) -> String {
     const RIGHT: f64 = 20.0;
     const TOP: f64 = 30.0;
     const BOTTOM: f64 = 50.0;
-    let pts: Vec<(&LoadMinute, i64, f64)> = load
-        .minutes
-        .iter()
-        .filter_map(|m| Some((m, m.roster_start?, m.failure_rate?)))
-        .collect();
+    let points = |load: &Load| -> Vec<(i64, i64, f64)> {
+        load.minutes
+            .iter()
+            .filter_map(|m| Some((m.start_ms, m.roster_start?, m.failure_rate?)))
+            .collect()
+    };
+    let all: Vec<Vec<(i64, i64, f64)>> = series.iter().map(|(l, ..)| points(l)).collect();
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -375,13 +383,13 @@ height=\"{H}\" font-family=\"sans-serif\" font-size=\"12\" role=\"img\" \
 aria-label=\"Failure rate against the number trying to listen\">\n\
 <rect width=\"100%\" height=\"100%\" fill=\"#ffffff\"/>"
     );
-    if pts.is_empty() {
+    if all.iter().all(Vec::is_empty) {
         out.push_str(
             "<text x=\"20\" y=\"40\">No minute has enough attempts for a rate.</text>\n</svg>\n",
         );
         return out;
     }
-    let xmax = pts.iter().map(|p| p.1).max().unwrap_or(1).max(1) as f64;
+    let xmax = all.iter().flatten().map(|p| p.1).max().unwrap_or(1).max(1) as f64;
     let x = |v: i64| LEFT + v as f64 / xmax * (W - LEFT - RIGHT);
     let y = |r: f64| H - BOTTOM - r * (H - TOP - BOTTOM);
     for i in 0..=4 {
@@ -408,51 +416,90 @@ aria-label=\"Failure rate against the number trying to listen\">\n\
     let _ = writeln!(
         out,
         "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\" fill=\"#444\">trying to listen at \
-the minute's start (roster)</text>\n<line class=\"threshold\" x1=\"{LEFT}\" y1=\"{t:.1}\" \
-x2=\"{:.1}\" y2=\"{t:.1}\" stroke=\"#6b7280\" stroke-dasharray=\"6 4\"/>",
+the minute's start (roster)</text>",
         (LEFT + W - RIGHT) / 2.0,
         H - 10.0,
-        W - RIGHT,
-        t = y(load.settings.threshold)
     );
+    let legend = match series {
+        [(_, _, None)] => "colour: its time, <tspan fill=\"hsl(240,70%,45%)\">blue early</tspan> \
+to <tspan fill=\"hsl(0,70%,45%)\">red late</tspan>"
+            .to_string(),
+        _ => series
+            .iter()
+            .map(|(_, name, colour)| {
+                format!(
+                    "<tspan fill=\"{}\">{}</tspan>",
+                    colour.unwrap_or("#444"),
+                    crate::svg::escape(name)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", "),
+    };
     let _ = writeln!(
         out,
-        "<text x=\"{LEFT}\" y=\"{:.1}\" fill=\"#444\">each point a minute; colour: its time, \
-<tspan fill=\"hsl(240,70%,45%)\">blue early</tspan> to <tspan fill=\"hsl(0,70%,45%)\">red \
-late</tspan>; dashed: the failure threshold</text>",
+        "<text x=\"{LEFT}\" y=\"{:.1}\" fill=\"#444\">each point a minute; {legend}; dashed: the \
+failure threshold</text>",
         TOP - 12.0
     );
-    let (first, last) = (
-        pts[0].0.start_ms,
-        pts[pts.len() - 1].0.start_ms.max(pts[0].0.start_ms + 1),
-    );
-    for (m, roster, rate) in &pts {
-        let when = (m.start_ms - first) as f64 / (last - first) as f64;
+    for ((load, name, colour), pts) in series.iter().zip(&all) {
         let _ = writeln!(
             out,
-            "<circle class=\"minute\" cx=\"{:.1}\" cy=\"{:.1}\" r=\"4\" fill=\"hsl({:.0},70%,45%)\">\
-<title>{}: {} trying, {:.1} % failed</title></circle>",
-            x(*roster),
-            y(*rate),
-            240.0 * (1.0 - when),
-            clock(m.start_ms),
-            thousands(*roster),
-            100.0 * rate
+            "<line class=\"threshold\" x1=\"{LEFT}\" y1=\"{t:.1}\" x2=\"{:.1}\" y2=\"{t:.1}\" \
+stroke=\"#6b7280\" stroke-dasharray=\"6 4\"/>",
+            W - RIGHT,
+            t = y(load.settings.threshold)
         );
-    }
-    if let Some(o) = &load.overload
-        && let Some(roster) = o.roster
-    {
-        let _ = writeln!(
-            out,
-            "<circle class=\"overload-point\" cx=\"{:.1}\" cy=\"{:.1}\" r=\"9\" fill=\"none\" \
-stroke=\"#111\" stroke-width=\"2\"/><text x=\"{:.1}\" y=\"{:.1}\" fill=\"#111\">overload point, {}</text>",
-            x(roster),
-            y(o.failure_rate),
-            (x(roster) + 12.0).min(W - 200.0),
-            (y(o.failure_rate) - 10.0).max(TOP + 10.0),
-            clock(o.minute_ms)
-        );
+        let (first, last) = match (pts.first(), pts.last()) {
+            (Some(f), Some(l)) => (f.0, l.0.max(f.0 + 1)),
+            _ => continue,
+        };
+        for (start, roster, rate) in pts {
+            let fill = match colour {
+                Some(c) => c.to_string(),
+                None => {
+                    let when = (start - first) as f64 / (last - first) as f64;
+                    format!("hsl({:.0},70%,45%)", 240.0 * (1.0 - when))
+                }
+            };
+            let _ = writeln!(
+                out,
+                "<circle class=\"minute\" cx=\"{:.1}\" cy=\"{:.1}\" r=\"4\" fill=\"{fill}\">\
+<title>{}{}: {} trying, {:.1} % failed</title></circle>",
+                x(*roster),
+                y(*rate),
+                crate::svg::escape(name),
+                if name.is_empty() {
+                    String::new()
+                } else {
+                    " ".to_string()
+                } + &clock(*start),
+                thousands(*roster),
+                100.0 * rate
+            );
+        }
+        if let Some(o) = &load.overload
+            && let Some(roster) = o.roster
+        {
+            // The label on the side with room: left of the ring in the chart's right half.
+            let (label_x, anchor) = if x(roster) > W / 2.0 {
+                (x(roster) - 12.0, "end")
+            } else {
+                (x(roster) + 12.0, "start")
+            };
+            let _ = writeln!(
+                out,
+                "<circle class=\"overload-point\" cx=\"{:.1}\" cy=\"{:.1}\" r=\"9\" fill=\"none\" \
+stroke=\"#111\" stroke-width=\"2\"/><text x=\"{label_x:.1}\" y=\"{:.1}\" text-anchor=\"{anchor}\" \
+fill=\"#111\">overload point{}{}, {}</text>",
+                x(roster),
+                y(o.failure_rate),
+                (y(o.failure_rate) - 10.0).max(TOP + 10.0),
+                if name.is_empty() { "" } else { " of " },
+                crate::svg::escape(name),
+                clock(o.minute_ms)
+            );
+        }
     }
     out.push_str("</svg>\n");
     out

@@ -20,6 +20,7 @@ pub struct Rendered {
     pub text: String,
     pub svg: Option<String>,
     pub load_svg: Option<String>,
+    pub compare_svg: Option<String>,
 }
 
 /// Renders `r`; `svg_name` is the file name the Markdown links to for its chart.
@@ -29,16 +30,19 @@ pub fn render(r: &Report, format: Format, svg_name: &str) -> Rendered {
             text: format!("{:#}\n", json(r)),
             svg: None,
             load_svg: None,
+            compare_svg: None,
         },
         Format::Md => Rendered {
             text: markdown(r, svg_name),
             svg: Some(chart(r)),
             load_svg: Some(crate::load::chart(&r.load)),
+            compare_svg: r.compare.as_ref().map(|b| crate::compare::chart(r, b)),
         },
         Format::Html => Rendered {
             text: html(r),
             svg: None,
             load_svg: None,
+            compare_svg: None,
         },
     }
 }
@@ -89,6 +93,7 @@ fn json(r: &Report) -> Json {
         "finding": r.finding,
         "figures": figures,
         "failures_against_load": crate::load::json(&r.load),
+        "compare": r.compare.as_ref().map(|b| json(b)),
         "sensitivity": r.sensitivity.iter().map(|s| json!({
             "liveness_s": s.liveness_s,
             "min_listen_s": s.min_listen_s,
@@ -158,6 +163,22 @@ fn markdown(r: &Report, svg_name: &str) -> String {
         "## Timeline\n\n![Displayed, roster and connected over time]({svg_name})\n"
     );
     markdown_load(&mut o, &r.load, &load_svg_name(svg_name));
+    if let Some(b) = &r.compare {
+        let (la, lb) = crate::compare::labels(r, b);
+        let _ = writeln!(
+            o,
+            "## Side by side: `{la}` and `{lb}`\n\nThe same definitions and settings for both.\n"
+        );
+        let _ = writeln!(o, "| | `{la}` | `{lb}` |\n|---|---:|---:|");
+        for [what, x, y] in crate::compare::rows(r, b) {
+            let _ = writeln!(o, "| {what} | {x} | {y} |");
+        }
+        let _ = writeln!(
+            o,
+            "\n![Both events' failure rate against the number trying to listen]({})\n",
+            compare_svg_name(svg_name)
+        );
+    }
     let _ = writeln!(o, "## Figures\n\n{}\n", method_note());
     let _ = writeln!(
         o,
@@ -318,6 +339,30 @@ pre{{background:#f6f6f6;padding:0.6rem;overflow-x:auto}}svg{{max-width:100%;heig
         chart(r)
     );
     html_load(&mut o, &r.load);
+    if let Some(b) = &r.compare {
+        let (la, lb) = crate::compare::labels(r, b);
+        let _ = writeln!(
+            o,
+            "<h2>Side by side: <code>{a}</code> and <code>{b}</code></h2>\n<p>The same definitions \
+and settings for both.</p>\n<table><tr><th></th><th>{a}</th><th>{b}</th></tr>",
+            a = escape(&la),
+            b = escape(&lb)
+        );
+        for [what, x, y] in crate::compare::rows(r, b) {
+            let _ = writeln!(
+                o,
+                "<tr><td>{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td></tr>",
+                escape(&what.replace('`', "")),
+                escape(&x),
+                escape(&y)
+            );
+        }
+        let _ = writeln!(
+            o,
+            "</table>\n<figure id=\"compare-chart\">\n{}</figure>",
+            crate::compare::chart(r, b)
+        );
+    }
     let _ = writeln!(
         o,
         "<h2>Figures</h2>\n<p>{}</p>\n<table><tr><th>figure</th><th>value</th><th>exact or estimated</th><th>meaning</th></tr>",
@@ -367,6 +412,14 @@ it has at least {} attempts (contract §3b).",
         s.bound_ms / 1000,
         s.min_attempts
     )
+}
+
+/// The file name of the side-by-side chart beside the timeline's (`report-compare.svg`).
+pub fn compare_svg_name(svg_name: &str) -> String {
+    match svg_name.strip_suffix(".svg") {
+        Some(stem) => format!("{stem}-compare.svg"),
+        None => format!("{svg_name}-compare.svg"),
+    }
 }
 
 /// The file name of the load chart beside the timeline's (`report.svg` → `report-load.svg`).

@@ -49,6 +49,13 @@ pub struct AuditArgs {
     /// The fewest attempts for a minute to have a failure rate (§3b's A).
     #[arg(long, default_value_t = 20)]
     min_attempts: i64,
+    /// Another stream to set beside this one (headline figures, start delays, overload points,
+    /// capacity served, and both failure-rate charts on the same axes).
+    #[arg(long)]
+    compare: Option<String>,
+    /// The data directory (or s3:// bucket) of the --compare stream, if not --data.
+    #[arg(long, requires = "compare")]
+    compare_data: Option<PathBuf>,
     #[arg(long, value_enum, default_value = "md")]
     format: FormatArg,
     /// Write the report here (Markdown also writes its charts beside it as FILE-stem.svg and
@@ -111,12 +118,21 @@ pub fn run(a: AuditArgs) -> anyhow::Result<()> {
         persistence: a.failure_minutes,
     };
     let capacity = a.claim_capacity.as_deref().map(parse_claim).transpose()?;
+    let other_place = match &a.compare_data {
+        Some(d) => Some(crate::place::Place::for_reading(d)?),
+        None => None,
+    };
+    let compare = a.compare.as_deref().map(|stream| {
+        let data = other_place.as_ref().map_or(&place.local, |p| &p.local);
+        (data.as_path(), stream)
+    });
     let report = rt.block_on(earshot_audit::build(
         &place.local,
         &a.stream,
         claim,
         (load, capacity),
         stamp,
+        compare,
     ))?;
     let svg_path = a.output.as_ref().map(|o| o.with_extension("svg"));
     let svg_name = svg_path
@@ -131,21 +147,21 @@ pub fn run(a: AuditArgs) -> anyhow::Result<()> {
                 .with_context(|| format!("cannot write {}", path.display()))?;
             if let (Some(svg), Some(svg_path)) = (&rendered.svg, &svg_path) {
                 let load_path = svg_path.with_file_name(earshot_audit::load_svg_name(&svg_name));
+                let compare_path =
+                    svg_path.with_file_name(earshot_audit::compare_svg_name(&svg_name));
+                let mut written = vec![path.display().to_string()];
                 for (file, chart) in [
                     (svg_path, Some(svg)),
                     (&load_path, rendered.load_svg.as_ref()),
+                    (&compare_path, rendered.compare_svg.as_ref()),
                 ] {
                     if let Some(chart) = chart {
                         std::fs::write(file, chart)
                             .with_context(|| format!("cannot write {}", file.display()))?;
+                        written.push(file.display().to_string());
                     }
                 }
-                eprintln!(
-                    "wrote {}, {} and {}",
-                    path.display(),
-                    svg_path.display(),
-                    load_path.display()
-                );
+                eprintln!("wrote {}", written.join(", "));
             } else {
                 eprintln!("wrote {}", path.display());
             }

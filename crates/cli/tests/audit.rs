@@ -408,6 +408,7 @@ fn a_capacity_claim_is_contradicted_by_failures_below_it_and_unchecked_above_the
     assert_eq!(dom.matches("class=\"overload-point\"").count(), 1);
 
     // Under capacity: the data can neither confirm nor refute a claim above its audience.
+    let overloaded = data.clone();
     let data = capacity_data(dir.path(), 50_000, 2_000);
     let json: Value = serde_json::from_str(&ok(audit(
         &data,
@@ -421,4 +422,70 @@ fn a_capacity_claim_is_contradicted_by_failures_below_it_and_unchecked_above_the
         verdict.starts_with("Cannot be checked") && verdict.contains("neither confirm nor refute"),
         "{verdict}"
     );
+
+    // Side by side, across data directories: each event's own figures, one table, one chart.
+    let both: Value = serde_json::from_str(&ok(audit(
+        &overloaded,
+        &[
+            "--compare",
+            "town-hall",
+            "--compare-data",
+            data.to_str().unwrap(),
+            "--format",
+            "json",
+        ],
+    )))
+    .unwrap();
+    assert!(!both["failures_against_load"]["overload_point"].is_null());
+    assert!(both["compare"]["failures_against_load"]["overload_point"].is_null());
+    assert_eq!(
+        both["compare"]["figures"]["peak_connected"], json["figures"]["peak_connected"],
+        "the other event's figures are its own report's"
+    );
+    let md = ok(audit(
+        &overloaded,
+        &[
+            "--compare",
+            "town-hall",
+            "--compare-data",
+            data.to_str().unwrap(),
+        ],
+    ));
+    assert!(
+        md.contains("## Side by side") && md.contains("| overload point | "),
+        "{md}"
+    );
+    let html = dir.path().join("both.html");
+    ok(audit(
+        &overloaded,
+        &[
+            "--compare",
+            "town-hall",
+            "--compare-data",
+            data.to_str().unwrap(),
+            "--format",
+            "html",
+            "-o",
+            html.to_str().unwrap(),
+        ],
+    ));
+    let dom = ok(Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--dump-dom",
+        ])
+        .arg(format!(
+            "--user-data-dir={}",
+            dir.path().join("profile2").display()
+        ))
+        .arg(format!("file://{}", html.display()))
+        .output()
+        .unwrap());
+    let chart = &dom[dom
+        .find("id=\"compare-chart\"")
+        .expect("the side-by-side chart")..];
+    assert!(chart.contains("fill=\"#1d4ed8\"") && chart.contains("fill=\"#e76f51\""));
 }
