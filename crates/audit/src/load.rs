@@ -361,13 +361,8 @@ pub fn chart(load: &Load) -> String {
 /// Several events' failure rate against the load on the same axes: each event's points in its
 /// colour (or, for one event without a colour, coloured by time), each overload point ringed.
 pub fn chart_of(series: &[(&Load, &str, Option<&str>)]) -> String {
+    use crate::svg::{BOTTOM, H, LEFT, RIGHT, TOP, W};
     use std::fmt::Write;
-    const W: f64 = 900.0;
-    const H: f64 = 380.0;
-    const LEFT: f64 = 70.0;
-    const RIGHT: f64 = 20.0;
-    const TOP: f64 = 30.0;
-    const BOTTOM: f64 = 50.0;
     let points = |load: &Load| -> Vec<(i64, i64, f64)> {
         load.minutes
             .iter()

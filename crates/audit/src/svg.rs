@@ -6,12 +6,13 @@ use std::fmt::Write;
 
 use crate::Report;
 
-const W: f64 = 900.0;
-const H: f64 = 380.0;
-const LEFT: f64 = 70.0;
-const RIGHT: f64 = 20.0;
-const TOP: f64 = 30.0;
-const BOTTOM: f64 = 50.0;
+/// The size and margins of every chart of the report.
+pub(crate) const W: f64 = 900.0;
+pub(crate) const H: f64 = 380.0;
+pub(crate) const LEFT: f64 = 70.0;
+pub(crate) const RIGHT: f64 = 20.0;
+pub(crate) const TOP: f64 = 30.0;
+pub(crate) const BOTTOM: f64 = 50.0;
 
 fn hhmm(ms: i64) -> String {
     let s = earshot_contract::format_rfc3339_ms(ms);

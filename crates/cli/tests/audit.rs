@@ -304,6 +304,29 @@ fn chromium_draws_the_html_chart() {
     assert!(n.iter().all(|&c| c > 200), "chart not drawn: {counts}");
 }
 
+/// The audit of `data` with `args` as HTML, as headless Chromium reads it (its DOM).
+fn html_dom(dir: &Path, data: &Path, name: &str, args: &[&str]) -> String {
+    let html = dir.join(format!("{name}.html"));
+    let mut all = args.to_vec();
+    all.extend(["--format", "html", "-o", html.to_str().unwrap()]);
+    ok(audit(data, &all));
+    ok(Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--dump-dom",
+        ])
+        .arg(format!(
+            "--user-data-dir={}",
+            dir.join(format!("{name}-profile")).display()
+        ))
+        .arg(format!("file://{}", html.display()))
+        .output()
+        .expect("chromium must be installed (scripts/setup installs it)"))
+}
+
 /// A simulated platform of capacity `capacity` (`earshot simulate --capacity`) tried by
 /// `listeners`, ingested into `dir`.
 fn capacity_data(dir: &Path, capacity: u32, listeners: u32) -> PathBuf {
@@ -367,33 +390,7 @@ fn a_capacity_claim_is_contradicted_by_failures_below_it_and_unchecked_above_the
 
     // The HTML's chart of failure rate against load, as a browser reads it: a point per rated
     // minute and the overload point ringed.
-    let html = dir.path().join("capacity.html");
-    ok(audit(
-        &data,
-        &[
-            "--claim-capacity",
-            "8M",
-            "--format",
-            "html",
-            "-o",
-            html.to_str().unwrap(),
-        ],
-    ));
-    let dom = ok(Command::new("chromium")
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--no-first-run",
-            "--dump-dom",
-        ])
-        .arg(format!(
-            "--user-data-dir={}",
-            dir.path().join("profile").display()
-        ))
-        .arg(format!("file://{}", html.display()))
-        .output()
-        .expect("chromium must be installed (scripts/setup installs it)"));
+    let dom = html_dom(dir.path(), &data, "capacity", &["--claim-capacity", "8M"]);
     let rated = load["minutes"]
         .as_array()
         .unwrap()
@@ -455,35 +452,13 @@ fn a_capacity_claim_is_contradicted_by_failures_below_it_and_unchecked_above_the
         md.contains("## Side by side") && md.contains("| overload point | "),
         "{md}"
     );
-    let html = dir.path().join("both.html");
-    ok(audit(
+    let other = data.to_str().unwrap();
+    let dom = html_dom(
+        dir.path(),
         &overloaded,
-        &[
-            "--compare",
-            "town-hall",
-            "--compare-data",
-            data.to_str().unwrap(),
-            "--format",
-            "html",
-            "-o",
-            html.to_str().unwrap(),
-        ],
-    ));
-    let dom = ok(Command::new("chromium")
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--no-first-run",
-            "--dump-dom",
-        ])
-        .arg(format!(
-            "--user-data-dir={}",
-            dir.path().join("profile2").display()
-        ))
-        .arg(format!("file://{}", html.display()))
-        .output()
-        .unwrap());
+        "both",
+        &["--compare", "town-hall", "--compare-data", other],
+    );
     let chart = &dom[dom
         .find("id=\"compare-chart\"")
         .expect("the side-by-side chart")..];
