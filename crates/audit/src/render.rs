@@ -55,6 +55,19 @@ fn value_text(v: &Value) -> String {
     }
 }
 
+/// A figure as the tables print it, and a duration also in minutes and seconds, as a journalist
+/// quotes it (`2,636,209` ms is 43 min 56 s).
+fn figure_text(f: &crate::Figure) -> String {
+    match (f.name.contains("_ms"), f.value.int()) {
+        (true, Some(ms)) => format!(
+            "{} ({})",
+            value_text(&f.value),
+            crate::compare::minutes_and_seconds(ms)
+        ),
+        _ => value_text(&f.value),
+    }
+}
+
 fn value_json(v: &Value) -> Json {
     match v {
         Value::Int(i) => json!(i),
@@ -193,7 +206,7 @@ fn markdown(r: &Report, svg_name: &str) -> String {
             o,
             "| `{}` | {} | {how} | {} |",
             f.name,
-            value_text(&f.value),
+            figure_text(f),
             f.meaning
         );
     }
@@ -377,7 +390,7 @@ and settings for both.</p>\n<table><tr><th></th><th>{a}</th><th>{b}</th></tr>",
             o,
             "<tr><td><code>{}</code></td><td class=\"n\">{}</td><td>{how}</td><td>{}</td></tr>",
             f.name,
-            escape(&value_text(&f.value)),
+            escape(&figure_text(f)),
             escape(f.meaning)
         );
     }

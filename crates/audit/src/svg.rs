@@ -1,5 +1,6 @@
 //! The timeline chart as a self-contained SVG: displayed, roster and connected over time, the gap
-//! between roster and connected (sessions without audio) shaded, the announced and actual starts
+//! between roster and connected (sessions without audio) shaded, the announced and actual starts,
+//! the overload point
 //! and the connected peak marked. No fonts or scripts are loaded.
 
 use std::fmt::Write;
@@ -136,6 +137,9 @@ font-family=\"sans-serif\" font-size=\"12\" role=\"img\" aria-label=\"Timeline o
     };
     marker(r.scheduled_start_ms, "announced start", "#555", 0.0);
     marker(r.live_at_ms, "actual start", "#2a9d8f", 14.0);
+    // Where failures first persisted above the threshold (contract §3b).
+    let overload = r.load.overload.as_ref().map(|o| o.minute_ms);
+    marker(overload, "overload point", "#b91c1c", 28.0);
     if let Some(peak) = pts.iter().max_by_key(|p| (p.connected_peak, -p.start_ms)) {
         let _ = writeln!(
             out,
